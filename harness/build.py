@@ -1,0 +1,225 @@
+"""Builds the guest artifact and one image per cell, content-addressed so unchanged cells are reused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from . import engine as eng
+from .bases import ensure_base
+from .errors import EngineError, HvgateError
+from .model import VERSION_LABEL_PACKAGES, Cell, Matrix
+from .progress import say
+from .render import CONTEXT, IMAGES, render
+
+GUEST_DIR = IMAGES / "guest"
+CACHE = Path(__file__).resolve().parent.parent / ".cache"
+VERSION_LINE = re.compile(r"^HVGATE-VERSION (\S+)\t(\S+)$")
+STEP_LINE = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    cell_id: str
+    status: str  # built | cached | failed | unavailable
+    image: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    reason: str | None = None
+    log: str | None = None
+    log_tail: tuple[str, ...] = ()
+    size_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("built", "cached")
+
+
+def cell_context(cell: Cell, dockerfile: str) -> bytes:
+    files = [("Dockerfile", dockerfile.encode(), 0o644)] + eng.files_under(CONTEXT, "context")
+    return eng.tar_of(files)
+
+
+def content_hash(context: bytes, base_id: str) -> str:
+    return hashlib.sha256(base_id.encode() + b"\0" + context).hexdigest()[:16]
+
+
+def image_tag(cell_id: str, digest: str) -> str:
+    return f"hvgate/cell:{cell_id}-{digest}"
+
+
+def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
+    """(status, reason) of a failed build, from the log: archive problems make a cell unavailable."""
+    text = "\n".join(lines)
+    expired = re.search(r"Release file for (\S+) is expired", text)
+    if expired:
+        names = ", ".join(name for name, _ in cell.sources)
+        return (
+            "unavailable",
+            f"the Release file of {expired.group(1)} has expired; if that archive is a snapshot, "
+            f"set check_valid_until: false on its source ({names}) in matrix.yaml",
+        )
+    if re.search(r"Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving", text):
+        return "unavailable", "source unreachable: " + _first(text, r".*(?:Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving).*")
+    if re.search(r"Unable to locate package|has no installation candidate|Version '.*' for '.*' was not found", text):
+        return "unavailable", "package not in the source: " + _first(text, r".*(?:Unable to locate|no installation candidate|was not found).*")
+    if re.search(r"No space left on device", text):
+        return "failed", "the build ran out of disk space"
+    return "failed", _first(text, r"^E: .*") or (lines[-1] if lines else "the build failed")
+
+
+def _first(text: str, pattern: str) -> str:
+    match = re.search(pattern, text, re.MULTILINE)
+    return match.group(0).strip() if match else ""
+
+
+def docker_build(
+    engine: docker.DockerClient, context: bytes, tag: str, log_path: Path, subject: str,
+    timeout: float, buildargs: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+) -> tuple[bool, list[str]]:
+    """Streams a classic build into a log file, showing each step; returns (ok, log lines)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    ok = True
+    deadline = time.monotonic() + timeout
+    with open(log_path, "w") as log:
+        stream = engine.api.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True,
+            decode=True, buildargs=buildargs or {}, labels=labels or {}, timeout=timeout,
+        )
+        for chunk in stream:
+            text = chunk.get("stream") or ""
+            if "error" in chunk:
+                ok = False
+                text = f"ERROR: {chunk['error']}\n"
+            if not text:
+                continue
+            log.write(text)
+            for line in text.splitlines():
+                lines.append(line)
+                step = STEP_LINE.match(line)
+                if step:
+                    say(subject, f"step {step.group(1)}/{step.group(2)}: {step.group(3)[:70]}")
+            if time.monotonic() > deadline:
+                ok = False
+                lines.append(f"ERROR: the build did not finish within {timeout:.0f} s")
+                log.write(lines[-1] + "\n")
+                break
+    return ok, lines
+
+
+def build_cell(
+    engine: docker.DockerClient, cell: Cell, base_id: str, log_dir: Path, timeout: float
+) -> BuildResult:
+    dockerfile = render(cell)
+    context = cell_context(cell, dockerfile)
+    digest = content_hash(context, base_id)
+    tag = image_tag(cell.id, digest)
+    log_path = log_dir / cell.id / "build.log"
+    try:
+        image = engine.images.get(tag)
+        versions = _versions_from_labels(image.labels)
+        if versions:
+            say(cell.id, f"unchanged: {tag}")
+            return BuildResult(cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"))
+    except docker.errors.ImageNotFound:
+        pass
+    started = time.monotonic()
+    say(cell.id, f"building {tag}")
+    unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
+    ok, lines = docker_build(engine, context, unlabelled, log_path, cell.id, timeout)
+    if not ok:
+        status, reason = diagnose(lines, cell)
+        say(cell.id, f"build {status}: {reason}")
+        return BuildResult(
+            cell.id, status, None, seconds=time.monotonic() - started, reason=reason,
+            log=str(log_path), log_tail=tuple(lines[-20:]),
+        )
+    versions = {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
+    labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
+    labels.update({eng.LABEL_CELL: cell.id, eng.LABEL_HASH: digest})
+    # The versions are known only after the build ran dpkg-query, so a one-line build labels it.
+    label_context = eng.tar_of([("Dockerfile", f"FROM {unlabelled}\n".encode(), 0o644)])
+    ok, more = docker_build(engine, label_context, tag, log_path.with_name("label.log"), cell.id, 120, labels=labels)
+    if not ok:
+        raise EngineError(f"{cell.id}: labelling the image failed: {more[-1] if more else ''}")
+    engine.images.remove(unlabelled, noprune=True)
+    engine.images.get(tag).tag("hvgate/cell", cell.id)
+    image = engine.images.get(tag)
+    seconds = time.monotonic() - started
+    say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return BuildResult(
+        cell.id, "built", tag, versions, seconds=seconds, log=str(log_path), size_bytes=image.attrs.get("Size")
+    )
+
+
+def _versions_from_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    labels = labels or {}
+    versions = {
+        pkg: labels[f"{eng.LABEL_VERSION}{pkg}"]
+        for pkg in VERSION_LABEL_PACKAGES
+        if f"{eng.LABEL_VERSION}{pkg}" in labels
+    }
+    return versions if "libvirt-daemon" in versions else {}
+
+
+def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> Path:
+    """Builds the guest (kernel + initramfs) once and caches it as a tar to copy into cells."""
+    base = matrix.bases[matrix.guest.base]
+    base_id = ensure_base(engine, matrix.guest.base, base, log_dir)
+    context = eng.tar_of(eng.files_under(GUEST_DIR, "."))
+    digest = content_hash(context, base_id)
+    cached = CACHE / f"guest-{digest}.tar"
+    if cached.exists():
+        return cached
+    tag = f"hvgate/guest:{digest}"
+    say("guest", f"building {tag}")
+    ok, lines = docker_build(
+        engine, context, tag, log_dir / "guest-build.log", "guest", 1800,
+        buildargs={"BASE_IMAGE": f"hvgate/base:{matrix.guest.base}"},
+    )
+    if not ok:
+        raise EngineError(f"the guest did not build: {lines[-1] if lines else ''} (log: {log_dir / 'guest-build.log'})")
+    container = engine.containers.create(tag, ["true"], labels={eng.LABEL_RUN: "guest-build"})
+    try:
+        stream, _ = container.get_archive("/guest")
+        data = b"".join(stream)
+    finally:
+        container.remove(force=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = set(tar.getnames())
+    if not {"guest/vmlinuz", "guest/initramfs.img", "guest/kernel-version"} <= names:
+        raise EngineError(f"the guest image lacks a kernel or initramfs: {sorted(names)}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(cached)
+    return cached
+
+
+def build_cells(
+    engine: docker.DockerClient, matrix: Matrix, cells: tuple[Cell, ...], log_dir: Path
+) -> dict[str, BuildResult]:
+    """Builds every selected cell; a failing base or build is a result, and the others go on."""
+    results: dict[str, BuildResult] = {}
+    base_ids: dict[str, str | HvgateError] = {}
+    for cell in cells:
+        if cell.base_name not in base_ids:
+            try:
+                base_ids[cell.base_name] = ensure_base(engine, cell.base_name, cell.base, log_dir)
+            except HvgateError as exc:
+                base_ids[cell.base_name] = exc
+        base_id = base_ids[cell.base_name]
+        if isinstance(base_id, HvgateError):
+            results[cell.id] = BuildResult(cell.id, "unavailable", reason=f"base image: {base_id}")
+            continue
+        results[cell.id] = build_cell(engine, cell, base_id, log_dir, matrix.policy.build_timeout)
+    return results

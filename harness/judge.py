@@ -1,0 +1,116 @@
+"""Turns build results and smoke reports into verdicts: per scenario, and per cell."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .build import BuildResult
+from .model import Cell, Threshold
+from .results import CellResult, ScenarioResult, Status, worst
+from .runner import SmokeRun
+
+
+def scenario_status(runs: int, failures: int, errors: int) -> Status:
+    if runs == 0:
+        return Status.INCONCLUSIVE
+    if errors and not failures:
+        return Status.ERROR
+    if failures == 0:
+        return Status.SAFE
+    if failures + errors >= runs:
+        return Status.BROKEN
+    return Status.FLAKY
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """The leading dotted numbers of an upstream version: '1:7.2+dfsg-7' -> (7, 2)."""
+    upstream = version.split(":", 1)[-1]
+    match = re.match(r"[0-9]+(?:\.[0-9]+)*", upstream)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+
+
+def meets(libvirt: str | None, qemu: str | None, threshold: Threshold) -> bool:
+    if not libvirt or not qemu:
+        return False
+    return version_tuple(libvirt) >= version_tuple(threshold.libvirt) and version_tuple(
+        qemu
+    ) >= version_tuple(threshold.qemu)
+
+
+def judge_scenarios(report: dict[str, Any]) -> list[ScenarioResult]:
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in report.get("runs", []):
+        for result in run:
+            by_name.setdefault(result["name"], []).append(result)
+    verdicts = []
+    for name, results in by_name.items():
+        failures = sum(r["status"] == "fail" for r in results)
+        errors = sum(r["status"] == "error" for r in results)
+        failed = [r for r in results if r["status"] != "pass"]
+        verdicts.append(
+            ScenarioResult(
+                name=name,
+                status=scenario_status(len(results), failures, errors),
+                runs=len(results),
+                failures=failures,
+                errors=errors,
+                durations_s=[r["duration_s"] for r in results],
+                messages=sorted({r["error"] for r in failed if r["error"]}),
+                details=[r.get("details", {}) for r in results],
+                # The logs of the last failure, else of the last run.
+                logs=(failed or results)[-1].get("logs", {}),
+            )
+        )
+    return verdicts
+
+
+def judge_cell(
+    cell: Cell, build: BuildResult, smoke: SmokeRun | None, thresholds: dict[str, Threshold]
+) -> CellResult:
+    common: dict[str, Any] = dict(
+        id=cell.id,
+        distro=cell.base.distro,
+        release=cell.base.release,
+        codename=cell.base.codename,
+        source=cell.source_name,
+        image=build.image,
+        build={
+            "status": build.status,
+            "seconds": round(build.seconds, 1),
+            "log": build.log,
+            "size_bytes": build.size_bytes,
+            "log_tail": list(build.log_tail),
+        },
+        versions=dict(build.versions),
+    )
+    if not build.ok:
+        return CellResult(**common, status=Status.UNAVAILABLE, reason=build.reason)
+    if smoke is None:
+        return CellResult(**common, status=Status.INCONCLUSIVE, reason="not smoke-tested in this run")
+    if smoke.report is None:
+        return CellResult(**common, status=Status.ERROR, reason=smoke.error)
+    report = smoke.report
+    libvirt, qemu = report.get("libvirt_version"), report.get("qemu_version")
+    facts: dict[str, Any] = dict(
+        versions={**build.versions, **report.get("versions", {})},
+        libvirt_version=libvirt,
+        qemu_version=qemu,
+        accel=report.get("accel"),
+        accel_reason=report.get("accel_reason"),
+        kernel=report.get("kernel"),
+        guest_kernel=report.get("guest_kernel"),
+        daemon=report.get("daemon"),
+        thresholds={name: meets(libvirt, qemu, t) for name, t in thresholds.items()},
+        log_dir=smoke.log_dir,
+        duration_s=report.get("duration_s"),
+    )
+    common.update(facts)
+    if report.get("setup_error"):
+        return CellResult(**common, status=Status.ERROR, reason=f"setup: {report['setup_error']}")
+    scenarios = judge_scenarios(report)
+    status = worst([s.status for s in scenarios])
+    failing = [f"{s.name}: {s.messages[0]}" for s in scenarios if s.status != Status.SAFE and s.messages]
+    return CellResult(
+        **common, status=status, reason="; ".join(failing)[:500] or None, scenarios=scenarios
+    )

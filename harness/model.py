@@ -1,0 +1,231 @@
+"""The matrix as frozen, typed data: what matrix.yaml may say, and the cells it expands to."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# The scenarios the smoke runner knows, in the order they run.
+SCENARIOS: tuple[str, ...] = (
+    "boot",
+    "reboot",
+    "pause-resume",
+    "live-snapshot",
+    "external-snapshot",
+    "managed-save",
+    "disk-hotplug",
+    "teardown",
+)
+
+# Strict grammars for every value that can reach a Dockerfile or a command line.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+DEB_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+# Debian policy 5.6.12: [epoch:]upstream[-revision]; upstream starts with a digit.
+DEB_VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)*$")
+CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+SUITE_RE = re.compile(r"^[a-z0-9{}][a-z0-9{}./-]*$")
+URI_RE = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/@%+-]+$")
+IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+
+
+def _matches(pattern: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid {what}")
+        return value
+
+    return check
+
+
+Name = Annotated[str, AfterValidator(_matches(NAME_RE, "name (lower-case letters, digits, . and -)"))]
+PackageName = Annotated[str, AfterValidator(_matches(DEB_PACKAGE_RE, "Debian package name"))]
+Codename = Annotated[str, AfterValidator(_matches(CODENAME_RE, "release codename"))]
+Suite = Annotated[str, AfterValidator(_matches(SUITE_RE, "suite (e.g. '{codename}-backports')"))]
+Uri = Annotated[str, AfterValidator(_matches(URI_RE, "http(s):// or file:// URI"))]
+ImageRef = Annotated[str, AfterValidator(_matches(IMAGE_REF_RE, "image reference"))]
+
+
+def _version_selector(value: str) -> str:
+    if value in ("latest",) or DEB_VERSION_RE.fullmatch(value):
+        return value
+    raise ValueError(
+        f"{value!r} is not a version selector: use 'latest' or an exact Debian version "
+        "such as '9.0.0-4+deb12u2'"
+    )
+
+
+VersionSelector = Annotated[str, AfterValidator(_version_selector)]
+Scenario = Literal[
+    "boot",
+    "reboot",
+    "pause-resume",
+    "live-snapshot",
+    "external-snapshot",
+    "managed-save",
+    "disk-hotplug",
+    "teardown",
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(Strict):
+    """A distro release that cells are built on."""
+
+    distro: Literal["debian", "ubuntu"]
+    release: Annotated[str, Field(pattern=r"^[0-9a-z][0-9a-z.]*$")]
+    codename: Codename
+    image: ImageRef | None = None
+    """Registry image to pull when there is no local one (default: distro:codename)."""
+    mirror: Uri | None = None
+    """Archive to bootstrap from when nothing can be pulled (default: the bootstrap tool's)."""
+    check_valid_until: bool = True
+    """False lets apt accept this release's expired Release file (archive snapshots)."""
+
+    @property
+    def registry_image(self) -> str:
+        return self.image or f"{self.distro}:{self.codename}"
+
+
+class Source(Strict):
+    """Where packages come from: the base's own apt sources, or one more suite of its archive."""
+
+    description: str = ""
+    suite: Suite | None = None
+    """None: the base image's own apt sources as they are; else a suite template."""
+    components: tuple[Name, ...] = ("main",)
+    uri: Uri | None = None
+    """None: the mirror the base image's own apt sources use."""
+    check_valid_until: bool = True
+
+
+class PackageChoice(Strict):
+    """Which version of a component (libvirt or QEMU) a cell installs, and from which source."""
+
+    version: VersionSelector = "latest"
+    source: Name | None = None
+
+
+class CellSpec(Strict):
+    base: Name
+    source: Name = "release"
+    libvirt: PackageChoice = PackageChoice()
+    qemu: PackageChoice = PackageChoice()
+    id: Name | None = None
+    template: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.j2$")] | None = None
+    scenarios: tuple[Scenario, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_versions(cls, data: Any) -> Any:
+        # `libvirt: latest` is short for `libvirt: {version: latest}`.
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("libvirt", "qemu"):
+                if isinstance(data.get(key), str):
+                    data[key] = {"version": data[key]}
+        return data
+
+
+class Policy(Strict):
+    runs: Annotated[int, Field(ge=1, le=1000)] = 1
+    boot_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    scenario_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    build_timeout: Annotated[float, Field(gt=0, le=36000)] = 1800.0
+
+
+class Threshold(Strict):
+    libvirt: VersionSelector
+    qemu: VersionSelector
+
+
+class Guest(Strict):
+    base: Name = "debian-12"
+    """The base whose archive provides the guest kernel and busybox."""
+
+
+class Matrix(Strict):
+    bases: dict[Name, Base]
+    sources: dict[Name, Source]
+    cells: Annotated[tuple[CellSpec, ...], Field(min_length=1)]
+    scenarios: tuple[Scenario, ...] = SCENARIOS  # type: ignore[assignment]
+    policy: Policy = Policy()
+    thresholds: dict[Name, Threshold] = {}
+    guest: Guest = Guest()
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+
+
+# Packages installed for each component; the first one names the component's version.
+COMPONENT_PACKAGES: dict[str, tuple[str, ...]] = {
+    "libvirt": ("libvirt-daemon", "python3-libvirt"),
+    "qemu": ("qemu-system-x86", "qemu-utils"),
+}
+# The source package whose version a pin fixes for each component.
+COMPONENT_SOURCE_PACKAGE = {"libvirt": "libvirt", "qemu": "qemu"}
+VERSION_LABEL_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
+
+
+@dataclass(frozen=True)
+class ComponentChoice:
+    component: str
+    version: str
+    source_name: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One buildable, testable combination; `id` names its image, logs, golden file and row."""
+
+    id: str
+    base_name: str
+    base: Base
+    source_name: str
+    sources: tuple[tuple[str, Source], ...]
+    components: tuple[ComponentChoice, ...]
+    scenarios: tuple[str, ...]
+    template: str | None = None
+
+    @property
+    def component(self) -> dict[str, ComponentChoice]:
+        return {c.component: c for c in self.components}
+
+
+def default_cell_id(spec: CellSpec) -> str:
+    parts = [spec.base, spec.source]
+    for component in ("libvirt", "qemu"):
+        choice: PackageChoice = getattr(spec, component)
+        if choice.source and choice.source != spec.source:
+            parts.append(f"{component}-{choice.source}")
+        if choice.version != "latest":
+            parts.append(f"{component}-{choice.version.replace(':', '_').replace('+', '_').replace('~', '_')}")
+    return "-".join(parts)
+
+
+def expand(matrix: Matrix) -> tuple[Cell, ...]:
+    """Turns validated cell specs into cells. References were checked by `load`."""
+    cells = []
+    for spec in matrix.cells:
+        components = tuple(
+            ComponentChoice(name, getattr(spec, name).version, getattr(spec, name).source or spec.source)
+            for name in ("libvirt", "qemu")
+        )
+        source_names = [spec.source] + [c.source_name for c in components]
+        ordered = tuple(dict.fromkeys(source_names))
+        cells.append(
+            Cell(
+                id=spec.id or default_cell_id(spec),
+                base_name=spec.base,
+                base=matrix.bases[spec.base],
+                source_name=spec.source,
+                sources=tuple((name, matrix.sources[name]) for name in ordered),
+                components=components,
+                scenarios=spec.scenarios or matrix.scenarios,
+                template=spec.template,
+            )
+        )
+    return tuple(cells)

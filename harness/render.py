@@ -1,0 +1,120 @@
+"""Renders each cell's Dockerfile (a pure function) and writes the files atomically."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import jinja2
+
+from .errors import ConfigurationError
+from .model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, Base, Cell
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "images"
+TEMPLATES = IMAGES / "templates"
+OVERRIDES = IMAGES / "overrides"
+CONTEXT = IMAGES / "context"
+RENDERED = IMAGES / "cells"
+BASE_TEMPLATE = "base.Dockerfile.j2"
+
+# Source packages whose binaries follow a component's pin.
+PINNED_SOURCE_PACKAGES = {"libvirt": ("libvirt", "libvirt-python"), "qemu": ("qemu",)}
+
+
+def base_image_tag(base_name: str) -> str:
+    return f"hvgate/base:{base_name}"
+
+
+def suite(template: str, base: Base) -> str:
+    return template.replace("{codename}", base.codename).replace("{release}", base.release)
+
+
+def packages(cell: Cell) -> list[str]:
+    names = [p for c in cell.components for p in COMPONENT_PACKAGES[c.component]]
+    for name in names:  # every value reaching the Dockerfile has passed a strict grammar
+        assert DEB_PACKAGE_RE.fullmatch(name), name
+    return names
+
+
+def pins(cell: Cell) -> list[list[str]]:
+    """apt preferences stanzas: a component comes from its source's suite or at its exact version."""
+    sources = dict(cell.sources)
+    stanzas = []
+    for choice in cell.components:
+        source = sources[choice.source_name]
+        for src in PINNED_SOURCE_PACKAGES[choice.component]:
+            if choice.version != "latest":
+                stanzas.append([f"Package: src:{src}", f"Pin: version {choice.version}", "Pin-Priority: 1001"])
+            elif source.suite:
+                stanzas.append(
+                    [f"Package: src:{src}", f"Pin: release a={suite(source.suite, cell.base)}", "Pin-Priority: 990"]
+                )
+    return stanzas
+
+
+def shell(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def make_environment(search_path: Iterable[Path] = (OVERRIDES, TEMPLATES)) -> jinja2.Environment:
+    """The one Environment: StrictUndefined, and every filter and global registered here."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(shell=shell, suite=suite)
+    env.globals.update(pins=pins, packages=packages)
+    return env
+
+
+ENVIRONMENT = make_environment()
+
+
+def render(cell: Cell, env: jinja2.Environment = ENVIRONMENT) -> str:
+    template_name = cell.template or BASE_TEMPLATE
+    try:
+        template = env.get_template(template_name)
+    except jinja2.TemplateNotFound:
+        raise ConfigurationError(
+            f"cell {cell.id}: template {template_name!r} not found in {OVERRIDES.relative_to(ROOT)}/"
+        ) from None
+    try:
+        return template.render(cell=cell, base=cell.base, base_image=base_image_tag(cell.base_name))
+    except jinja2.TemplateError as exc:
+        raise ConfigurationError(f"cell {cell.id}: template {template_name}: {exc}") from None
+
+
+def write_atomic(path: Path, text: str) -> bool:
+    """Writes via a temporary file and rename; returns whether the content changed."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+def dockerfile_path(cell: Cell, out_dir: Path = RENDERED) -> Path:
+    return out_dir / cell.id / "Dockerfile"
+
+
+def render_all(cells: Iterable[Cell], out_dir: Path = RENDERED) -> dict[str, str]:
+    """Renders every cell first (so a template error writes nothing), then writes them."""
+    rendered = {cell.id: render(cell) for cell in cells}
+    for cell_id, text in rendered.items():
+        write_atomic(out_dir / cell_id / "Dockerfile", text)
+    return rendered

@@ -1,0 +1,87 @@
+"""The one Status enum and the result types every output format is rendered from (via their JSON)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMAT = 1
+
+
+class Status(enum.StrEnum):
+    SAFE = "safe"  # every run of every scenario passed
+    FLAKY = "flaky"  # some runs failed
+    BROKEN = "broken"  # every run failed
+    INCONCLUSIVE = "inconclusive"  # too few runs to decide
+    UNAVAILABLE = "unavailable"  # cannot be built or reached here; says why
+    ERROR = "error"  # the tool itself failed; never counted against libvirt or QEMU
+
+
+# Worst first: a cell's status is the worst of its scenarios'.
+SEVERITY = [Status.ERROR, Status.BROKEN, Status.FLAKY, Status.INCONCLUSIVE, Status.UNAVAILABLE, Status.SAFE]
+
+
+def worst(statuses: list[Status]) -> Status:
+    return min(statuses, key=SEVERITY.index) if statuses else Status.INCONCLUSIVE
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    name: str
+    status: Status
+    runs: int
+    failures: int
+    errors: int = 0
+    durations_s: list[float] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    id: str
+    distro: str
+    release: str
+    codename: str
+    source: str
+    status: Status
+    reason: str | None = None
+    image: str | None = None
+    build: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    libvirt_version: str | None = None
+    qemu_version: str | None = None
+    accel: str | None = None
+    accel_reason: str | None = None
+    kernel: str | None = None
+    guest_kernel: str | None = None
+    daemon: str | None = None
+    thresholds: dict[str, bool] = field(default_factory=dict)
+    scenarios: list[ScenarioResult] = field(default_factory=list)
+    log_dir: str | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    started: str
+    finished: str
+    host: dict[str, Any]
+    cells: list[CellResult]
+    format: int = FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> RunResult:
+        cells = []
+        for cell in data["cells"]:
+            scenarios = [
+                ScenarioResult(**{**s, "status": Status(s["status"])}) for s in cell.get("scenarios", [])
+            ]
+            cells.append(CellResult(**{**cell, "status": Status(cell["status"]), "scenarios": scenarios}))
+        return RunResult(**{**data, "cells": cells})

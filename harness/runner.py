@@ -1,0 +1,143 @@
+"""Smoke stage, host side: runs harness/smoke inside a cell container and returns its JSON report.
+
+The container is default and unprivileged (see README, "Container privileges"); it gets
+/dev/kvm only when KVM may be used, and an init process so QEMU's exits are reaped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from . import engine as eng
+from .model import Cell, Matrix
+from .progress import say
+
+SMOKE_DIR = Path(__file__).resolve().parent / "smoke"
+REMOTE = "/opt/hvgate"
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    cell_id: str
+    report: dict[str, Any] | None  # the runner's JSON document, or None when the tool failed
+    error: str | None = None
+    log_dir: str | None = None
+
+
+def smoke_tar() -> bytes:
+    return eng.tar_of(eng.files_under(SMOKE_DIR, "smoke"))
+
+
+def kvm_device_available() -> bool:
+    return os.path.exists("/dev/kvm")
+
+
+def run_cell(
+    engine: docker.DockerClient,
+    cell: Cell,
+    image: str,
+    matrix: Matrix,
+    run_id: str,
+    guest_tar: Path,
+    accel: str,
+    log_dir: Path,
+    runs: int,
+) -> SmokeRun:
+    policy = matrix.policy
+    use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
+    scenarios = [s for s in matrix.scenarios if s in cell.scenarios]
+    # Generous overall bound: each scenario has its own timeout inside the runner.
+    overall = 120 + runs * len(scenarios) * policy.scenario_timeout + (30 if accel == "auto" else 0)
+    container = engine.containers.run(
+        image,
+        ["sleep", "infinity"],
+        detach=True,
+        init=True,
+        name=f"hvgate-{run_id}-{cell.id}",
+        labels={eng.LABEL_RUN: run_id, eng.LABEL_CELL: cell.id},
+        devices=["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else [],
+    )
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        try:
+            container.kill()
+        except docker.errors.APIError:
+            pass
+
+    watchdog = threading.Timer(overall, kill)
+    watchdog.daemon = True
+    try:
+        container.put_archive(REMOTE, smoke_tar())
+        container.put_archive(REMOTE, guest_tar.read_bytes())
+        command = [
+            "python3", "-m", "smoke",
+            "--scenarios", ",".join(scenarios),
+            "--accel", accel,
+            "--runs", str(runs),
+            "--boot-timeout", str(policy.boot_timeout),
+            "--scenario-timeout", str(policy.scenario_timeout),
+        ]
+        watchdog.start()
+        exec_id = engine.api.exec_create(container.id, command, workdir=REMOTE)["Id"]
+        stdout = b""
+        pending = b""
+        for out, err in engine.api.exec_start(exec_id, stream=True, demux=True):
+            if out:
+                stdout += out
+            if err:
+                pending += err
+                *done, pending = pending.split(b"\n")
+                for line in done:
+                    text = line.decode(errors="replace")
+                    if text and not text.startswith("libvirt: "):
+                        say(cell.id, text)
+        exit_code = engine.api.exec_inspect(exec_id).get("ExitCode")
+        if timed_out.is_set():
+            return SmokeRun(cell.id, None, f"the smoke run did not finish within {overall:.0f} s")
+        _copy_logs(container, log_dir)
+        try:
+            report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
+            return SmokeRun(cell.id, None, f"the smoke runner exited {exit_code} without a report: {' | '.join(tail)}")
+        return SmokeRun(cell.id, report, log_dir=str(log_dir))
+    except docker.errors.APIError as exc:
+        return SmokeRun(cell.id, None, f"the Docker engine failed: {exc}")
+    finally:
+        watchdog.cancel()
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.APIError:
+            pass
+
+
+def _copy_logs(container: Any, log_dir: Path) -> None:
+    """Keeps the daemon, QEMU and console logs of the cell next to its results."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for remote in ("/var/log/libvirt", "/var/lib/hvgate/console.log"):
+        try:
+            stream, _ = container.get_archive(remote)
+        except docker.errors.NotFound:
+            continue
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    source = tar.extractfile(member)
+                    if source is None:
+                        continue
+                    target = log_dir / Path(member.name).name
+                    if member.name.count("/") > 1:
+                        target = log_dir / member.name.replace("/", "-")
+                    target.write_bytes(source.read())

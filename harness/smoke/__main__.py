@@ -1,0 +1,175 @@
+"""Smoke runner entry point, run inside a cell container: prints one JSON document on stdout.
+
+Progress goes to stderr, one line per event. Standard library and libvirt only, Python 3.10.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+import libvirt
+
+from . import daemons
+from .guest import DOMAIN, GUEST_DIR, ScenarioFailure
+from .scenarios import SCENARIOS, Session
+
+FORMAT = 1
+VERSION_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
+
+
+class ScenarioTimeout(ScenarioFailure):
+    pass
+
+
+def progress(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def installed_versions():
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *VERSION_PACKAGES],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def dotted(number):
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def tail(filename, lines=15):
+    try:
+        with open(filename, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(filename) - 16384))
+            return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def log_tails(session, daemon):
+    return {
+        "daemon": tail(daemons.log_file(daemon)),
+        "qemu": tail(os.path.join(daemons.LOG_DIR, "qemu", f"{DOMAIN}.log")),
+        "console": session.console.tail() if session else [],
+    }
+
+
+def _alarm(signum, frame):
+    raise ScenarioTimeout("the scenario timed out")
+
+
+def run_scenario(name, session, daemon, timeout):
+    started = time.monotonic()
+    result = {"name": name, "status": "pass", "error": None, "details": {}}
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        result["details"] = SCENARIOS[name](session) or {}
+    except ScenarioTimeout:
+        result.update(status="fail", error=f"the scenario did not finish within {timeout:.0f} s")
+    except (ScenarioFailure, libvirt.libvirtError) as exc:
+        result.update(status="fail", error=str(exc).strip())
+    except Exception:  # a bug of the runner, not of libvirt or QEMU
+        result.update(status="error", error=traceback.format_exc(limit=4).strip())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    result["duration_s"] = round(time.monotonic() - started, 2)
+    result["logs"] = log_tails(session, daemon)
+    return result
+
+
+def choose_accel(requested, session, probe_timeout):
+    """(accel, reason). A present /dev/kvm is no proof: nested guests can hang, so boot one."""
+    if requested == "tcg":
+        return "tcg", "TCG was asked for"
+    if not os.path.exists("/dev/kvm"):
+        if requested == "kvm":
+            raise ScenarioFailure("KVM was asked for, but the container has no /dev/kvm")
+        return "tcg", "no /dev/kvm in the container"
+    if requested == "kvm":
+        return "kvm", "KVM was asked for"
+    try:
+        session.conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+        seconds = session.boot(accel="kvm", timeout=probe_timeout)
+    except (ScenarioFailure, libvirt.libvirtError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        try:
+            session.destroy()
+        except libvirt.libvirtError:
+            pass
+        return "tcg", f"KVM probe failed ({reason}); using TCG"
+    session.destroy()
+    session.boot_id = None
+    return "kvm", f"a KVM guest reached the ready marker in {seconds:.1f} s"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="smoke", description=__doc__)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--boot-timeout", type=float, default=120.0)
+    parser.add_argument("--scenario-timeout", type=float, default=300.0)
+    parser.add_argument("--kvm-probe-timeout", type=float, default=20.0)
+    parser.add_argument("--list", action="store_true", help="print the scenario names and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(SCENARIOS))
+        return 0
+    names = [n for n in args.scenarios.split(",") if n]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(unknown)}")
+
+    started = time.time()
+    report = {
+        "format": FORMAT,
+        "started": started,
+        "kernel": os.uname().release,
+        "versions": installed_versions(),
+        "runs": [],
+        "setup_error": None,
+    }
+    with open(os.path.join(GUEST_DIR, "kernel-version")) as handle:
+        report["guest_kernel"] = handle.read().strip()
+    daemon = daemons.daemon_name()
+    report["daemon"] = daemon
+    session = None
+    try:
+        conn = daemons.start(daemon, timeout=60.0)
+        report["libvirt_version"] = dotted(conn.getLibVersion())
+        report["qemu_version"] = dotted(conn.getVersion())
+        session = Session(conn, "tcg", args.boot_timeout)
+        accel, reason = choose_accel(args.accel, session, args.kvm_probe_timeout)
+        session.accel = accel
+        report.update(accel=accel, accel_reason=reason)
+        progress(f"accel: {accel} ({reason})")
+        for run_index in range(args.runs):
+            results = []
+            for name in names:
+                result = run_scenario(name, session, daemon, args.scenario_timeout)
+                results.append(result)
+                progress(
+                    f"run {run_index + 1}/{args.runs} {name}: {result['status']} "
+                    f"({result['duration_s']:.1f} s)"
+                    + (f" {result['error'].splitlines()[0]}" if result["error"] else "")
+                )
+            report["runs"].append(results)
+    except (ScenarioFailure, libvirt.libvirtError, subprocess.CalledProcessError) as exc:
+        report["setup_error"] = str(exc).strip()
+        report["setup_logs"] = log_tails(session, daemon)
+        progress(f"setup failed: {report['setup_error']}")
+    report["duration_s"] = round(time.time() - started, 2)
+    json.dump(report, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

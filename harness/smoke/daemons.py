@@ -1,0 +1,82 @@
+"""Starts virtlogd and the libvirt daemon in a container without systemd, and opens a connection."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import libvirt
+
+from .guest import ScenarioFailure
+
+URI = "qemu:///system"
+LOG_DIR = "/var/log/libvirt"
+
+
+def daemon_name():
+    # The monolithic daemon where the distro still ships it, else the modular QEMU one.
+    for name in ("libvirtd", "virtqemud"):
+        if shutil.which(name) or os.path.exists(f"/usr/sbin/{name}"):
+            return name
+    raise ScenarioFailure("neither libvirtd nor virtqemud is installed")
+
+
+def log_file(name):
+    return os.path.join(LOG_DIR, f"{name}.log")
+
+
+def _pidof(name):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as handle:
+                if handle.read().strip() == name:
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def start(name, timeout):
+    """Starts virtlogd (if not running) and the daemon; returns an open connection."""
+    os.makedirs(os.path.join(LOG_DIR, "qemu"), exist_ok=True)
+    env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{log_file(name)}")
+    if not _pidof("virtlogd"):
+        subprocess.run(["virtlogd", "-d"], check=True, env=dict(os.environ))
+    subprocess.run([name, "-d"], check=True, env=env)
+    deadline = time.monotonic() + timeout
+    error = None
+    while time.monotonic() < deadline:
+        try:
+            return libvirt.open(URI)
+        except libvirt.libvirtError as exc:
+            error = exc
+            time.sleep(0.1)
+    raise ScenarioFailure(f"{name} did not accept connections within {timeout:.0f} s: {error}")
+
+
+def stop(name, timeout=30.0):
+    for pid in _pidof(name):
+        os.kill(pid, 15)
+    deadline = time.monotonic() + timeout
+    while _pidof(name):
+        if time.monotonic() > deadline:
+            raise ScenarioFailure(f"{name} did not stop within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def qemu_pids():
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv0 = handle.read().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if b"qemu-system" in argv0:
+            pids.append(int(entry))
+    return pids
