@@ -29,7 +29,8 @@ def ensure_base(engine: docker.DockerClient, name: str, base: Base, log_dir: Pat
         image.tag(tag)
         return str(image.id)
     except docker.errors.APIError as exc:
-        say(name, f"no registry image ({str(exc).splitlines()[0][:120]}); bootstrapping")
+        reason = (getattr(exc, "explanation", None) or str(exc)).splitlines()[0][:120]
+        say(name, f"no registry image ({reason}); bootstrapping")
     return bootstrap(engine, name, base, log_dir)
 
 

@@ -16,7 +16,7 @@ import docker.errors
 from . import engine as eng
 from .bases import ensure_base
 from .errors import EngineError, HvgateError
-from .model import VERSION_LABEL_PACKAGES, Cell, Matrix
+from .model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
 from .progress import say
 from .render import CONTEXT, IMAGES, render
 
@@ -146,9 +146,13 @@ def build_cell(
     versions = {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
     labels.update({eng.LABEL_CELL: cell.id, eng.LABEL_HASH: digest})
-    # The versions are known only after the build ran dpkg-query, so a one-line build labels it.
-    label_context = eng.tar_of([("Dockerfile", f"FROM {unlabelled}\n".encode(), 0o644)])
-    ok, more = docker_build(engine, label_context, tag, log_path.with_name("label.log"), cell.id, 120, labels=labels)
+    # The versions are known only after the build ran dpkg-query, so a two-line build labels it.
+    bad = [v for v in versions.values() if not DEB_VERSION_RE.fullmatch(v)]
+    if bad or "libvirt-daemon" not in versions:
+        raise EngineError(f"{cell.id}: the image reported no usable versions: {versions}")
+    label_line = " ".join(f'"{k}"="{v}"' for k, v in sorted(labels.items()))
+    label_context = eng.tar_of([("Dockerfile", f"FROM {unlabelled}\nLABEL {label_line}\n".encode(), 0o644)])
+    ok, more = docker_build(engine, label_context, tag, log_path.with_name("label.log"), cell.id, 120)
     if not ok:
         raise EngineError(f"{cell.id}: labelling the image failed: {more[-1] if more else ''}")
     engine.images.remove(unlabelled, noprune=True)

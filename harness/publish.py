@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ from .render import write_atomic
 from .results import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results"
+# HVGATE_RESULTS moves the outputs elsewhere (tests, CI shards).
+RESULTS = Path(os.environ.get("HVGATE_RESULTS") or ROOT / "results")
 
 
 def scenario_cell(scenario: dict[str, Any] | None) -> str:

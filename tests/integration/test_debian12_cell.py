@@ -1,0 +1,75 @@
+"""One real cell, end to end: the Debian 12 image is built and every scenario runs in it (no mocks)."""
+
+import json
+
+import pytest
+
+from .conftest import invoke
+
+pytestmark = pytest.mark.integration
+
+CELL = "debian-12-release"
+SCENARIOS = [
+    "boot", "reboot", "pause-resume", "live-snapshot",
+    "external-snapshot", "managed-save", "disk-hotplug", "teardown",
+]
+
+
+@pytest.fixture(scope="module")
+def run_result(engine, results_dir):
+    done = invoke("matrix.run", "--cells", CELL, results_dir=results_dir)
+    assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
+    return done, json.loads((results_dir / "latest.json").read_text())
+
+
+def test_run_exits_zero_and_prints_the_table(run_result):
+    done, _ = run_result
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"| {CELL} |" in done.stdout
+
+
+def test_every_scenario_passes_with_a_duration(run_result):
+    _, data = run_result
+    (cell,) = data["cells"]
+    assert cell["id"] == CELL
+    by_name = {s["name"]: s for s in cell["scenarios"]}
+    assert list(by_name) == SCENARIOS
+    for name, scenario in by_name.items():
+        assert scenario["status"] == "safe", (name, scenario["messages"], scenario["logs"])
+        assert scenario["runs"] >= 1 and scenario["failures"] == 0
+        assert all(d > 0 for d in scenario["durations_s"])
+    assert cell["status"] == "safe"
+
+
+def test_versions_are_read_from_the_image(run_result, engine):
+    _, data = run_result
+    (cell,) = data["cells"]
+    assert cell["libvirt_version"] == "9.0.0"
+    assert cell["qemu_version"].startswith("7.2.")
+    assert cell["versions"]["libvirt-daemon"].startswith("9.0.0-")
+    assert ":7.2+dfsg" in cell["versions"]["qemu-system-x86"]
+    labels = engine.images.get(cell["image"]).labels
+    assert labels["io.hvgate.version.libvirt-daemon"] == cell["versions"]["libvirt-daemon"]
+    assert labels["io.hvgate.version.qemu-system-x86"] == cell["versions"]["qemu-system-x86"]
+    assert labels["io.hvgate.version.python3-libvirt"] == cell["versions"]["python3-libvirt"]
+
+
+def test_accel_is_recorded(run_result):
+    _, data = run_result
+    (cell,) = data["cells"]
+    assert cell["accel"] in ("kvm", "tcg")
+    assert cell["accel_reason"]
+
+
+def test_no_containers_are_left_behind(run_result, engine):
+    assert engine.containers.list(all=True, filters={"label": "io.hvgate.run"}) == []
+
+
+def test_second_build_rebuilds_nothing(run_result, engine, results_dir):
+    _, data = run_result
+    image_id = engine.images.get(data["cells"][0]["image"]).id
+    done = invoke("matrix.build", "--cells", CELL, results_dir=results_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{CELL}" in done.stdout and "cached" in done.stdout
+    assert "building" not in done.stderr
+    assert engine.images.get(data["cells"][0]["image"]).id == image_id

@@ -1,0 +1,34 @@
+"""Every default cell's rendered Dockerfile matches its golden file (pytest --regenerate updates them)."""
+
+import difflib
+from pathlib import Path
+
+import pytest
+
+from harness.load import load
+from harness.render import ROOT, render
+
+GOLDEN = Path(__file__).parent / "golden"
+_, CELLS = load(ROOT / "matrix.yaml")
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])
+def test_rendered_dockerfile_matches_golden(cell, request):
+    golden = GOLDEN / f"{cell.id}.Dockerfile"
+    text = render(cell)
+    if request.config.getoption("--regenerate"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    expected = golden.read_text() if golden.exists() else ""
+    diff = "".join(
+        difflib.unified_diff(
+            expected.splitlines(True), text.splitlines(True), str(golden), f"render({cell.id})"
+        )
+    )
+    assert not diff, f"rendered Dockerfile differs (pytest --regenerate to accept):\n{diff}"
+
+
+def test_no_stale_golden_files():
+    names = {f"{c.id}.Dockerfile" for c in CELLS}
+    stale = sorted(p.name for p in GOLDEN.glob("*.Dockerfile") if p.name not in names)
+    assert not stale, f"golden files without a cell: {stale}"

@@ -1,0 +1,7 @@
+"""The committed matrix.schema.json is the one the models generate."""
+
+from harness.schema import SCHEMA_PATH, schema_text
+
+
+def test_committed_schema_is_current():
+    assert SCHEMA_PATH.read_text() == schema_text(), "run `invoke matrix.schema` and commit the result"
