@@ -38,7 +38,9 @@ def reported(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except HvgateError as exc:
-            raise Exit(f"error: {exc}" if exc.exit_code != 1 else str(exc), code=exc.exit_code) from None
+            raise Exit(
+                f"error: {exc}" if exc.exit_code != 1 else str(exc), code=exc.exit_code
+            ) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
 
@@ -51,11 +53,22 @@ def list_cells(c, matrix=MATRIX, cells=None, exclude=None, json_=False):
     """List the cells of the matrix (id, base, sources, versions)."""
     _, chosen = pipeline.selected(matrix, cells, exclude)
     if json_:
-        print(json.dumps([{"id": cell.id, "base": cell.base_name, "source": cell.source_name} for cell in chosen]))
+        print(
+            json.dumps(
+                [
+                    {"id": cell.id, "base": cell.base_name, "source": cell.source_name}
+                    for cell in chosen
+                ]
+            )
+        )
         return
     for cell in chosen:
-        parts = ", ".join(f"{ch.component} {ch.version} from {ch.source_name}" for ch in cell.components)
-        print(f"{cell.id:<28} {cell.base.distro} {cell.base.release} ({cell.base.codename}): {parts}")
+        parts = ", ".join(
+            f"{ch.component} {ch.version} from {ch.source_name}" for ch in cell.components
+        )
+        print(
+            f"{cell.id:<28} {cell.base.distro} {cell.base.release} ({cell.base.codename}): {parts}"
+        )
 
 
 @task(name="render", help=SELECT_HELP)
@@ -85,13 +98,21 @@ RUN_HELP = {
 }
 
 
-def _run(matrix: str, cells: str | None, exclude: str | None, accel: str | None, runs: int | None,
-         do_build: bool) -> None:
+def _run(
+    matrix: str,
+    cells: str | None,
+    exclude: str | None,
+    accel: str | None,
+    runs: int | None,
+    do_build: bool,
+) -> None:
     if accel not in (None, "auto", "kvm", "tcg"):
         raise Exit(f"error: --accel {accel!r}: use auto, kvm or tcg", code=2)
     if runs is not None and not 1 <= int(runs) <= 1000:
         raise Exit(f"error: --runs {runs}: use a number from 1 to 1000", code=2)
-    result, paths = pipeline.run(matrix, cells, exclude, accel, int(runs) if runs else None, do_build)
+    result, paths = pipeline.run(
+        matrix, cells, exclude, accel, int(runs) if runs else None, do_build
+    )
     print(markdown(result.to_json()))
     print(f"results: {paths['json']}\ntable:   {paths['markdown']}", file=sys.stderr)
     pipeline.check_outcome(result)

@@ -67,10 +67,20 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
             f"the Release file of {expired.group(1)} has expired; if that archive is a snapshot, "
             f"set check_valid_until: false on its source ({names}) in matrix.yaml",
         )
-    if re.search(r"Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving", text):
-        return "unavailable", "source unreachable: " + _first(text, r".*(?:Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving).*")
-    if re.search(r"Unable to locate package|has no installation candidate|Version '.*' for '.*' was not found", text):
-        return "unavailable", "package not in the source: " + _first(text, r".*(?:Unable to locate|no installation candidate|was not found).*")
+    if re.search(
+        r"Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving", text
+    ):
+        return "unavailable", "source unreachable: " + _first(
+            text,
+            r".*(?:Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving).*",
+        )
+    if re.search(
+        r"Unable to locate package|has no installation candidate|Version '.*' for '.*' was not found",
+        text,
+    ):
+        return "unavailable", "package not in the source: " + _first(
+            text, r".*(?:Unable to locate|no installation candidate|was not found).*"
+        )
     if re.search(r"No space left on device", text):
         return "failed", "the build ran out of disk space"
     return "failed", _first(text, r"^E: .*") or (lines[-1] if lines else "the build failed")
@@ -82,8 +92,14 @@ def _first(text: str, pattern: str) -> str:
 
 
 def docker_build(
-    engine: docker.DockerClient, context: bytes, tag: str, log_path: Path, subject: str,
-    timeout: float, buildargs: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+    engine: docker.DockerClient,
+    context: bytes,
+    tag: str,
+    log_path: Path,
+    subject: str,
+    timeout: float,
+    buildargs: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[bool, list[str]]:
     """Streams a classic build into a log file, showing each step; returns (ok, log lines)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +108,15 @@ def docker_build(
     deadline = time.monotonic() + timeout
     with open(log_path, "w") as log:
         stream = engine.api.build(
-            fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True,
-            decode=True, buildargs=buildargs or {}, labels=labels or {}, timeout=timeout,
+            fileobj=io.BytesIO(context),
+            custom_context=True,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            decode=True,
+            buildargs=buildargs or {},
+            labels=labels or {},
+            timeout=int(timeout),
         )
         for chunk in stream:
             text = chunk.get("stream") or ""
@@ -140,8 +163,13 @@ def build_cell(
         status, reason = diagnose(lines, cell)
         say(cell.id, f"build {status}: {reason}")
         return BuildResult(
-            cell.id, status, None, seconds=time.monotonic() - started, reason=reason,
-            log=str(log_path), log_tail=tuple(lines[-20:]),
+            cell.id,
+            status,
+            None,
+            seconds=time.monotonic() - started,
+            reason=reason,
+            log=str(log_path),
+            log_tail=tuple(lines[-20:]),
         )
     versions = {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
@@ -151,8 +179,12 @@ def build_cell(
     if bad or "libvirt-daemon" not in versions:
         raise EngineError(f"{cell.id}: the image reported no usable versions: {versions}")
     label_line = " ".join(f'"{k}"="{v}"' for k, v in sorted(labels.items()))
-    label_context = eng.tar_of([("Dockerfile", f"FROM {unlabelled}\nLABEL {label_line}\n".encode(), 0o644)])
-    ok, more = docker_build(engine, label_context, tag, log_path.with_name("label.log"), cell.id, 120)
+    label_context = eng.tar_of(
+        [("Dockerfile", f"FROM {unlabelled}\nLABEL {label_line}\n".encode(), 0o644)]
+    )
+    ok, more = docker_build(
+        engine, label_context, tag, log_path.with_name("label.log"), cell.id, 120
+    )
     if not ok:
         raise EngineError(f"{cell.id}: labelling the image failed: {more[-1] if more else ''}")
     engine.images.remove(unlabelled, noprune=True)
@@ -161,7 +193,13 @@ def build_cell(
     seconds = time.monotonic() - started
     say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return BuildResult(
-        cell.id, "built", tag, versions, seconds=seconds, log=str(log_path), size_bytes=image.attrs.get("Size")
+        cell.id,
+        "built",
+        tag,
+        versions,
+        seconds=seconds,
+        log=str(log_path),
+        size_bytes=image.attrs.get("Size"),
     )
 
 
@@ -187,11 +225,18 @@ def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> P
     tag = f"hvgate/guest:{digest}"
     say("guest", f"building {tag}")
     ok, lines = docker_build(
-        engine, context, tag, log_dir / "guest-build.log", "guest", 1800,
+        engine,
+        context,
+        tag,
+        log_dir / "guest-build.log",
+        "guest",
+        1800,
         buildargs={"BASE_IMAGE": f"hvgate/base:{matrix.guest.base}"},
     )
     if not ok:
-        raise EngineError(f"the guest did not build: {lines[-1] if lines else ''} (log: {log_dir / 'guest-build.log'})")
+        raise EngineError(
+            f"the guest did not build: {lines[-1] if lines else ''} (log: {log_dir / 'guest-build.log'})"
+        )
     container = engine.containers.create(tag, ["true"], labels={eng.LABEL_RUN: "guest-build"})
     try:
         stream, _ = container.get_archive("/guest")

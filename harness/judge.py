@@ -87,7 +87,9 @@ def judge_cell(
     if not build.ok:
         return CellResult(**common, status=Status.UNAVAILABLE, reason=build.reason)
     if smoke is None:
-        return CellResult(**common, status=Status.INCONCLUSIVE, reason="not smoke-tested in this run")
+        return CellResult(
+            **common, status=Status.INCONCLUSIVE, reason="not smoke-tested in this run"
+        )
     if smoke.report is None:
         return CellResult(**common, status=Status.ERROR, reason=smoke.error)
     report = smoke.report
@@ -110,7 +112,9 @@ def judge_cell(
         return CellResult(**common, status=Status.ERROR, reason=f"setup: {report['setup_error']}")
     scenarios = judge_scenarios(report)
     status = worst([s.status for s in scenarios])
-    failing = [f"{s.name}: {s.messages[0]}" for s in scenarios if s.status != Status.SAFE and s.messages]
+    failing = [
+        f"{s.name}: {s.messages[0]}" for s in scenarios if s.status != Status.SAFE and s.messages
+    ]
     return CellResult(
         **common, status=status, reason="; ".join(failing)[:500] or None, scenarios=scenarios
     )

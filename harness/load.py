@@ -98,7 +98,9 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
             args = typing.get_args(annotation)
             annotation = args[-1] if args else None
     annotation = _unwrap(annotation)
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -133,7 +135,11 @@ def _pydantic_problems(error: ValidationError, doc: _Document) -> list[tuple[Loc
         elif kind == "value_error":
             message = str(item.get("ctx", {}).get("error", item["msg"]))
         else:
-            message = f"{item['msg']} (got {value!r})" if not isinstance(value, dict | list) else item["msg"]
+            message = (
+                f"{item['msg']} (got {value!r})"
+                if not isinstance(value, dict | list)
+                else item["msg"]
+            )
         problems.append((loc, message))
     return problems
 
@@ -141,9 +147,9 @@ def _pydantic_problems(error: ValidationError, doc: _Document) -> list[tuple[Loc
 def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     """Cross-references pydantic cannot see: cells naming bases and sources that exist."""
     problems: list[tuple[Loc, str]] = []
-    bases = data.get("bases") if isinstance(data.get("bases"), dict) else {}
-    sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
-    cells = data.get("cells") if isinstance(data.get("cells"), list) else []
+    bases: dict[str, Any] = data["bases"] if isinstance(data.get("bases"), dict) else {}
+    sources: dict[str, Any] = data["sources"] if isinstance(data.get("sources"), dict) else {}
+    cells: list[Any] = data["cells"] if isinstance(data.get("cells"), list) else []
 
     def check(loc: Loc, value: object, known: dict[str, Any], what: str) -> None:
         if isinstance(value, str) and value not in known:
@@ -162,7 +168,9 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         for component in ("libvirt", "qemu"):
             choice = cell.get(component)
             if isinstance(choice, dict):
-                check(("cells", index, component, "source"), choice.get("source"), sources, "source")
+                check(
+                    ("cells", index, component, "source"), choice.get("source"), sources, "source"
+                )
     return problems
 
 
@@ -170,7 +178,9 @@ def parse(text: str, filename: str = "matrix.yaml") -> tuple[Matrix, tuple[Cell,
     doc = _Document(text, filename)
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
-        raise ConfigurationError(f"{filename}: the matrix must be a mapping with bases, sources and cells")
+        raise ConfigurationError(
+            f"{filename}: the matrix must be a mapping with bases, sources and cells"
+        )
     problems = _reference_problems(data)
     matrix = None
     try:
@@ -184,10 +194,15 @@ def parse(text: str, filename: str = "matrix.yaml") -> tuple[Matrix, tuple[Cell,
         for index, cell in enumerate(cells):
             if cell.id in seen:
                 problems.append(
-                    (("cells", index), f"duplicate cell id {cell.id!r} (also cells[{seen[cell.id]}]); set `id:`")
+                    (
+                        ("cells", index),
+                        f"duplicate cell id {cell.id!r} (also cells[{seen[cell.id]}]); set `id:`",
+                    )
                 )
             seen.setdefault(cell.id, index)
-    messages = doc.problems + [f"{doc.where(loc)}: {format_path(loc)}: {message}" for loc, message in problems]
+    messages = doc.problems + [
+        f"{doc.where(loc)}: {format_path(loc)}: {message}" for loc, message in problems
+    ]
     if messages:
         raise ConfigurationError(sorted(set(messages), key=_line_order))
     assert matrix is not None

@@ -40,7 +40,9 @@ def _matches(pattern: re.Pattern[str], what: str) -> Any:
     return check
 
 
-Name = Annotated[str, AfterValidator(_matches(NAME_RE, "name (lower-case letters, digits, . and -)"))]
+Name = Annotated[
+    str, AfterValidator(_matches(NAME_RE, "name (lower-case letters, digits, . and -)"))
+]
 PackageName = Annotated[str, AfterValidator(_matches(DEB_PACKAGE_RE, "Debian package name"))]
 Codename = Annotated[str, AfterValidator(_matches(CODENAME_RE, "release codename"))]
 Suite = Annotated[str, AfterValidator(_matches(SUITE_RE, "suite (e.g. '{codename}-backports')"))]
@@ -202,7 +204,9 @@ def default_cell_id(spec: CellSpec) -> str:
         if choice.source and choice.source != spec.source:
             parts.append(f"{component}-{choice.source}")
         if choice.version != "latest":
-            parts.append(f"{component}-{choice.version.replace(':', '_').replace('+', '_').replace('~', '_')}")
+            parts.append(
+                f"{component}-{choice.version.replace(':', '_').replace('+', '_').replace('~', '_')}"
+            )
     return "-".join(parts)
 
 
@@ -211,7 +215,9 @@ def expand(matrix: Matrix) -> tuple[Cell, ...]:
     cells = []
     for spec in matrix.cells:
         components = tuple(
-            ComponentChoice(name, getattr(spec, name).version, getattr(spec, name).source or spec.source)
+            ComponentChoice(
+                name, getattr(spec, name).version, getattr(spec, name).source or spec.source
+            )
             for name in ("libvirt", "qemu")
         )
         source_names = [spec.source] + [c.source_name for c in components]

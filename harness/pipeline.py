@@ -13,7 +13,16 @@ import docker
 import docker.errors
 
 from . import engine as eng
-from .build import CACHE, BuildResult, build_cell, build_cells, build_guest, content_hash, cell_context, image_tag
+from .build import (
+    CACHE,
+    BuildResult,
+    build_cell,
+    build_cells,
+    build_guest,
+    cell_context,
+    content_hash,
+    image_tag,
+)
 from .errors import EngineError, Interrupted, UnsafeCells
 from .judge import judge_cell
 from .load import load
@@ -29,7 +38,9 @@ LOGS = RESULTS / "logs"
 ACCEL_CACHE = CACHE / "accel-probe.json"
 
 
-def selected(matrix_path: str, cells: str | None, exclude: str | None) -> tuple[Matrix, tuple[Cell, ...]]:
+def selected(
+    matrix_path: str, cells: str | None, exclude: str | None
+) -> tuple[Matrix, tuple[Cell, ...]]:
     matrix, all_cells = load(matrix_path)
     return matrix, select(all_cells, cells, exclude)
 
@@ -92,7 +103,9 @@ def initial_accel(requested: str) -> tuple[str, str | None]:
 
 def remember_accel(accel: str, reason: str) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
-    ACCEL_CACHE.write_text(json.dumps({"boot_id": host_boot_id(), "accel": accel, "reason": reason}))
+    ACCEL_CACHE.write_text(
+        json.dumps({"boot_id": host_boot_id(), "accel": accel, "reason": reason})
+    )
 
 
 def new_run_id() -> str:
@@ -123,7 +136,11 @@ def run(
     say("run", f"{run_id}: {len(chosen)} cells: {', '.join(c.id for c in chosen)}")
     try:
         guest = build_guest(engine, matrix, LOGS)
-        builds = build_cells(engine, matrix, chosen, LOGS) if do_build else existing_images(engine, chosen)
+        builds = (
+            build_cells(engine, matrix, chosen, LOGS)
+            if do_build
+            else existing_images(engine, chosen)
+        )
         current, reason = initial_accel(accel or matrix.accel)
         for cell in chosen:
             result = builds[cell.id]
@@ -132,8 +149,15 @@ def run(
                 continue
             say(cell.id, f"smoke test ({current})")
             smoke = run_cell(
-                engine, cell, result.image, matrix, run_id, guest, current,
-                RESULTS / "runs" / run_id / "logs" / cell.id, runs or matrix.policy.runs,
+                engine,
+                cell,
+                result.image,
+                matrix,
+                run_id,
+                guest,
+                current,
+                RESULTS / "runs" / run_id / "logs" / cell.id,
+                runs or matrix.policy.runs,
             )
             if smoke.report and smoke.report.get("accel"):
                 if current == "auto":
@@ -154,14 +178,22 @@ def run(
 
 
 def _finish(
-    run_id: str, started: str, chosen: tuple[Cell, ...], results: dict[str, CellResult],
-    builds: dict[str, BuildResult], interrupted: bool = False,
+    run_id: str,
+    started: str,
+    chosen: tuple[Cell, ...],
+    results: dict[str, CellResult],
+    builds: dict[str, BuildResult],
+    interrupted: bool = False,
 ) -> tuple[RunResult, dict[str, Path]]:
     cells = [
         results.get(c.id)
         or CellResult(
-            id=c.id, distro=c.base.distro, release=c.base.release, codename=c.base.codename,
-            source=c.source_name, status=Status.INCONCLUSIVE,
+            id=c.id,
+            distro=c.base.distro,
+            release=c.base.release,
+            codename=c.base.codename,
+            source=c.source_name,
+            status=Status.INCONCLUSIVE,
             reason="interrupted before it ran" if interrupted else "not run",
         )
         for c in chosen
@@ -175,7 +207,11 @@ def _finish(
 def check_outcome(run_result: RunResult) -> None:
     """Raises the exit code the run deserves: tool failures and unsafe cells are told apart."""
     errors = [c.id for c in run_result.cells if c.status == Status.ERROR]
-    unsafe = [c.id for c in run_result.cells if c.status in (Status.FLAKY, Status.BROKEN, Status.INCONCLUSIVE)]
+    unsafe = [
+        c.id
+        for c in run_result.cells
+        if c.status in (Status.FLAKY, Status.BROKEN, Status.INCONCLUSIVE)
+    ]
     if errors:
         raise EngineError(f"the tool failed on: {', '.join(errors)} (see results/latest.md)")
     if unsafe:

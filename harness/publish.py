@@ -19,7 +19,11 @@ def scenario_cell(scenario: dict[str, Any] | None) -> str:
     if scenario is None:
         return "–"
     runs, failures = scenario["runs"], scenario["failures"] + scenario.get("errors", 0)
-    mean = sum(scenario["durations_s"]) / len(scenario["durations_s"]) if scenario["durations_s"] else 0
+    mean = (
+        sum(scenario["durations_s"]) / len(scenario["durations_s"])
+        if scenario["durations_s"]
+        else 0
+    )
     mark = "✓" if scenario["status"] == "safe" else "✗"
     return f"{mark} {runs - failures}/{runs} {mean:.1f}s"
 
@@ -44,8 +48,12 @@ def markdown(data: dict[str, Any]) -> str:
                 versions.get("qemu-system-x86") or "–",
                 cell.get("accel") or "–",
                 *[scenario_cell(by_name.get(n)) for n in names],
-                *[("≥" if cell["thresholds"][t] else "<") if t in cell.get("thresholds", {}) else "–"
-                  for t in threshold_names],
+                *[
+                    ("≥" if cell["thresholds"][t] else "<")
+                    if t in cell.get("thresholds", {})
+                    else "–"
+                    for t in threshold_names
+                ],
                 f"**{cell['status']}**",
             ]
         )
@@ -55,9 +63,19 @@ def markdown(data: dict[str, Any]) -> str:
         for cell in data["cells"]
         if cell.get("reason")
     ]
-    text = f"Run `{data['run_id']}`, {data['started']} – {data['finished']}.\n\n" + "\n".join(lines) + "\n"
+    text = (
+        f"Run `{data['run_id']}`, {data['started']} – {data['finished']}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     if threshold_names:
-        text += "\n" + ", ".join(f"`{t}`: ≥ the matrix's {t} libvirt and QEMU versions" for t in threshold_names) + ".\n"
+        text += (
+            "\n"
+            + ", ".join(
+                f"`{t}`: ≥ the matrix's {t} libvirt and QEMU versions" for t in threshold_names
+            )
+            + ".\n"
+        )
     if notes:
         text += "\n" + "\n".join(notes) + "\n"
     return text

@@ -48,10 +48,16 @@ def pins(cell: Cell) -> list[list[str]]:
         source = sources[choice.source_name]
         for src in PINNED_SOURCE_PACKAGES[choice.component]:
             if choice.version != "latest":
-                stanzas.append([f"Package: src:{src}", f"Pin: version {choice.version}", "Pin-Priority: 1001"])
+                stanzas.append(
+                    [f"Package: src:{src}", f"Pin: version {choice.version}", "Pin-Priority: 1001"]
+                )
             elif source.suite:
                 stanzas.append(
-                    [f"Package: src:{src}", f"Pin: release a={suite(source.suite, cell.base)}", "Pin-Priority: 990"]
+                    [
+                        f"Package: src:{src}",
+                        f"Pin: release a={suite(source.suite, cell.base)}",
+                        "Pin-Priority: 990",
+                    ]
                 )
     return stanzas
 

@@ -19,7 +19,14 @@ class Status(enum.StrEnum):
 
 
 # Worst first: a cell's status is the worst of its scenarios'.
-SEVERITY = [Status.ERROR, Status.BROKEN, Status.FLAKY, Status.INCONCLUSIVE, Status.UNAVAILABLE, Status.SAFE]
+SEVERITY = [
+    Status.ERROR,
+    Status.BROKEN,
+    Status.FLAKY,
+    Status.INCONCLUSIVE,
+    Status.UNAVAILABLE,
+    Status.SAFE,
+]
 
 
 def worst(statuses: list[Status]) -> Status:
@@ -81,7 +88,10 @@ class RunResult:
         cells = []
         for cell in data["cells"]:
             scenarios = [
-                ScenarioResult(**{**s, "status": Status(s["status"])}) for s in cell.get("scenarios", [])
+                ScenarioResult(**{**s, "status": Status(s["status"])})
+                for s in cell.get("scenarios", [])
             ]
-            cells.append(CellResult(**{**cell, "status": Status(cell["status"]), "scenarios": scenarios}))
+            cells.append(
+                CellResult(**{**cell, "status": Status(cell["status"]), "scenarios": scenarios})
+            )
         return RunResult(**{**data, "cells": cells})

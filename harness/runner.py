@@ -6,6 +6,7 @@ The container is default and unprivileged (see README, "Container privileges"); 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -71,10 +72,8 @@ def run_cell(
 
     def kill() -> None:
         timed_out.set()
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             container.kill()
-        except docker.errors.APIError:
-            pass
 
     watchdog = threading.Timer(overall, kill)
     watchdog.daemon = True
@@ -82,12 +81,19 @@ def run_cell(
         container.put_archive(REMOTE, smoke_tar())
         container.put_archive(REMOTE, guest_tar.read_bytes())
         command = [
-            "python3", "-m", "smoke",
-            "--scenarios", ",".join(scenarios),
-            "--accel", accel,
-            "--runs", str(runs),
-            "--boot-timeout", str(policy.boot_timeout),
-            "--scenario-timeout", str(policy.scenario_timeout),
+            "python3",
+            "-m",
+            "smoke",
+            "--scenarios",
+            ",".join(scenarios),
+            "--accel",
+            accel,
+            "--runs",
+            str(runs),
+            "--boot-timeout",
+            str(policy.boot_timeout),
+            "--scenario-timeout",
+            str(policy.scenario_timeout),
         ]
         watchdog.start()
         exec_id = engine.api.exec_create(container.id, command, workdir=REMOTE)["Id"]
@@ -111,16 +117,18 @@ def run_cell(
             report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
         except (ValueError, IndexError):
             tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
-            return SmokeRun(cell.id, None, f"the smoke runner exited {exit_code} without a report: {' | '.join(tail)}")
+            return SmokeRun(
+                cell.id,
+                None,
+                f"the smoke runner exited {exit_code} without a report: {' | '.join(tail)}",
+            )
         return SmokeRun(cell.id, report, log_dir=str(log_dir))
     except docker.errors.APIError as exc:
         return SmokeRun(cell.id, None, f"the Docker engine failed: {exc}")
     finally:
         watchdog.cancel()
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True, v=True)
-        except docker.errors.APIError:
-            pass
 
 
 def _copy_logs(container: Any, log_dir: Path) -> None:

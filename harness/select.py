@@ -18,7 +18,9 @@ def split_patterns(value: str | Sequence[str] | None) -> list[str]:
 
 
 def select(
-    cells: Sequence[Cell], include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None
+    cells: Sequence[Cell],
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
 ) -> tuple[Cell, ...]:
     """Cells whose id matches any include pattern (all when none) and no exclude pattern."""
     includes, excludes = split_patterns(include), split_patterns(exclude)

@@ -4,6 +4,7 @@ Progress goes to stderr, one line per event. Standard library and libvirt only, 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -99,10 +100,8 @@ def choose_accel(requested, session, probe_timeout):
         seconds = session.boot(accel="kvm", timeout=probe_timeout)
     except (ScenarioFailure, libvirt.libvirtError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             session.destroy()
-        except libvirt.libvirtError:
-            pass
         return "tcg", f"KVM probe failed ({reason}); using TCG"
     session.destroy()
     session.boot_id = None

@@ -66,7 +66,9 @@ class Console:
             if match:
                 return match
             if time.monotonic() > deadline:
-                raise ScenarioFailure(f"{what} did not appear on the console within {timeout:.0f} s")
+                raise ScenarioFailure(
+                    f"{what} did not appear on the console within {timeout:.0f} s"
+                )
             time.sleep(0.05)
 
     def heartbeats(self, offset=0):

@@ -1,7 +1,9 @@
 """The smoke scenarios: each drives libvirt the way a cloud compute node does and checks the guest."""
 
+import contextlib
 import glob
 import os
+import re
 import time
 
 import libvirt
@@ -77,7 +79,9 @@ class Session:
 
     def wait_alive(self, timeout=15.0):
         """The guest's heartbeat goes on: a new beat of the same boot appears."""
-        beat, boot = self.console.last_heartbeat() if self.console.heartbeats() else (0, self.boot_id)
+        beat, boot = (
+            self.console.last_heartbeat() if self.console.heartbeats() else (0, self.boot_id)
+        )
         if boot != self.boot_id:
             beat = 0
         return self.console.wait_heartbeat_after(beat, self.boot_id, 0, timeout)
@@ -112,7 +116,9 @@ def reboot(session):
     started = time.monotonic()
     # A reset inside the same QEMU process: what a guest-initiated reboot looks like to libvirt.
     dom.reset(0)
-    match = session.console.wait_for(READY_RE, offset, session.boot_timeout, "the ready marker after reset")
+    match = session.console.wait_for(
+        READY_RE, offset, session.boot_timeout, "the ready marker after reset"
+    )
     if match.group(1) == old_boot:
         raise ScenarioFailure("the guest printed the old boot id after the reset")
     session.boot_id = match.group(1)
@@ -156,13 +162,25 @@ def live_snapshot(session):
         if os.path.exists(stale):
             os.unlink(stale)
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-    try:
-        dom.blockJobAbort("vda", 0)  # idempotent: clears a job left behind by a failure
-    except libvirt.libvirtError:
-        pass
+    # Idempotent: clears a job left behind by an earlier failure.
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.blockJobAbort("vda", 0)
     info = qemu_img_info(session.disk)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", session.base,
-         delta, str(info["virtual-size"])])
+    run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            session.base,
+            delta,
+            str(info["virtual-size"]),
+        ]
+    )
     started = time.monotonic()
     # Block copy needs a transient domain; nova undefines it and defines it again afterwards.
     if dom.isPersistent():
@@ -179,7 +197,9 @@ def live_snapshot(session):
         deadline = time.monotonic() + session.job_timeout
         while not _job_ready(dom, "vda"):
             if time.monotonic() > deadline:
-                raise ScenarioFailure(f"the block copy was not ready within {session.job_timeout:.0f} s")
+                raise ScenarioFailure(
+                    f"the block copy was not ready within {session.job_timeout:.0f} s"
+                )
             time.sleep(0.05)
         # Abort, not pivot: the guest keeps its disk and the copy becomes the snapshot.
         dom.blockJobAbort("vda", 0)
@@ -217,7 +237,9 @@ def external_snapshot(session):
         raise ScenarioFailure("the domain does not use the snapshot's overlay")
     backing = qemu_img_info(overlay).get("backing-filename")
     if backing != session.disk:
-        raise ScenarioFailure(f"the overlay's backing file is {backing!r}, expected {session.disk!r}")
+        raise ScenarioFailure(
+            f"the overlay's backing file is {backing!r}, expected {session.disk!r}"
+        )
     if not os.path.getsize(memory):
         raise ScenarioFailure("the memory state file is empty")
     session.wait_alive()
@@ -251,8 +273,6 @@ def managed_save(session):
 
 
 def _wait_for_marker(session, text, offset, timeout, what):
-    import re
-
     return session.console.wait_for(re.compile(re.escape(text)), offset, timeout, what)
 
 
@@ -266,18 +286,26 @@ def disk_hotplug(session):
     offset = session.console.size()
     started = time.monotonic()
     dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    _wait_for_marker(session, "HVGATE-DISK-ADDED vdb", offset, session.job_timeout, "the guest's report of vdb")
+    _wait_for_marker(
+        session, "HVGATE-DISK-ADDED vdb", offset, session.job_timeout, "the guest's report of vdb"
+    )
     attach_s = time.monotonic() - started
     offset = session.console.size()
     started = time.monotonic()
     dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     _wait_for_marker(
-        session, "HVGATE-DISK-REMOVED vdb", offset, session.job_timeout, "the guest's report that vdb is gone"
+        session,
+        "HVGATE-DISK-REMOVED vdb",
+        offset,
+        session.job_timeout,
+        "the guest's report that vdb is gone",
     )
     deadline = time.monotonic() + session.job_timeout
     while extra in dom.XMLDesc(0):
         if time.monotonic() > deadline:
-            raise ScenarioFailure(f"libvirt still lists vdb {session.job_timeout:.0f} s after detach")
+            raise ScenarioFailure(
+                f"libvirt still lists vdb {session.job_timeout:.0f} s after detach"
+            )
         time.sleep(0.05)
     detach_s = time.monotonic() - started
     session.wait_alive()

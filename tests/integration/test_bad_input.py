@@ -6,9 +6,13 @@ from .conftest import ROOT, invoke
 
 pytestmark = pytest.mark.integration
 
-BAD = (ROOT / "matrix.yaml").read_text().replace("base: debian-13", "base: debain-13").replace(
-    "policy:\n  runs: 1", "policy:\n  runs: many\n  colour: blue"
-).replace("source: backports", "source: backports\n    libvirt: \"9.0; rm -rf /\"")
+BAD = (
+    (ROOT / "matrix.yaml")
+    .read_text()
+    .replace("base: debian-13", "base: debain-13")
+    .replace("policy:\n  runs: 1", "policy:\n  runs: many\n  colour: blue")
+    .replace("source: backports", 'source: backports\n    libvirt: "9.0; rm -rf /"')
+)
 
 
 def test_bad_matrix_builds_nothing(engine, tmp_path):

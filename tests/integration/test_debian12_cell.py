@@ -10,8 +10,14 @@ pytestmark = pytest.mark.integration
 
 CELL = "debian-12-release"
 SCENARIOS = [
-    "boot", "reboot", "pause-resume", "live-snapshot",
-    "external-snapshot", "managed-save", "disk-hotplug", "teardown",
+    "boot",
+    "reboot",
+    "pause-resume",
+    "live-snapshot",
+    "external-snapshot",
+    "managed-save",
+    "disk-hotplug",
+    "teardown",
 ]
 
 
