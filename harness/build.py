@@ -16,7 +16,7 @@ import docker.errors
 from . import engine as eng
 from .bases import ensure_base
 from .errors import EngineError, HvgateError
-from .model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
+from .model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Base, Cell, Matrix
 from .progress import say
 from .render import CONTEXT, IMAGES, render
 
@@ -58,7 +58,8 @@ def image_tag(cell_id: str, digest: str) -> str:
 
 def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
     """(status, reason) of a failed build, from the log: archive problems make a cell unavailable."""
-    text = "\n".join(lines)
+    # apt's errors come coloured through the classic builder.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines))
     expired = re.search(r"Release file for (\S+) is expired", text)
     if expired:
         names = ", ".join(name for name, _ in cell.sources)
@@ -83,6 +84,9 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
         )
     if re.search(r"No space left on device", text):
         return "failed", "the build ran out of disk space"
+    unmet = _first(text, r"^ \S+ : Depends: .*")
+    if unmet:
+        return "failed", f"unmet dependency: {unmet}"
     return "failed", _first(text, r"^E: .*") or (lines[-1] if lines else "the build failed")
 
 
@@ -260,10 +264,13 @@ def build_cells(
     """Builds every selected cell; a failing base or build is a result, and the others go on."""
     results: dict[str, BuildResult] = {}
     base_ids: dict[str, str | HvgateError] = {}
+    keyring_base = keyring_source(matrix)
     for cell in cells:
         if cell.base_name not in base_ids:
             try:
-                base_ids[cell.base_name] = ensure_base(engine, cell.base_name, cell.base, log_dir)
+                base_ids[cell.base_name] = ensure_base(
+                    engine, cell.base_name, cell.base, log_dir, keyring_base
+                )
             except HvgateError as exc:
                 base_ids[cell.base_name] = exc
         base_id = base_ids[cell.base_name]
@@ -272,3 +279,13 @@ def build_cells(
             continue
         results[cell.id] = build_cell(engine, cell, base_id, log_dir, matrix.policy.build_timeout)
     return results
+
+
+def keyring_source(matrix: Matrix) -> tuple[str, Base] | None:
+    """The newest numbered Debian release of the matrix (13 or later ships ubuntu-keyring)."""
+    numbered = [
+        (int(base.release), name, base)
+        for name, base in matrix.bases.items()
+        if base.distro == "debian" and base.release.isdigit() and int(base.release) >= 13
+    ]
+    return max(numbered)[1:] if numbered else None

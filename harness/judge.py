@@ -103,7 +103,9 @@ def judge_cell(
         kernel=report.get("kernel"),
         guest_kernel=report.get("guest_kernel"),
         daemon=report.get("daemon"),
-        thresholds={name: meets(libvirt, qemu, t) for name, t in thresholds.items()},
+        thresholds={name: meets(libvirt, qemu, t) for name, t in thresholds.items()}
+        if libvirt and qemu
+        else {},
         log_dir=smoke.log_dir,
         duration_s=report.get("duration_s"),
     )

@@ -164,7 +164,7 @@ class Matrix(Strict):
 
 # Packages installed for each component; the first one names the component's version.
 COMPONENT_PACKAGES: dict[str, tuple[str, ...]] = {
-    "libvirt": ("libvirt-daemon", "python3-libvirt"),
+    "libvirt": ("libvirt-daemon", "libvirt-daemon-driver-qemu", "python3-libvirt"),
     "qemu": ("qemu-system-x86", "qemu-utils"),
 }
 # The source package whose version a pin fixes for each component.

@@ -41,25 +41,32 @@ def packages(cell: Cell) -> list[str]:
 
 
 def pins(cell: Cell) -> list[list[str]]:
-    """apt preferences stanzas: a component comes from its source's suite or at its exact version."""
+    """Commands that write apt preferences (they need the suites' Release files, so they run
+    after `apt-get update`). Specific stanzas come first: apt uses the first that matches.
+
+    - a component's source packages: 990 in its own source's suite (or 1001 at an exact
+      version), 100 in the cell's other suites, so they never drift to another pocket;
+    - everything else: 500 in each extra suite, as in the base's own, so dependencies may come
+      from there (qemu from backports needs seabios from backports) and the newest wins.
+    """
     sources = dict(cell.sources)
-    stanzas = []
+    suites = {name: suite(s.suite, cell.base) for name, s in cell.sources if s.suite}
+    commands = []
     for choice in cell.components:
-        source = sources[choice.source_name]
         for src in PINNED_SOURCE_PACKAGES[choice.component]:
+            package = f"src:{src}"
             if choice.version != "latest":
-                stanzas.append(
-                    [f"Package: src:{src}", f"Pin: version {choice.version}", "Pin-Priority: 1001"]
+                commands.append(["/opt/hvgate/bin/pin-version", package, choice.version])
+            elif sources[choice.source_name].suite:
+                commands.append(
+                    ["/opt/hvgate/bin/pin-source", package, suites[choice.source_name], "990"]
                 )
-            elif source.suite:
-                stanzas.append(
-                    [
-                        f"Package: src:{src}",
-                        f"Pin: release a={suite(source.suite, cell.base)}",
-                        "Pin-Priority: 990",
-                    ]
-                )
-    return stanzas
+            for name, other in suites.items():
+                if name != choice.source_name:
+                    commands.append(["/opt/hvgate/bin/pin-source", package, other, "100"])
+    for other in suites.values():
+        commands.append(["/opt/hvgate/bin/pin-source", "*", other, "500"])
+    return commands
 
 
 def shell(value: object) -> str:

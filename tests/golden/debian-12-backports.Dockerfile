@@ -5,22 +5,13 @@ ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
 
 RUN /opt/hvgate/bin/add-apt-source backports bookworm-backports main ''
-RUN printf '%s\n' \
-        'Package: src:libvirt' \
-        'Pin: release a=bookworm-backports' \
-        'Pin-Priority: 990' \
-        '' \
-        'Package: src:libvirt-python' \
-        'Pin: release a=bookworm-backports' \
-        'Pin-Priority: 990' \
-        '' \
-        'Package: src:qemu' \
-        'Pin: release a=bookworm-backports' \
-        'Pin-Priority: 990' \
-        > /etc/apt/preferences.d/hvgate
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libvirt-daemon python3-libvirt qemu-system-x86 qemu-utils \
+    && /opt/hvgate/bin/pin-source src:libvirt bookworm-backports 990 \
+    && /opt/hvgate/bin/pin-source src:libvirt-python bookworm-backports 990 \
+    && /opt/hvgate/bin/pin-source src:qemu bookworm-backports 990 \
+    && /opt/hvgate/bin/pin-source '*' bookworm-backports 500 \
+    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -6,7 +6,7 @@ COPY context/ /opt/hvgate/bin/
 
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libvirt-daemon python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions
