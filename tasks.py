@@ -108,8 +108,8 @@ def _run(
 ) -> None:
     if accel not in (None, "auto", "kvm", "tcg"):
         raise Exit(f"error: --accel {accel!r}: use auto, kvm or tcg", code=2)
-    if runs is not None and not 1 <= int(runs) <= 1000:
-        raise Exit(f"error: --runs {runs}: use a number from 1 to 1000", code=2)
+    if runs is not None and not (str(runs).isdigit() and 1 <= int(runs) <= 1000):
+        raise Exit(f"error: --runs {runs!r}: use a whole number from 1 to 1000", code=2)
     result, paths = pipeline.run(
         matrix, cells, exclude, accel, int(runs) if runs else None, do_build
     )

@@ -14,9 +14,9 @@ import docker
 import docker.errors
 
 from . import engine as eng
-from .bases import ensure_base
+from .bases import Bases
 from .errors import EngineError, HvgateError
-from .model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Base, Cell, Matrix
+from .model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
 from .progress import say
 from .render import CONTEXT, IMAGES, render
 
@@ -219,8 +219,7 @@ def _versions_from_labels(labels: dict[str, str] | None) -> dict[str, str]:
 
 def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> Path:
     """Builds the guest (kernel + initramfs) once and caches it as a tar to copy into cells."""
-    base = matrix.bases[matrix.guest.base]
-    base_id = ensure_base(engine, matrix.guest.base, base, log_dir)
+    base_id = Bases(engine, matrix.bases, log_dir).ensure(matrix.guest.base)
     context = eng.tar_of(eng.files_under(GUEST_DIR, "."))
     digest = content_hash(context, base_id)
     cached = CACHE / f"guest-{digest}.tar"
@@ -264,13 +263,11 @@ def build_cells(
     """Builds every selected cell; a failing base or build is a result, and the others go on."""
     results: dict[str, BuildResult] = {}
     base_ids: dict[str, str | HvgateError] = {}
-    keyring_base = keyring_source(matrix)
+    bases = Bases(engine, matrix.bases, log_dir)
     for cell in cells:
         if cell.base_name not in base_ids:
             try:
-                base_ids[cell.base_name] = ensure_base(
-                    engine, cell.base_name, cell.base, log_dir, keyring_base
-                )
+                base_ids[cell.base_name] = bases.ensure(cell.base_name)
             except HvgateError as exc:
                 base_ids[cell.base_name] = exc
         base_id = base_ids[cell.base_name]
@@ -279,13 +276,3 @@ def build_cells(
             continue
         results[cell.id] = build_cell(engine, cell, base_id, log_dir, matrix.policy.build_timeout)
     return results
-
-
-def keyring_source(matrix: Matrix) -> tuple[str, Base] | None:
-    """The newest numbered Debian release of the matrix (13 or later ships ubuntu-keyring)."""
-    numbered = [
-        (int(base.release), name, base)
-        for name, base in matrix.bases.items()
-        if base.distro == "debian" and base.release.isdigit() and int(base.release) >= 13
-    ]
-    return max(numbered)[1:] if numbered else None

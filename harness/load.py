@@ -42,6 +42,10 @@ class _Document:
         self.problems: list[str] = []
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except RecursionError:
+            raise ConfigurationError(
+                f"{filename}: the document is too deeply nested (at most {MAX_DEPTH} levels)"
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{filename}:{mark.line + 1}" if mark else filename
@@ -51,9 +55,12 @@ class _Document:
         if root is not None:
             self._walk(root, (), 0, set())
 
-    def _walk(self, node: yaml.Node, loc: Loc, depth: int, active: set[int]) -> None:
+    def _walk(
+        self, node: yaml.Node, loc: Loc, depth: int, active: set[int], line: int | None = None
+    ) -> None:
         self.nodes += 1
-        self.lines.setdefault(loc, node.start_mark.line + 1)
+        # A mapping value is reported at its key's line, where a user looks for it.
+        self.lines.setdefault(loc, line or node.start_mark.line + 1)
         if depth > MAX_DEPTH or self.nodes > MAX_NODES or id(node) in active:
             # Deep nesting, alias bombs and recursive aliases are refused before they are expanded.
             raise ConfigurationError(
@@ -65,6 +72,14 @@ class _Document:
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key_node, value_node in node.value:
+                if (
+                    not isinstance(key_node, yaml.ScalarNode)
+                    or key_node.tag != "tag:yaml.org,2002:str"
+                ):
+                    raise ConfigurationError(
+                        f"{self.filename}:{key_node.start_mark.line + 1}: {format_path(loc)}: "
+                        "keys must be plain strings"
+                    )
                 key = key_node.value
                 if key in seen:
                     self.problems.append(
@@ -72,7 +87,9 @@ class _Document:
                         f"duplicate key (first at line {seen[key]})"
                     )
                 seen[key] = key_node.start_mark.line + 1
-                self._walk(value_node, loc + (key,), depth + 1, active)
+                self._walk(
+                    value_node, loc + (key,), depth + 1, active, key_node.start_mark.line + 1
+                )
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 self._walk(item, loc + (index,), depth + 1, active)
@@ -95,8 +112,10 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
                 return None
             annotation = field.annotation
         else:
-            args = typing.get_args(annotation)
-            annotation = args[-1] if args else None
+            # dict[K, V] -> V; tuple[T, ...] and list[T] -> T
+            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+            origin = typing.get_origin(annotation)
+            annotation = (args[-1] if origin is dict else args[0]) if args else None
     annotation = _unwrap(annotation)
     return (
         annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -164,6 +183,17 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         if not isinstance(cell, dict):
             continue
         check(("cells", index, "base"), cell.get("base"), bases, "base")
+        base = bases.get(str(cell.get("base")))
+        source = sources.get(str(cell.get("source", "release")))
+        if (
+            isinstance(base, dict)
+            and isinstance(source, dict)
+            and source.get("cloud_archive")
+            and base.get("distro") != "ubuntu"
+        ):
+            problems.append(
+                (("cells", index, "source"), "a cloud_archive source needs an ubuntu base")
+            )
         check(("cells", index, "source"), cell.get("source", "release"), sources, "source")
         for component in ("libvirt", "qemu"):
             choice = cell.get(component)

@@ -104,6 +104,14 @@ class Source(Strict):
     uri: Uri | None = None
     """None: the mirror the base image's own apt sources use."""
     check_valid_until: bool = True
+    cloud_archive: Annotated[str, Field(pattern=r"^[a-z]+(?:-proposed)?$")] | None = None
+    """An Ubuntu Cloud Archive pocket, added by the distro's own `add-apt-repository cloud-archive:NAME`."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if self.cloud_archive and (self.suite or self.uri):
+            raise ValueError("a cloud_archive source takes no suite or uri")
+        return self
 
 
 class PackageChoice(Strict):
@@ -141,9 +149,18 @@ class Policy(Strict):
     build_timeout: Annotated[float, Field(gt=0, le=36000)] = 1800.0
 
 
+def _version(value: str) -> str:
+    if DEB_VERSION_RE.fullmatch(value):
+        return value
+    raise ValueError(f"{value!r} is not a version such as '8.0.0'")
+
+
+Version = Annotated[str, AfterValidator(_version)]
+
+
 class Threshold(Strict):
-    libvirt: VersionSelector
-    qemu: VersionSelector
+    libvirt: Version
+    qemu: Version
 
 
 class Guest(Strict):

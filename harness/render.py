@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import ConfigurationError
-from .model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, Base, Cell
+from .model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, Base, Cell, Source
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
@@ -33,6 +33,14 @@ def suite(template: str, base: Base) -> str:
     return template.replace("{codename}", base.codename).replace("{release}", base.release)
 
 
+def source_suite(source: Source, base: Base) -> str:
+    """The suite apt knows a source by; a Cloud Archive pocket is CODENAME-updates/NAME."""
+    if source.cloud_archive:
+        name, _, proposed = source.cloud_archive.partition("-")
+        return f"{base.codename}-{'proposed' if proposed else 'updates'}/{name}"
+    return suite(source.suite or "{codename}", base)
+
+
 def packages(cell: Cell) -> list[str]:
     names = [p for c in cell.components for p in COMPONENT_PACKAGES[c.component]]
     for name in names:  # every value reaching the Dockerfile has passed a strict grammar
@@ -49,15 +57,16 @@ def pins(cell: Cell) -> list[list[str]]:
     - everything else: 500 in each extra suite, as in the base's own, so dependencies may come
       from there (qemu from backports needs seabios from backports) and the newest wins.
     """
-    sources = dict(cell.sources)
-    suites = {name: suite(s.suite, cell.base) for name, s in cell.sources if s.suite}
+    suites = {
+        name: source_suite(s, cell.base) for name, s in cell.sources if s.suite or s.cloud_archive
+    }
     commands = []
     for choice in cell.components:
         for src in PINNED_SOURCE_PACKAGES[choice.component]:
             package = f"src:{src}"
             if choice.version != "latest":
                 commands.append(["/opt/hvgate/bin/pin-version", package, choice.version])
-            elif sources[choice.source_name].suite:
+            elif choice.source_name in suites:
                 commands.append(
                     ["/opt/hvgate/bin/pin-source", package, suites[choice.source_name], "990"]
                 )
@@ -98,6 +107,10 @@ def render(cell: Cell, env: jinja2.Environment = ENVIRONMENT) -> str:
     except jinja2.TemplateNotFound:
         raise ConfigurationError(
             f"cell {cell.id}: template {template_name!r} not found in {OVERRIDES.relative_to(ROOT)}/"
+        ) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigurationError(
+            f"{exc.filename or template_name}:{exc.lineno}: template error: {exc.message}"
         ) from None
     try:
         return template.render(cell=cell, base=cell.base, base_image=base_image_tag(cell.base_name))

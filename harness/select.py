@@ -26,7 +26,7 @@ def select(
     includes, excludes = split_patterns(include), split_patterns(exclude)
     ids = [c.id for c in cells]
     problems = [
-        f"--cells {pattern!r} matches no cell{did_you_mean(pattern, ids)}; cells: {', '.join(ids)}"
+        f"--cells {pattern!r} matches no cell{suggest(pattern, ids)}; cells: {', '.join(ids)}"
         for pattern in includes
         if not fnmatch.filter(ids, pattern)
     ]
@@ -41,3 +41,12 @@ def select(
     if not chosen:
         raise ConfigurationError("the cell selection is empty after --exclude")
     return chosen
+
+
+def suggest(pattern: str, ids: list[str]) -> str:
+    """'did you mean' for a pattern: a trailing-star pattern is compared with id prefixes."""
+    if pattern.endswith("*") and "*" not in pattern[:-1]:
+        stem = pattern[:-1]
+        close = did_you_mean(stem, sorted({i[: len(stem)] for i in ids}))
+        return close.replace("'?)", "*'?)")
+    return did_you_mean(pattern, ids)

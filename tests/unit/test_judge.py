@@ -1,0 +1,239 @@
+"""harness.judge: scenario and cell verdicts from build results and smoke reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.build import BuildResult
+from harness.judge import judge_cell, judge_scenarios, meets, scenario_status, version_tuple
+from harness.model import Threshold
+from harness.results import Status, worst
+from harness.runner import SmokeRun
+
+
+@pytest.mark.parametrize(
+    ("runs", "failures", "errors", "expected"),
+    [
+        (0, 0, 0, Status.INCONCLUSIVE),
+        (1, 0, 0, Status.SAFE),
+        (5, 0, 0, Status.SAFE),
+        (5, 1, 0, Status.FLAKY),
+        (5, 4, 0, Status.FLAKY),
+        (5, 5, 0, Status.BROKEN),
+        (1, 1, 0, Status.BROKEN),
+        # A runner error is the tool's failure, never counted against libvirt or QEMU ...
+        (5, 0, 1, Status.ERROR),
+        (5, 0, 5, Status.ERROR),
+        # ... but real failures next to it still decide.
+        (5, 1, 1, Status.FLAKY),
+        (3, 2, 1, Status.BROKEN),
+    ],
+)
+def test_scenario_status(runs, failures, errors, expected):
+    assert scenario_status(runs, failures, errors) is expected
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("1:7.2+dfsg-7", (7, 2)),
+        ("9.0.0-4+deb12u2", (9, 0, 0)),
+        ("10.0.0", (10, 0, 0)),
+        ("8.2.2+ds-0ubuntu1.4", (8, 2, 2)),
+        ("9.0.0-4~bpo12+1", (9, 0, 0)),
+        ("2:8.0.4", (8, 0, 4)),
+        ("", ()),
+        ("latest", ()),
+    ],
+)
+def test_version_tuple(version, expected):
+    assert version_tuple(version) == expected
+
+
+MIN = Threshold(libvirt="8.0.0", qemu="6.2.0")
+NEXT = Threshold(libvirt="10.0.0", qemu="8.2.2")
+
+
+@pytest.mark.parametrize(
+    ("libvirt", "qemu", "threshold", "expected"),
+    [
+        ("9.0.0", "7.2.0", MIN, True),
+        ("8.0.0", "6.2.0", MIN, True),  # equal is enough
+        ("7.10.0", "7.2.0", MIN, False),  # compared as numbers, not as strings
+        ("9.0.0", "6.1.9", MIN, False),  # both must meet it
+        ("10.0.0", "8.2.2", NEXT, True),
+        ("9.10.0", "9.0.0", NEXT, False),
+        ("11.0.0", "10.0.0", NEXT, True),
+        (None, "7.2.0", MIN, False),
+        ("9.0.0", None, MIN, False),
+        ("", "", MIN, False),
+    ],
+)
+def test_meets(libvirt, qemu, threshold, expected):
+    assert meets(libvirt, qemu, threshold) is expected
+
+
+def result(name, status, error=None, duration=1.0, console=None):
+    return {
+        "name": name,
+        "status": status,
+        "error": error,
+        "duration_s": duration,
+        "details": {"run_of": name},
+        "logs": {"console": console or [f"{name} {status}"], "daemon": [], "qemu": []},
+    }
+
+
+REPORT = {
+    "format": 1,
+    "kernel": "6.1.0-host",
+    "guest_kernel": "6.1.0-guest",
+    "daemon": "virtqemud",
+    "libvirt_version": "9.0.0",
+    "qemu_version": "7.2.0",
+    "accel": "tcg",
+    "accel_reason": "no /dev/kvm in the container",
+    "versions": {"libvirt-daemon": "9.0.0-4+deb12u2", "qemu-system-x86": "1:7.2+dfsg-7+deb12u6"},
+    "setup_error": None,
+    "duration_s": 42.0,
+    "runs": [
+        [
+            result("boot", "pass", duration=2.0),
+            result("reboot", "fail", "no heartbeat after reboot", console=["first"]),
+            result("teardown", "pass"),
+        ],
+        [
+            result("boot", "pass", duration=4.0),
+            result("reboot", "pass"),
+            result("teardown", "error", "Traceback: KeyError"),
+        ],
+        [
+            result("boot", "pass", duration=3.0),
+            result("reboot", "fail", "no heartbeat after reboot", console=["last"]),
+            result("teardown", "pass"),
+        ],
+    ],
+}
+
+
+def test_judge_scenarios():
+    verdicts = judge_scenarios(REPORT)
+    assert [v.name for v in verdicts] == ["boot", "reboot", "teardown"]
+    boot, reboot, teardown = verdicts
+    assert boot.status is Status.SAFE
+    assert (boot.runs, boot.failures, boot.errors) == (3, 0, 0)
+    assert boot.durations_s == [2.0, 4.0, 3.0]
+    assert boot.messages == []
+    assert boot.details == [{"run_of": "boot"}] * 3
+    assert boot.logs["console"] == ["boot pass"]  # no failure: the last run's logs
+
+    assert reboot.status is Status.FLAKY
+    assert (reboot.runs, reboot.failures, reboot.errors) == (3, 2, 0)
+    assert reboot.messages == ["no heartbeat after reboot"]  # once, not once per run
+    assert reboot.logs["console"] == ["last"]  # the last failure's logs
+
+    assert teardown.status is Status.ERROR
+    assert (teardown.runs, teardown.failures, teardown.errors) == (3, 0, 1)
+    assert teardown.messages == ["Traceback: KeyError"]
+
+
+def test_judge_scenarios_of_an_empty_report():
+    assert judge_scenarios({"runs": []}) == []
+    assert judge_scenarios({}) == []
+
+
+def test_worst():
+    assert worst([Status.SAFE, Status.FLAKY, Status.BROKEN]) is Status.BROKEN
+    assert worst([Status.SAFE, Status.ERROR, Status.BROKEN]) is Status.ERROR
+    assert worst([Status.SAFE]) is Status.SAFE
+    assert worst([]) is Status.INCONCLUSIVE
+
+
+@pytest.fixture
+def cell(default_matrix):
+    return default_matrix[1][0]
+
+
+@pytest.fixture
+def thresholds():
+    return {"min": MIN, "next-min": NEXT}
+
+
+BUILT = BuildResult(
+    cell_id="debian-12-release",
+    status="built",
+    image="hvgate/cell:debian-12-release-0123456789abcdef",
+    versions={"libvirt-daemon": "9.0.0-4", "python3-libvirt": "9.0.0-1"},
+    seconds=12.34,
+)
+
+
+def test_failed_build_is_unavailable_with_its_reason(cell, thresholds):
+    build = BuildResult(
+        cell_id=cell.id,
+        status="failed",
+        reason="E: Unable to locate package libvirt-daemon",
+        log="/logs/build.log",
+        log_tail=("line 1", "line 2"),
+    )
+    verdict = judge_cell(cell, build, None, thresholds)
+    assert verdict.status is Status.UNAVAILABLE
+    assert verdict.reason == "E: Unable to locate package libvirt-daemon"
+    assert verdict.id == cell.id
+    assert (verdict.distro, verdict.release, verdict.codename) == ("debian", "12", "bookworm")
+    assert verdict.build["status"] == "failed"
+    assert verdict.build["log_tail"] == ["line 1", "line 2"]
+    assert verdict.scenarios == []
+
+
+def test_failed_smoke_run_is_an_error(cell, thresholds):
+    smoke = SmokeRun(cell_id=cell.id, report=None, error="the runner printed no JSON")
+    verdict = judge_cell(cell, BUILT, smoke, thresholds)
+    assert verdict.status is Status.ERROR
+    assert verdict.reason == "the runner printed no JSON"
+    assert verdict.image == BUILT.image
+    assert verdict.scenarios == []
+
+
+def test_not_smoke_tested_is_inconclusive(cell, thresholds):
+    verdict = judge_cell(cell, BUILT, None, thresholds)
+    assert verdict.status is Status.INCONCLUSIVE
+    assert verdict.reason
+
+
+def test_setup_error_is_an_error(cell, thresholds):
+    report = {**REPORT, "runs": [], "setup_error": "virtqemud did not start"}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report), thresholds)
+    assert verdict.status is Status.ERROR
+    assert verdict.reason == "setup: virtqemud did not start"
+
+
+def test_judge_cell_from_a_report(cell, thresholds):
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, REPORT, log_dir="/logs/x"), thresholds)
+    # The worst scenario decides: the runner error on teardown.
+    assert verdict.status is Status.ERROR
+    assert [s.name for s in verdict.scenarios] == ["boot", "reboot", "teardown"]
+    assert "reboot: no heartbeat after reboot" in verdict.reason
+    assert verdict.thresholds == {"min": True, "next-min": False}
+    # The runner's dpkg versions win over the build's labels; the others stay.
+    assert verdict.versions == {
+        "libvirt-daemon": "9.0.0-4+deb12u2",
+        "qemu-system-x86": "1:7.2+dfsg-7+deb12u6",
+        "python3-libvirt": "9.0.0-1",
+    }
+    assert (verdict.libvirt_version, verdict.qemu_version) == ("9.0.0", "7.2.0")
+    assert (verdict.accel, verdict.daemon, verdict.log_dir) == ("tcg", "virtqemud", "/logs/x")
+    assert verdict.build["seconds"] == 12.3
+
+
+def test_all_passing_report_is_safe(cell, thresholds):
+    report = {**REPORT, "runs": [[result("boot", "pass"), result("reboot", "pass")]] * 2}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report), thresholds)
+    assert verdict.status is Status.SAFE
+    assert verdict.reason is None
+
+
+def test_report_without_runs_is_inconclusive(cell, thresholds):
+    report = {**REPORT, "runs": []}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report), thresholds)
+    assert verdict.status is Status.INCONCLUSIVE

@@ -1,0 +1,281 @@
+"""harness/smoke, the container side, imported here against a stub `libvirt` module."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import signal
+import subprocess
+import sys
+import time
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness import model
+
+SMOKE_DIR = Path(harness.__file__).resolve().parent / "smoke"
+
+
+class StubLibvirtError(Exception):
+    pass
+
+
+def stub_libvirt() -> types.ModuleType:
+    stub = types.ModuleType("libvirt")
+    stub.libvirtError = StubLibvirtError  # type: ignore[attr-defined]
+    for number, name in enumerate(
+        [
+            "VIR_DOMAIN_RUNNING",
+            "VIR_DOMAIN_PAUSED",
+            "VIR_DOMAIN_SHUTOFF",
+            "VIR_DOMAIN_UNDEFINE_MANAGED_SAVE",
+            "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+        ],
+        start=1,
+    ):
+        setattr(stub, name, number)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit test reached libvirt")
+
+    stub.open = refuse  # type: ignore[attr-defined]
+    return stub
+
+
+@pytest.fixture
+def smoke(monkeypatch):
+    """Imports harness.smoke.* afresh with `libvirt` stubbed; the real state returns afterwards."""
+    monkeypatch.setitem(sys.modules, "libvirt", stub_libvirt())
+    for name in [n for n in sys.modules if n == "harness.smoke" or n.startswith("harness.smoke.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(harness, "smoke", None, raising=False)
+    alarm = signal.getsignal(signal.SIGALRM)
+    modules = types.SimpleNamespace(
+        guest=importlib.import_module("harness.smoke.guest"),
+        scenarios=importlib.import_module("harness.smoke.scenarios"),
+        main=importlib.import_module("harness.smoke.__main__"),
+    )
+    yield modules
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, alarm)
+    for name in [n for n in sys.modules if n == "harness.smoke" or n.startswith("harness.smoke.")]:
+        del sys.modules[name]
+
+
+def test_the_smoke_modules_use_the_stub(smoke):
+    assert smoke.scenarios.libvirt is sys.modules["libvirt"]
+    assert smoke.main.libvirt.libvirtError is StubLibvirtError
+
+
+def test_scenarios_match_the_model(smoke):
+    assert tuple(smoke.scenarios.SCENARIOS) == model.SCENARIOS
+    assert all(callable(f) for f in smoke.scenarios.SCENARIOS.values())
+
+
+def test_list_prints_the_scenarios_in_order(smoke, capsys):
+    assert smoke.main.main(["--list"]) == 0
+    assert capsys.readouterr().out.split() == list(model.SCENARIOS)
+
+
+def test_unknown_scenario_is_refused(smoke, capsys):
+    with pytest.raises(SystemExit) as info:
+        smoke.main.main(["--scenarios", "boot,bot"])
+    assert info.value.code == 2
+    assert "unknown scenarios: bot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("accel", "domain_type"), [("tcg", "qemu"), ("kvm", "kvm")])
+def test_domain_xml(smoke, accel, domain_type):
+    disk, console = "/var/lib/hvgate/disk.qcow2", "/var/lib/hvgate/console.log"
+    text = smoke.guest.domain_xml(accel, disk, console)
+    root = ET.fromstring(text)
+    assert root.tag == "domain"
+    assert root.get("type") == domain_type
+    assert root.findtext("name") == smoke.guest.DOMAIN
+    assert root.find("features/acpi") is not None  # PCI hot-plug on the pc machine
+    serial = root.find("devices/serial")
+    assert serial.get("type") == "file"
+    assert serial.find("source").get("path") == console
+    assert serial.find("source").get("append") == "on"  # keeps the console across restores
+    disk_node = root.find("devices/disk")
+    assert disk_node.find("source").get("file") == disk
+    assert disk_node.find("target").get("dev") == "vda"
+    assert root.find("os/kernel").text.startswith(smoke.guest.GUEST_DIR)
+
+
+def test_domain_xml_for_tcg_has_the_expected_text(smoke):
+    text = smoke.guest.domain_xml("tcg", "/d.qcow2", "/c.log")
+    assert "<domain type='qemu'>" in text
+    assert "<acpi/>" in text
+    assert "append='on'" in text
+
+
+def test_disk_xml(smoke):
+    node = ET.fromstring(smoke.guest.disk_xml("/x/extra.qcow2", "vdb", fmt="raw"))
+    assert node.find("driver").get("type") == "raw"
+    assert node.find("target").get("dev") == "vdb"
+    assert node.find("target").get("bus") == "virtio"
+
+
+CONSOLE = (
+    b"\x1b[0m\xff garbage from the firmware\r\n"
+    b"HVGATE-READY boot=abc disks=vda\r\n"
+    b"HVGATE-HEARTBEAT 1 boot=abc\r\n"
+    b"HVGATE-HEARTBEAT 2 boot=abc\r\n"
+    b"HVGATE-HEARTBEAT 3 boot=abc\r\n"
+)
+
+
+@pytest.fixture
+def console_file(tmp_path):
+    path = tmp_path / "console.log"
+    path.write_bytes(CONSOLE)
+    return path
+
+
+def test_console_wait_for_ready(smoke, console_file):
+    console = smoke.guest.Console(str(console_file))
+    match = console.wait_for(smoke.guest.READY_RE, 0, 1.0, "the ready marker")
+    assert match.group(1) == "abc"
+
+
+def test_console_wait_for_looks_after_the_offset(smoke, console_file):
+    console = smoke.guest.Console(str(console_file))
+    offset = console.size()
+    assert offset == len(CONSOLE)
+    with console_file.open("ab") as handle:
+        handle.write(b"HVGATE-READY boot=def disks=vda,vdb\n")
+    assert console.wait_for(smoke.guest.READY_RE, offset, 1.0, "ready").group(1) == "def"
+
+
+def test_console_wait_for_times_out(smoke, console_file):
+    console = smoke.guest.Console(str(console_file))
+    started = time.monotonic()
+    with pytest.raises(smoke.guest.ScenarioFailure, match="the ready marker did not appear"):
+        console.wait_for(smoke.guest.READY_RE, console.size(), 0.2, "the ready marker")
+    assert time.monotonic() - started >= 0.2
+
+
+def test_console_heartbeats(smoke, console_file):
+    console = smoke.guest.Console(str(console_file))
+    assert console.heartbeats() == [(1, "abc"), (2, "abc"), (3, "abc")]
+    offset = CONSOLE.index(b"HVGATE-HEARTBEAT 3")
+    assert console.heartbeats(offset) == [(3, "abc")]
+    assert console.last_heartbeat() == (3, "abc")
+    assert console.wait_heartbeat_after(2, "abc", 0, 1.0) == 3
+    with pytest.raises(smoke.guest.ScenarioFailure, match="no heartbeat after #3"):
+        console.wait_heartbeat_after(3, "abc", 0, 0.1)
+    # A beat of another boot does not count as this boot's.
+    with console_file.open("ab") as handle:
+        handle.write(b"HVGATE-HEARTBEAT 9 boot=zzz\n")
+    with pytest.raises(smoke.guest.ScenarioFailure):
+        console.wait_heartbeat_after(3, "abc", 0, 0.1)
+    assert console.tail(1) == ["HVGATE-HEARTBEAT 9 boot=zzz"]
+
+
+def test_console_without_a_file(smoke, tmp_path):
+    console = smoke.guest.Console(str(tmp_path / "missing.log"))
+    assert console.size() == 0
+    assert console.text() == ""
+    assert console.heartbeats() == []
+    assert console.tail() == []
+    with pytest.raises(smoke.guest.ScenarioFailure, match="no heartbeat"):
+        console.last_heartbeat()
+
+
+def test_dotted_version(smoke):
+    assert smoke.main.dotted(9000000) == "9.0.0"
+    assert smoke.main.dotted(10002003) == "10.2.3"
+
+
+def run_fake_scenario(smoke, monkeypatch, behaviour, timeout=5.0):
+    monkeypatch.setitem(smoke.main.SCENARIOS, "boot", behaviour)
+    return smoke.main.run_scenario("boot", None, "virtqemud", timeout)
+
+
+def test_run_scenario_pass(smoke, monkeypatch):
+    result = run_fake_scenario(smoke, monkeypatch, lambda session: {"boot_s": 1.5})
+    assert result["name"] == "boot"
+    assert result["status"] == "pass"
+    assert result["error"] is None
+    assert result["details"] == {"boot_s": 1.5}
+    assert result["duration_s"] >= 0
+    assert set(result["logs"]) == {"daemon", "qemu", "console"}
+
+
+@pytest.mark.parametrize(
+    ("exception", "status"),
+    [
+        (lambda: StubLibvirtError("  domain not found\n"), "fail"),
+        (lambda: RuntimeError("a bug in the runner"), "error"),
+    ],
+    ids=["libvirt", "bug"],
+)
+def test_run_scenario_failures(smoke, monkeypatch, exception, status):
+    def scenario(session):
+        raise exception()
+
+    result = run_fake_scenario(smoke, monkeypatch, scenario)
+    assert result["status"] == status
+    assert result["error"]
+    if status == "fail":
+        assert result["error"] == "domain not found"
+    else:
+        assert "RuntimeError: a bug in the runner" in result["error"]
+
+
+def test_run_scenario_scenario_failure(smoke, monkeypatch):
+    def scenario(session):
+        raise smoke.guest.ScenarioFailure("the guest did not come back")
+
+    result = run_fake_scenario(smoke, monkeypatch, scenario)
+    assert (result["status"], result["error"]) == ("fail", "the guest did not come back")
+
+
+def test_run_scenario_timeout(smoke, monkeypatch):
+    def scenario(session):
+        time.sleep(5)
+
+    started = time.monotonic()
+    result = run_fake_scenario(smoke, monkeypatch, scenario, timeout=0.2)
+    assert time.monotonic() - started < 4
+    assert result["status"] == "fail"
+    assert "did not finish within" in result["error"]
+
+
+# --- the wall between the two sides --------------------------------------------------------
+
+
+def smoke_sources() -> list[Path]:
+    return sorted(SMOKE_DIR.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", smoke_sources(), ids=lambda p: p.name)
+def test_smoke_code_is_python_310_stdlib_and_libvirt(path):
+    tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+    allowed = set(sys.stdlib_module_names) | {"libvirt"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_host_side_never_imports_the_smoke_runner(root):
+    code = (
+        "import sys, tasks, harness.pipeline, harness.schema\n"
+        "print(sorted(m for m in sys.modules if m.startswith('harness.smoke') or m == 'libvirt'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
