@@ -38,9 +38,10 @@ def reported(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except HvgateError as exc:
-            raise Exit(
-                f"error: {exc}" if exc.exit_code != 1 else str(exc), code=exc.exit_code
-            ) from None
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            if exc.exit_code != 1:  # a failure of the tool or of the input, not a verdict
+                lines = [f"error: {line}" for line in lines]
+            raise Exit("\n".join(lines), code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -42,8 +44,13 @@ def bootstrap_command(
     if keyring:
         command += [f"--keyring={keyring}", "--include=ubuntu-keyring"]
     if not base.check_valid_until:
-        # Only where matrix.yaml says this release's Release file may be expired (archive snapshots).
-        command.append('--aptopt=Acquire::Check-Valid-Until "false"')
+        # Only where matrix.yaml says this release's Release file may be expired (archive snapshots),
+        # and per source: the image keeps the option on its own source lines, not as a global default.
+        command += [
+            '--aptopt=Acquire::Check-Valid-Until "false"',
+            "--customize-hook=sed -i 's/^deb /deb [check-valid-until=no] /' \"$1/etc/apt/sources.list\"",
+            '--customize-hook=rm -f "$1/etc/apt/apt.conf.d/99mmdebstrap"',
+        ]
     command += [base.codename, target]
     if mirror or base.mirror:
         command.append(mirror or base.mirror or "")
@@ -162,19 +169,28 @@ class Bases:
         say("ubuntu-keyring", f"from the {name} archive")
         script = (
             "set -e; cd /tmp; apt-get update -qq; apt-get download -qq ubuntu-keyring; "
-            "dpkg-deb --fsys-tarfile ubuntu-keyring_*.deb | tar -xO ./usr/share/keyrings/ubuntu-archive-keyring.gpg"
+            "dpkg-deb -x ubuntu-keyring_*.deb /tmp/keyring"
+        )
+        # The file comes out through the archive API: container logs would mangle binary data.
+        container = self.engine.containers.create(
+            base_image_tag(name), ["sh", "-c", script], labels={"io.hvgate.run": "keyring"}
         )
         try:
-            data = self.engine.containers.run(
-                base_image_tag(name),
-                ["sh", "-c", script],
-                remove=True,
-                labels={"io.hvgate.run": "keyring"},
+            container.start()
+            status = container.wait(timeout=300).get("StatusCode")
+            if status != 0:
+                output = container.logs().decode(errors="replace").strip()[-300:]
+                raise EngineError(
+                    f"could not fetch ubuntu-keyring from the {name} archive: {output}"
+                )
+            stream, _ = container.get_archive(
+                "/tmp/keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg"
             )
-        except docker.errors.ContainerError as exc:
-            raise EngineError(
-                f"could not fetch ubuntu-keyring from the {name} archive: {exc}"
-            ) from None
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.extractfile("ubuntu-archive-keyring.gpg")
+                data = member.read() if member else b""
+        finally:
+            container.remove(force=True)
         if not data:
             raise EngineError(f"the {name} archive's ubuntu-keyring holds no archive keyring")
         KEYRING_CACHE.parent.mkdir(parents=True, exist_ok=True)

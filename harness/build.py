@@ -269,6 +269,7 @@ def build_cells(
             try:
                 base_ids[cell.base_name] = bases.ensure(cell.base_name)
             except HvgateError as exc:
+                say(cell.base_name, f"base unavailable: {exc}")
                 base_ids[cell.base_name] = exc
         base_id = base_ids[cell.base_name]
         if isinstance(base_id, HvgateError):

@@ -65,15 +65,26 @@ def judge_scenarios(report: dict[str, Any]) -> list[ScenarioResult]:
     return verdicts
 
 
-def judge_cell(
-    cell: Cell, build: BuildResult, smoke: SmokeRun | None, thresholds: dict[str, Threshold]
-) -> CellResult:
-    common: dict[str, Any] = dict(
+def identity(cell: Cell) -> dict[str, Any]:
+    """The fields that name a cell in every result."""
+    return dict(
         id=cell.id,
         distro=cell.base.distro,
         release=cell.base.release,
         codename=cell.base.codename,
         source=cell.source_name,
+    )
+
+
+def not_run(cell: Cell, reason: str) -> CellResult:
+    return CellResult(**identity(cell), status=Status.INCONCLUSIVE, reason=reason)
+
+
+def judge_cell(
+    cell: Cell, build: BuildResult, smoke: SmokeRun | None, thresholds: dict[str, Threshold]
+) -> CellResult:
+    common: dict[str, Any] = dict(
+        **identity(cell),
         image=build.image,
         build={
             "status": build.status,

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-
-# The scenarios the smoke runner knows, in the order they run.
-SCENARIOS: tuple[str, ...] = (
-    "boot",
-    "reboot",
-    "pause-resume",
-    "live-snapshot",
-    "external-snapshot",
-    "managed-save",
-    "disk-hotplug",
-    "teardown",
-)
 
 # Strict grammars for every value that can reach a Dockerfile or a command line.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -60,6 +49,7 @@ def _version_selector(value: str) -> str:
 
 
 VersionSelector = Annotated[str, AfterValidator(_version_selector)]
+# The scenarios the smoke runner knows, in the order they run.
 Scenario = Literal[
     "boot",
     "reboot",
@@ -70,6 +60,7 @@ Scenario = Literal[
     "disk-hotplug",
     "teardown",
 ]
+SCENARIOS: tuple[str, ...] = typing.get_args(Scenario)
 
 
 class Strict(BaseModel):

@@ -24,7 +24,7 @@ from .build import (
     image_tag,
 )
 from .errors import EngineError, Interrupted, UnsafeCells
-from .judge import judge_cell
+from .judge import judge_cell, not_run
 from .load import load
 from .model import Cell, Matrix
 from .progress import say
@@ -185,19 +185,8 @@ def _finish(
     builds: dict[str, BuildResult],
     interrupted: bool = False,
 ) -> tuple[RunResult, dict[str, Path]]:
-    cells = [
-        results.get(c.id)
-        or CellResult(
-            id=c.id,
-            distro=c.base.distro,
-            release=c.base.release,
-            codename=c.base.codename,
-            source=c.source_name,
-            status=Status.INCONCLUSIVE,
-            reason="interrupted before it ran" if interrupted else "not run",
-        )
-        for c in chosen
-    ]
+    reason = "interrupted before it ran" if interrupted else "not run"
+    cells = [results.get(c.id) or not_run(c, reason) for c in chosen]
     host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
     run_result = RunResult(run_id, started, now_iso(), host, cells)
     paths = publish(run_result)

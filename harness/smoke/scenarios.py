@@ -87,6 +87,14 @@ class Session:
         return self.console.wait_heartbeat_after(beat, self.boot_id, 0, timeout)
 
 
+def fresh(*paths):
+    """The paths, with whatever an earlier run left there removed."""
+    for stale in paths:
+        if os.path.exists(stale):
+            os.unlink(stale)
+    return paths
+
+
 def state_name(dom):
     state = dom.state()[0]
     names = {
@@ -156,11 +164,7 @@ def _job_ready(dom, disk):
 def live_snapshot(session):
     """nova's _live_snapshot: a shallow block copy of the running disk into a delta image."""
     dom = session.ensure_running()
-    delta = path("snapshot.delta")
-    flat = path("snapshot.qcow2")
-    for stale in (delta, flat):
-        if os.path.exists(stale):
-            os.unlink(stale)
+    delta, flat = fresh(path("snapshot.delta"), path("snapshot.qcow2"))
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     # Idempotent: clears a job left behind by an earlier failure.
     with contextlib.suppress(libvirt.libvirtError):
@@ -218,11 +222,7 @@ def live_snapshot(session):
 
 def external_snapshot(session):
     dom = session.ensure_running()
-    memory = path("external.mem")
-    overlay = path("external.qcow2")
-    for stale in (memory, overlay):
-        if os.path.exists(stale):
-            os.unlink(stale)
+    memory, overlay = fresh(path("external.mem"), path("external.qcow2"))
     xml = (
         "<domainsnapshot><name>hvgate-external</name>"
         f"<memory snapshot='external' file='{memory}'/>"
@@ -278,9 +278,7 @@ def _wait_for_marker(session, text, offset, timeout, what):
 
 def disk_hotplug(session):
     dom = session.ensure_running()
-    extra = path("hotplug.qcow2")
-    if os.path.exists(extra):
-        os.unlink(extra)
+    (extra,) = fresh(path("hotplug.qcow2"))
     run(["qemu-img", "create", "-q", "-f", "qcow2", extra, "16M"])
     xml = disk_xml(extra, "vdb")
     offset = session.console.size()

@@ -4,8 +4,13 @@ FROM hvgate/base:debian-12
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
 
+RUN /opt/hvgate/bin/add-apt-source release bookworm main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
+    && /opt/hvgate/bin/pin-source src:libvirt bookworm 990 \
+    && /opt/hvgate/bin/pin-source src:libvirt-python bookworm 990 \
+    && /opt/hvgate/bin/pin-source src:qemu bookworm 990 \
+    && /opt/hvgate/bin/pin-source '*' bookworm 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

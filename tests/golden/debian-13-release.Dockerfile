@@ -4,8 +4,13 @@ FROM hvgate/base:debian-13
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
 
+RUN /opt/hvgate/bin/add-apt-source release trixie main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
+    && /opt/hvgate/bin/pin-source src:libvirt trixie 990 \
+    && /opt/hvgate/bin/pin-source src:libvirt-python trixie 990 \
+    && /opt/hvgate/bin/pin-source src:qemu trixie 990 \
+    && /opt/hvgate/bin/pin-source '*' trixie 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

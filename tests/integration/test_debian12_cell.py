@@ -4,21 +4,14 @@ import json
 
 import pytest
 
+import harness.model
+
 from .conftest import invoke
 
 pytestmark = pytest.mark.integration
 
 CELL = "debian-12-release"
-SCENARIOS = [
-    "boot",
-    "reboot",
-    "pause-resume",
-    "live-snapshot",
-    "external-snapshot",
-    "managed-save",
-    "disk-hotplug",
-    "teardown",
-]
+SCENARIOS = list(harness.model.SCENARIOS)
 
 
 @pytest.fixture(scope="module")
