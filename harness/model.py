@@ -102,6 +102,8 @@ class Source(Strict):
     def _one_kind(self) -> Source:
         if self.cloud_archive and (self.suite or self.uri):
             raise ValueError("a cloud_archive source takes no suite or uri")
+        if self.uri and not self.suite:
+            raise ValueError("a source with a uri needs a suite")
         return self
 
 

@@ -1,4 +1,6 @@
-"""Fixtures of the unit tests: the default matrix as data and cells, and YAML text built from edits of it."""
+"""Fixtures of the unit tests: the unit tests' own matrix (data/matrix.yaml) as data and cells,
+and YAML text built from edits of it. The repository's matrix.yaml is not read here: it changes
+as the project adds cells, and the golden tests cover it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from harness.load import parse
 from harness.model import Cell, Matrix
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MATRIX = ROOT / "matrix.yaml"
+UNIT_MATRIX = Path(__file__).resolve().parent / "data" / "matrix.yaml"
 
 Edit = Callable[[dict[str, Any]], object]
 
@@ -26,25 +28,36 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_data() -> dict[str, Any]:
-    return yaml.safe_load(DEFAULT_MATRIX.read_text())
+def unit_matrix_path() -> Path:
+    """tests/unit/data/matrix.yaml, the matrix every unit test reads."""
+    return UNIT_MATRIX
 
 
 @pytest.fixture(scope="session")
-def default_matrix() -> tuple[Matrix, tuple[Cell, ...]]:
-    return parse(DEFAULT_MATRIX.read_text(), "matrix.yaml")
+def unit_data() -> dict[str, Any]:
+    return yaml.safe_load(UNIT_MATRIX.read_text())
+
+
+@pytest.fixture(scope="session")
+def unit_matrix() -> tuple[Matrix, tuple[Cell, ...]]:
+    return parse(UNIT_MATRIX.read_text(), "matrix.yaml")
+
+
+@pytest.fixture(scope="session")
+def cell_by_id(unit_matrix: tuple[Matrix, tuple[Cell, ...]]) -> dict[str, Cell]:
+    return {cell.id: cell for cell in unit_matrix[1]}
 
 
 @pytest.fixture
-def matrix_text(default_data: dict[str, Any]) -> Callable[..., str]:
-    """YAML text of the default matrix after each edit (a function changing the data in place).
+def matrix_text(unit_data: dict[str, Any]) -> Callable[..., str]:
+    """YAML text of the unit matrix after each edit (a function changing the data in place).
 
     Built from the data rather than by string replacement, so the tests do not depend on how
     matrix.yaml is laid out; each test finds its lines in the text it built.
     """
 
     def build(*edits: Edit) -> str:
-        data = copy.deepcopy(default_data)
+        data = copy.deepcopy(unit_data)
         for edit in edits:
             edit(data)
         return yaml.safe_dump(data, sort_keys=False, width=1000)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from harness.build import BuildResult
-from harness.judge import judge_cell, judge_scenarios, meets, scenario_status, version_tuple
+from harness.judge import (
+    judge_cell,
+    judge_scenarios,
+    meets,
+    not_run,
+    scenario_status,
+    version_tuple,
+)
 from harness.model import Threshold
 from harness.results import Status, worst
 from harness.runner import SmokeRun
@@ -150,8 +157,8 @@ def test_worst():
 
 
 @pytest.fixture
-def cell(default_matrix):
-    return default_matrix[1][0]
+def cell(cell_by_id):
+    return cell_by_id["debian-12-release"]
 
 
 @pytest.fixture
@@ -181,6 +188,7 @@ def test_failed_build_is_unavailable_with_its_reason(cell, thresholds):
     assert verdict.reason == "E: Unable to locate package libvirt-daemon"
     assert verdict.id == cell.id
     assert (verdict.distro, verdict.release, verdict.codename) == ("debian", "12", "bookworm")
+    assert verdict.source == "release"
     assert verdict.build["status"] == "failed"
     assert verdict.build["log_tail"] == ["line 1", "line 2"]
     assert verdict.scenarios == []
@@ -237,3 +245,20 @@ def test_report_without_runs_is_inconclusive(cell, thresholds):
     report = {**REPORT, "runs": []}
     verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report), thresholds)
     assert verdict.status is Status.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(
+    ("cell_id", "identity"),
+    [
+        ("ubuntu-24.04-cloud-archive-epoxy", ("ubuntu", "24.04", "noble", "cloud-archive-epoxy")),
+        # A mixed-source cell is named by its own source, not its components'.
+        ("debian-13-release-qemu-backports", ("debian", "13", "trixie", "release")),
+    ],
+)
+def test_cell_not_run_is_inconclusive_and_named(cell_by_id, cell_id, identity):
+    verdict = not_run(cell_by_id[cell_id], "interrupted before it ran")
+    assert verdict.status is Status.INCONCLUSIVE
+    assert verdict.reason == "interrupted before it ran"
+    assert verdict.id == cell_id
+    assert (verdict.distro, verdict.release, verdict.codename, verdict.source) == identity
+    assert (verdict.image, verdict.build, verdict.scenarios) == (None, {}, [])

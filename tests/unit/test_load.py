@@ -1,4 +1,4 @@
-"""harness.load: the default matrix loads; every bad input is a ConfigurationError naming file, line and path."""
+"""harness.load: a matrix loads into cells; every bad input is a ConfigurationError naming file, line and path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from harness import model
 from harness.errors import ConfigurationError
 from harness.load import MAX_BYTES, load, parse
 
-DEFAULT_IDS = ("debian-12-release", "debian-12-backports", "debian-13-release")
+# The cells of tests/unit/data/matrix.yaml, in its order.
+UNIT_IDS = [
+    "debian-12-release",
+    "debian-12-backports",
+    "debian-13-release",
+    "debian-13-release-qemu-backports",
+    "ubuntu-24.04-release",
+    "ubuntu-24.04-cloud-archive-epoxy",
+    "debian-12-plain",
+]
 
 
 def line_of(text: str, needle: str) -> int:
@@ -32,30 +41,62 @@ def rename_key(mapping: dict, old: str, new: str) -> None:
     mapping[new] = mapping.pop(old)
 
 
-# --- the default matrix ---------------------------------------------------------------------
+def versions(cell) -> dict[str, tuple[str, str]]:
+    return {c.component: (c.version, c.source_name) for c in cell.components}
 
 
-def test_default_matrix_parses(default_matrix):
-    matrix, cells = default_matrix
-    ids = [cell.id for cell in cells]
-    assert set(DEFAULT_IDS) <= set(ids)
-    assert len(ids) == len(set(ids))
-    by_id = {cell.id: cell for cell in cells}
-    backports = by_id["debian-12-backports"]
+# --- a whole matrix --------------------------------------------------------------------------
+
+
+def test_matrix_expands_to_its_cells_in_order(unit_matrix):
+    matrix, cells = unit_matrix
+    assert [cell.id for cell in cells] == UNIT_IDS
+    assert matrix.scenarios == model.SCENARIOS
+    assert all(cell.scenarios == model.SCENARIOS for cell in cells)
+    assert all(cell.template is None for cell in cells)
+    assert set(matrix.thresholds) == {"min", "next-min"}
+
+
+def test_single_source_cell(cell_by_id):
+    backports = cell_by_id["debian-12-backports"]
+    assert backports.base_name == "debian-12"
     assert backports.base.codename == "bookworm"
     assert backports.source_name == "backports"
     assert [name for name, _ in backports.sources] == ["backports"]
-    assert {c.component: c.version for c in backports.components} == {
-        "libvirt": "latest",
-        "qemu": "latest",
+    assert backports.sources[0][1].suite == "{codename}-backports"
+    assert versions(backports) == {
+        "libvirt": ("latest", "backports"),
+        "qemu": ("latest", "backports"),
     }
-    assert by_id["debian-13-release"].base.codename == "trixie"
-    assert matrix.scenarios == model.SCENARIOS
+    assert cell_by_id["debian-13-release"].base.codename == "trixie"
 
 
-def test_default_matrix_loads_from_file(root):
-    _, cells = load(root / "matrix.yaml")
-    assert set(DEFAULT_IDS) <= {cell.id for cell in cells}
+def test_mixed_source_cell_lists_each_source_once(cell_by_id):
+    cell = cell_by_id["debian-13-release-qemu-backports"]
+    assert cell.source_name == "release"
+    # The cell's own source first, then the sources its components add.
+    assert [name for name, _ in cell.sources] == ["release", "backports"]
+    assert versions(cell) == {"libvirt": ("latest", "release"), "qemu": ("latest", "backports")}
+
+
+def test_cloud_archive_cell(cell_by_id):
+    cell = cell_by_id["ubuntu-24.04-cloud-archive-epoxy"]
+    assert (cell.base.distro, cell.base.codename) == ("ubuntu", "noble")
+    ((name, source),) = cell.sources
+    assert name == "cloud-archive-epoxy"
+    assert (source.cloud_archive, source.suite, source.uri) == ("epoxy", None, None)
+
+
+def test_explicit_id_replaces_the_default_one(cell_by_id):
+    cell = cell_by_id["debian-12-plain"]
+    assert (cell.base_name, cell.source_name) == ("debian-12", "image")
+    assert "debian-12-image" not in cell_by_id
+
+
+def test_matrix_loads_from_file(unit_matrix_path, unit_matrix):
+    matrix, cells = load(unit_matrix_path)
+    assert matrix == unit_matrix[0]
+    assert cells == unit_matrix[1]
 
 
 def test_scenario_literal_lists_the_scenarios_in_order():
@@ -65,7 +106,16 @@ def test_scenario_literal_lists_the_scenarios_in_order():
 def test_exact_version_names_the_cell(matrix_text, cells_of):
     text = matrix_text(lambda d: d["cells"][1].update(libvirt="9.0.0-4+deb12u2"))
     ids = [cell.id for cell in cells_of(text)]
-    assert "debian-12-backports-libvirt-9.0.0-4_deb12u2" in ids
+    assert ids[1] == "debian-12-backports-libvirt-9.0.0-4_deb12u2"
+    assert ids[:1] + ids[2:] == UNIT_IDS[:1] + UNIT_IDS[2:]
+
+
+def test_exact_version_with_epoch_and_tilde_names_the_cell(matrix_text, cells_of):
+    text = matrix_text(lambda d: d["cells"][3].update(qemu="1:9.2.2+ds-1~bpo12+1"))
+    cell = cells_of(text)[3]
+    # ':' '+' '~' cannot be in a cell id; the version itself is kept as it is.
+    assert cell.id == "debian-13-release-qemu-1_9.2.2_ds-1_bpo12_1"
+    assert versions(cell)["qemu"] == ("1:9.2.2+ds-1~bpo12+1", "release")
 
 
 # --- unknown keys, with "did you mean" wherever the model is known ----------------------------
@@ -134,6 +184,38 @@ def test_unknown_guest_base(matrix_text, problems_of):
     text = matrix_text(lambda d: d["guest"].update(base="debian-11"))
     problem = problem_at(problems_of(text), "guest.base")
     assert "unknown base 'debian-11'" in problem
+
+
+def test_cloud_archive_source_needs_an_ubuntu_base(matrix_text, problems_of):
+    def edit(data):
+        data["sources"]["cloud-archive-caracal"] = {"cloud_archive": "caracal"}
+        data["cells"][0]["source"] = "cloud-archive-caracal"
+
+    text = matrix_text(edit)
+    problem = problem_at(problems_of(text), "cells[0].source")
+    assert problem == (
+        f"matrix.yaml:{line_of(text, 'source: cloud-archive-caracal')}: cells[0].source: "
+        "a cloud_archive source needs an ubuntu base"
+    )
+
+
+@pytest.mark.parametrize(
+    "extra", [{"suite": "{codename}-updates"}, {"uri": "http://archive.example.org/ubuntu"}]
+)
+def test_cloud_archive_source_takes_no_suite_or_uri(matrix_text, problems_of, extra):
+    text = matrix_text(lambda d: d["sources"]["cloud-archive-epoxy"].update(extra))
+    problem = problem_at(problems_of(text), "sources.cloud-archive-epoxy")
+    assert problem == (
+        f"matrix.yaml:{line_of(text, 'cloud-archive-epoxy:')}: sources.cloud-archive-epoxy: "
+        "a cloud_archive source takes no suite or uri"
+    )
+
+
+@pytest.mark.parametrize("pocket", ["Epoxy", "epoxy-updates", "epoxy; reboot", ""])
+def test_malformed_cloud_archive_pocket(matrix_text, problems_of, pocket):
+    text = matrix_text(lambda d: d["sources"]["cloud-archive-epoxy"].update(cloud_archive=pocket))
+    problem = problem_at(problems_of(text), "sources.cloud-archive-epoxy.cloud_archive")
+    assert "should match pattern" in problem
 
 
 @pytest.mark.parametrize(
@@ -213,9 +295,15 @@ def test_duplicate_nested_key(problems_of, matrix_text):
 
 def test_duplicate_cell_id(matrix_text, problems_of):
     text = matrix_text(lambda d: d["cells"].append(dict(d["cells"][0])))
-    problem = problem_at(problems_of(text), "cells[3]")
+    problem = problem_at(problems_of(text), f"cells[{len(UNIT_IDS)}]")
     assert "duplicate cell id 'debian-12-release' (also cells[0])" in problem
     assert "id:" in problem  # says how to fix it
+
+
+def test_explicit_id_equal_to_a_default_id(matrix_text, problems_of):
+    text = matrix_text(lambda d: d["cells"][6].update(id="debian-12-backports"))
+    problem = problem_at(problems_of(text), "cells[6]")
+    assert "duplicate cell id 'debian-12-backports' (also cells[1])" in problem
 
 
 def test_duplicate_id_set_explicitly(matrix_text, problems_of):
@@ -400,3 +488,19 @@ def test_threshold_must_be_a_version(matrix_text, problems_of):
     text = matrix_text(lambda d: d["thresholds"]["min"].update(libvirt="latest"))
     problem = problem_at(problems_of(text), "thresholds.min.libvirt")
     assert "latest" in problem
+
+
+def test_uri_source_needs_a_suite():
+    import pytest as _pytest
+
+    from harness.errors import ConfigurationError
+    from harness.load import parse
+
+    text = """
+bases: {debian-12: {distro: debian, release: "12", codename: bookworm}}
+sources: {mirror: {uri: "http://deb.example.org/debian"}}
+cells: [{base: debian-12, source: mirror}]
+"""
+    with _pytest.raises(ConfigurationError) as caught:
+        parse(text)
+    assert "sources.mirror: a source with a uri needs a suite" in str(caught.value)

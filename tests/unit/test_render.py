@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 
 import pytest
@@ -57,20 +58,39 @@ def first_priority(dockerfile: str, package: str, suite: str) -> int | None:
     return None
 
 
+def release_pin(package: str, suite: str) -> tuple[str, ...]:
+    return ("pin-source", f"src:{package}", suite, "990")
+
+
+def catch_all_pins(dockerfile: str) -> list[tuple[str, ...]]:
+    """The pins of every other package: '*' in a suite, at the suite's usual priority."""
+    return [command for command in pin_commands(dockerfile) if command[1] == "*"]
+
+
+def cloud_archive_pockets(dockerfile: str) -> list[str]:
+    """The Cloud Archive pockets the Dockerfile adds, in order, wherever the commands are."""
+    return re.findall(r"\badd-apt-repository -y -n cloud-archive:(\S+)", dockerfile)
+
+
+def run_lines(dockerfile: str, needle: str) -> list[str]:
+    return [line for line in dockerfile.splitlines() if needle in line]
+
+
 @pytest.fixture
-def by_id(default_matrix):
-    return {cell.id: cell for cell in default_matrix[1]}
+def by_id(cell_by_id):
+    return cell_by_id
 
 
-def test_every_default_cell_renders(default_matrix):
-    for cell in default_matrix[1]:
+def test_every_cell_renders(unit_matrix):
+    for cell in unit_matrix[1]:
         text = render(cell)
         first = text.splitlines()[0]
         assert text.startswith(HEADER), cell.id
         assert f"--cells {cell.id}`" in first
         assert f"\nFROM hvgate/base:{cell.base_name}\n" in text
         assert text.count("\nFROM ") == 1
-        install = next(line for line in text.splitlines() if "apt-get install" in line)
+        # The last install is the cell's own (a Cloud Archive cell installs its tool first).
+        install = run_lines(text, "apt-get install")[-1]
         for component in ("libvirt", "qemu"):
             for package in COMPONENT_PACKAGES[component]:
                 assert f" {package} " in f"{install} ", (cell.id, package)
@@ -78,24 +98,77 @@ def test_every_default_cell_renders(default_matrix):
         assert render(cell) == text  # a pure function of the cell
 
 
-def test_release_cell_adds_no_source_and_no_pin(by_id):
-    text = render(by_id["debian-12-release"])
+@pytest.mark.parametrize(
+    ("cell_id", "suite"), [("debian-12-release", "bookworm"), ("ubuntu-24.04-release", "noble")]
+)
+def test_release_source_adds_its_suite_and_pins_it(by_id, cell_id, suite):
+    text = render(by_id[cell_id])
+    assert run_lines(text, "add-apt-source") == [f"RUN {BIN}add-apt-source release {suite} main ''"]
+    assert "add-apt-repository" not in text
+    # Every pin names the release suite: the cell's packages never come from another pocket.
+    assert pin_commands(text) == [
+        release_pin("libvirt", suite),
+        release_pin("libvirt-python", suite),
+        release_pin("qemu", suite),
+        ("pin-source", "*", suite, "500"),
+    ]
+    assert text.index("add-apt-source") < text.index("apt-get update")
+    assert text.index("apt-get update") < text.index("pin-source") < text.index("apt-get install")
+
+
+def test_source_without_suite_adds_no_source_and_no_pin(by_id):
+    # The base image's own apt sources, as they are.
+    text = render(by_id["debian-12-plain"])
     assert "add-apt-source" not in text
+    assert "add-apt-repository" not in text
     assert pin_commands(text) == []
+    assert "\nRUN apt-get update \\\n" in text
 
 
 def test_backports_cell_pins_its_suite(by_id):
     text = render(by_id["debian-12-backports"])
-    assert f"RUN {BIN}add-apt-source backports bookworm-backports main ''" in text
+    assert run_lines(text, "add-apt-source") == [
+        f"RUN {BIN}add-apt-source backports bookworm-backports main ''"
+    ]
     assert choosing_pins(text) == [
         backports_pin("libvirt"),
         backports_pin("libvirt-python"),
         backports_pin("qemu"),
     ]
+    assert catch_all_pins(text) == [("pin-source", "*", "bookworm-backports", "500")]
     assert {command[2] for command in pin_commands(text)} == {"bookworm-backports"}
     # The suite's Release file must be there (apt-get update), and the pins before the install.
     assert text.index("add-apt-source") < text.index("apt-get update")
     assert text.index("apt-get update") < text.index("pin-source") < text.index("apt-get install")
+
+
+def test_source_options_reach_add_apt_source(matrix_text, cells_of):
+    def edit(data):
+        data["sources"]["backports"].update(
+            uri="http://archive.example.org/debian",
+            components=["main", "contrib"],
+            check_valid_until=False,
+        )
+
+    cell = next(c for c in cells_of(matrix_text(edit)) if c.id == "debian-12-backports")
+    (line,) = run_lines(render(cell), "add-apt-source")
+    assert shlex.split(line) == [
+        "RUN",
+        f"{BIN}add-apt-source",
+        "backports",
+        "bookworm-backports",
+        "main contrib",
+        "http://archive.example.org/debian",
+        "check-valid-until=no",
+    ]
+
+
+def test_suite_template_takes_the_release(matrix_text, cells_of):
+    text = matrix_text(lambda d: d["sources"]["backports"].update(suite="{release}-extra"))
+    cell = next(c for c in cells_of(text) if c.id == "debian-12-backports")
+    dockerfile = render(cell)
+    assert f"{BIN}add-apt-source backports 12-extra main ''" in dockerfile
+    assert {command[2] for command in pin_commands(dockerfile)} == {"12-extra"}
 
 
 def test_pin_scripts_write_apt_preferences(root):
@@ -121,6 +194,8 @@ def test_exact_version_is_pinned_by_version(matrix_text, cells_of):
         ("pin-version", "src:libvirt-python", "9.0.0-4+deb12u2"),
         ("pin-version", "src:qemu", "1:7.2+dfsg-7+deb12u6"),
     ]
+    # An exact version needs no suite pin of its own; the suite still has its default one.
+    assert catch_all_pins(dockerfile) == [("pin-source", "*", "bookworm", "500")]
     assert dockerfile.index("pin-version") < dockerfile.index("apt-get install")
 
 
@@ -134,17 +209,93 @@ def test_exact_version_from_backports_pins_the_version_not_the_suite(matrix_text
     ]
 
 
-def test_component_from_another_source(matrix_text, cells_of):
-    text = matrix_text(lambda d: d["cells"][0].update(qemu={"source": "backports"}))
-    (cell,) = [c for c in cells_of(text) if c.id == "debian-12-release-qemu-backports"]
+def test_mixed_source_cell_pins_each_component_to_its_source(by_id):
+    dockerfile = render(by_id["debian-13-release-qemu-backports"])
+    assert run_lines(dockerfile, "add-apt-source") == [
+        f"RUN {BIN}add-apt-source release trixie main ''",
+        f"RUN {BIN}add-apt-source backports trixie-backports main ''",
+    ]
+    assert choosing_pins(dockerfile) == [
+        release_pin("libvirt", "trixie"),
+        release_pin("libvirt-python", "trixie"),
+        release_pin("qemu", "trixie-backports"),
+    ]
+    # apt uses the first stanza that matches: each component ranks the other suite below 500.
+    for package in ("src:libvirt", "src:libvirt-python"):
+        assert first_priority(dockerfile, package, "trixie") == 990
+        assert first_priority(dockerfile, package, "trixie-backports") == 100
+    assert first_priority(dockerfile, "src:qemu", "trixie-backports") == 990
+    assert first_priority(dockerfile, "src:qemu", "trixie") == 100
+    # Everything else may come from either suite (qemu from backports needs its dependencies).
+    assert catch_all_pins(dockerfile) == [
+        ("pin-source", "*", "trixie", "500"),
+        ("pin-source", "*", "trixie-backports", "500"),
+    ]
+    commands = pin_commands(dockerfile)
+    assert commands[-2:] == catch_all_pins(dockerfile)  # the catch-all stanzas come last
+
+
+def test_component_from_another_source_than_the_images_own(matrix_text, cells_of):
+    # The cell's own source has no suite to pin: only the component's source is pinned.
+    text = matrix_text(lambda d: d["cells"][6].update(qemu={"source": "backports"}))
+    cell = cells_of(text)[6]
+    assert cell.id == "debian-12-plain"  # an explicit id stays
     dockerfile = render(cell)
-    assert "add-apt-source backports bookworm-backports" in dockerfile
+    assert run_lines(dockerfile, "add-apt-source") == [
+        f"RUN {BIN}add-apt-source backports bookworm-backports main ''"
+    ]
     assert choosing_pins(dockerfile) == [backports_pin("qemu")]
     assert first_priority(dockerfile, "src:qemu", "bookworm-backports") == 990
     # libvirt stays in the release: backports must rank below the release's default 500 for it.
     for package in ("src:libvirt", "src:libvirt-python"):
         priority = first_priority(dockerfile, package, "bookworm-backports")
         assert priority is not None and priority < 500, (package, priority)
+
+
+def test_cloud_archive_cell_adds_the_pocket_and_pins_it(by_id):
+    dockerfile = render(by_id["ubuntu-24.04-cloud-archive-epoxy"])
+    assert "add-apt-source" not in dockerfile
+    assert cloud_archive_pockets(dockerfile) == ["epoxy"]
+    # The distro's own tool, installed first; the pocket before the update that reads it.
+    assert dockerfile.index("software-properties-common") < dockerfile.index("add-apt-repository")
+    assert dockerfile.index("add-apt-repository") < dockerfile.index("pin-source")
+    # apt knows a Cloud Archive pocket as CODENAME-updates/NAME.
+    suite = "noble-updates/epoxy"
+    assert pin_commands(dockerfile) == [
+        release_pin("libvirt", suite),
+        release_pin("libvirt-python", suite),
+        release_pin("qemu", suite),
+        ("pin-source", "*", suite, "500"),
+    ]
+
+
+def test_cloud_archive_proposed_pocket(matrix_text, cells_of):
+    text = matrix_text(
+        lambda d: d["sources"]["cloud-archive-epoxy"].update(cloud_archive="epoxy-proposed")
+    )
+    cell = next(c for c in cells_of(text) if c.id == "ubuntu-24.04-cloud-archive-epoxy")
+    dockerfile = render(cell)
+    assert cloud_archive_pockets(dockerfile) == ["epoxy-proposed"]
+    assert {command[2] for command in pin_commands(dockerfile)} == {"noble-proposed/epoxy"}
+
+
+def test_two_cloud_archive_pockets_in_one_cell(matrix_text, cells_of):
+    def edit(data):
+        data["sources"]["cloud-archive-flamingo"] = {"cloud_archive": "flamingo"}
+        data["cells"][5]["qemu"] = {"source": "cloud-archive-flamingo"}
+
+    cell = cells_of(matrix_text(edit))[5]
+    assert cell.id == "ubuntu-24.04-cloud-archive-epoxy-qemu-cloud-archive-flamingo"
+    dockerfile = render(cell)
+    assert cloud_archive_pockets(dockerfile) == ["epoxy", "flamingo"]
+    assert len(run_lines(dockerfile, "install -y --no-install-recommends software-prop")) == 1
+    assert choosing_pins(dockerfile) == [
+        release_pin("libvirt", "noble-updates/epoxy"),
+        release_pin("libvirt-python", "noble-updates/epoxy"),
+        release_pin("qemu", "noble-updates/flamingo"),
+    ]
+    assert first_priority(dockerfile, "src:qemu", "noble-updates/epoxy") == 100
+    assert first_priority(dockerfile, "src:libvirt", "noble-updates/flamingo") == 100
 
 
 def test_packages_follow_the_components(by_id):
@@ -272,8 +423,8 @@ def test_write_atomic_failure_leaves_the_old_file_and_no_temporary(tmp_path, mon
     assert os.listdir(tmp_path) == ["Dockerfile"]
 
 
-def test_render_all_writes_one_dockerfile_per_cell(tmp_path, default_matrix):
-    cells = default_matrix[1]
+def test_render_all_writes_one_dockerfile_per_cell(tmp_path, unit_matrix):
+    cells = unit_matrix[1]
     rendered = render_all(cells, tmp_path)
     assert list(rendered) == [cell.id for cell in cells]
     for cell in cells:
@@ -281,8 +432,8 @@ def test_render_all_writes_one_dockerfile_per_cell(tmp_path, default_matrix):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(c.id for c in cells)
 
 
-def test_render_all_writes_nothing_when_a_cell_fails(tmp_path, default_matrix):
-    cells = list(default_matrix[1])
+def test_render_all_writes_nothing_when_a_cell_fails(tmp_path, unit_matrix):
+    cells = list(unit_matrix[1])
     cells[-1] = with_template(cells[-1], "nothere.Dockerfile.j2")
     with pytest.raises(ConfigurationError):
         render_all(cells, tmp_path)

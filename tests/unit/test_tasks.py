@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,14 +103,47 @@ def bad_matrix(tmp_path, matrix_text):
     return path
 
 
+def problem_line(path) -> re.Pattern[str]:
+    """One problem of a matrix file as the tasks report it: error: FILE:LINE: PATH: MESSAGE."""
+    return re.compile(rf"error: {re.escape(str(path))}:(\d+): (\S+): (.+)")
+
+
 def test_reported_turns_a_configuration_error_into_exit_2(tasks, bad_matrix):
     with pytest.raises(Exit) as info:
         tasks.list_cells.body(None, matrix=str(bad_matrix))
     assert info.value.code == 2
     lines = str(info.value.message).splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith(f"error: {bad_matrix}:")
-    assert all(f"{bad_matrix}:" in line for line in lines)
+    # Every line, not only the first, says it is an error.
+    matches = [problem_line(bad_matrix).fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert [m.group(2) for m in matches] == ["cells[2].base", "policy.runs", "accel"]
+
+
+def test_reported_leaves_a_verdict_unprefixed(tasks, monkeypatch):
+    # Exit 1 is a verdict (unsafe cells), not a failure of the tool.
+    def unsafe(*args):
+        raise UnsafeCells("2 cells are not safe:\ndebian-12-release: broken")
+
+    monkeypatch.setattr(tasks.pipeline, "selected", unsafe)
+    with pytest.raises(Exit) as info:
+        tasks.list_cells.body(None)
+    assert info.value.code == 1
+    assert str(info.value.message) == "2 cells are not safe:\ndebian-12-release: broken"
+
+
+def test_reported_prefixes_every_line_of_an_engine_error(tasks, monkeypatch):
+    def unreachable(*args):
+        raise EngineError("cannot reach the Docker engine:\nconnection refused")
+
+    monkeypatch.setattr(tasks.pipeline, "selected", unreachable)
+    with pytest.raises(Exit) as info:
+        tasks.list_cells.body(None)
+    assert info.value.code == 3
+    assert str(info.value.message).splitlines() == [
+        "error: cannot reach the Docker engine:",
+        "error: connection refused",
+    ]
 
 
 def test_reported_turns_interrupts_into_exit_130(tasks, monkeypatch):
@@ -178,11 +212,11 @@ def test_list_with_a_bad_matrix_exits_2_with_one_line_per_problem(root, tmp_path
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 3, done.stderr
-    assert lines[0].startswith("error: ")
-    assert all(f"{bad_matrix}:" in line for line in lines)
-    assert any("cells[2].base" in line and "did you mean 'debian-13'?" in line for line in lines)
-    assert any("policy.runs" in line for line in lines)
-    assert any(": accel: " in line for line in lines)
+    matches = [problem_line(bad_matrix).fullmatch(line) for line in lines]
+    assert all(matches), done.stderr
+    problems = {m.group(2): m.group(3) for m in matches}
+    assert list(problems) == ["cells[2].base", "policy.runs", "accel"]  # in the file's order
+    assert "did you mean 'debian-13'?" in problems["cells[2].base"]
     assert not (tmp_path / "results").exists()
 
 
@@ -192,20 +226,68 @@ def test_list_with_a_file_that_is_not_utf8(root, tmp_path):
     done = invoke(root, tmp_path, "matrix.list", "--matrix", str(path))
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert "not UTF-8" in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {path}: ")
+    assert "not UTF-8" in line
 
 
-def test_list_json_of_the_default_matrix(root, tmp_path, default_matrix):
-    done = invoke(root, tmp_path, "matrix.list", "--json", "--cells", "debian-12*")
+def test_list_json(root, tmp_path, unit_matrix_path):
+    done = invoke(
+        root,
+        tmp_path,
+        "matrix.list",
+        "--matrix",
+        str(unit_matrix_path),
+        "--json",
+        "--cells",
+        "debian-1*",
+    )
     assert done.returncode == 0, done.stderr
-    cells = json.loads(done.stdout)
-    expected = [c.id for c in default_matrix[1] if c.id.startswith("debian-12")]
-    assert [c["id"] for c in cells] == expected
-    assert all(c["base"] == "debian-12" for c in cells)
+    assert json.loads(done.stdout) == [
+        {"id": "debian-12-release", "base": "debian-12", "source": "release"},
+        {"id": "debian-12-backports", "base": "debian-12", "source": "backports"},
+        {"id": "debian-13-release", "base": "debian-13", "source": "release"},
+        {"id": "debian-13-release-qemu-backports", "base": "debian-13", "source": "release"},
+        {"id": "debian-12-plain", "base": "debian-12", "source": "image"},
+    ]
 
 
-def test_list_with_a_pattern_matching_nothing(root, tmp_path):
-    done = invoke(root, tmp_path, "matrix.list", "--cells", "debian-12-relase")
+def test_list_with_exclude(root, tmp_path, unit_matrix_path):
+    done = invoke(
+        root,
+        tmp_path,
+        "matrix.list",
+        "--matrix",
+        str(unit_matrix_path),
+        "--cells",
+        "ubuntu-*,debian-13*",
+        "--exclude",
+        "*-release",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "debian-13-release-qemu-backports",
+        "ubuntu-24.04-cloud-archive-epoxy",
+    ]
+    assert lines[0].endswith(
+        "debian 13 (trixie): libvirt latest from release, qemu latest from backports"
+    )
+
+
+def test_list_with_a_pattern_matching_nothing(root, tmp_path, unit_matrix_path):
+    done = invoke(
+        root,
+        tmp_path,
+        "matrix.list",
+        "--matrix",
+        str(unit_matrix_path),
+        "--cells",
+        "debian-12-relase",
+    )
     assert done.returncode == 2
+    assert done.stdout == ""
     assert "Traceback" not in done.stderr
-    assert "did you mean 'debian-12-release'?" in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: --cells 'debian-12-relase' matches no cell")
+    assert "did you mean 'debian-12-release'?" in line
