@@ -61,7 +61,9 @@ def test_accel_is_recorded(run_result):
 
 
 def test_no_containers_are_left_behind(run_result, engine):
-    assert engine.containers.list(all=True, filters={"label": "io.hvgate.run"}) == []
+    _, data = run_result
+    label = f"io.hvgate.run={data['run_id']}"
+    assert engine.containers.list(all=True, filters={"label": label}) == []
 
 
 def test_second_build_rebuilds_nothing(run_result, engine, results_dir):
