@@ -158,14 +158,13 @@ def run(
                 current,
                 RESULTS / "runs" / run_id / "logs" / cell.id,
                 runs or matrix.policy.runs,
+                reason,
             )
-            if smoke.report and smoke.report.get("accel"):
-                if current == "auto":
-                    # One probe per host boot: the other cells use what the first one found.
-                    current, reason = smoke.report["accel"], smoke.report.get("accel_reason")
-                    remember_accel(current, reason or "")
-                elif reason:
-                    smoke.report["accel_reason"] = reason
+            if current == "auto" and smoke.report and smoke.report.get("accel"):
+                # One probe per host boot: the other cells use what the first one found.
+                current, reason = smoke.report["accel"], smoke.report.get("accel_reason")
+                remember_accel(current, reason or "")
+                reason = f"{reason} (probed in {cell.id})"
             verdict = judge_cell(cell, result, smoke, matrix.thresholds)
             results[cell.id] = verdict
             say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))

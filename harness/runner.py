@@ -53,6 +53,7 @@ def run_cell(
     accel: str,
     log_dir: Path,
     runs: int,
+    accel_reason: str | None = None,
 ) -> SmokeRun:
     policy = matrix.policy
     use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
@@ -95,6 +96,8 @@ def run_cell(
             "--scenario-timeout",
             str(policy.scenario_timeout),
         ]
+        if accel_reason:
+            command += ["--accel-reason", accel_reason]
         watchdog.start()
         exec_id = engine.api.exec_create(container.id, command, workdir=REMOTE)["Id"]
         stdout = b""

@@ -85,16 +85,16 @@ def run_scenario(name, session, daemon, timeout):
     return result
 
 
-def choose_accel(requested, session, probe_timeout):
+def choose_accel(requested, session, probe_timeout, given_reason=None):
     """(accel, reason). A present /dev/kvm is no proof: nested guests can hang, so boot one."""
     if requested == "tcg":
-        return "tcg", "TCG was asked for"
+        return "tcg", given_reason or "TCG was asked for"
     if not os.path.exists("/dev/kvm"):
         if requested == "kvm":
             raise ScenarioFailure("KVM was asked for, but the container has no /dev/kvm")
         return "tcg", "no /dev/kvm in the container"
     if requested == "kvm":
-        return "kvm", "KVM was asked for"
+        return "kvm", given_reason or "KVM was asked for"
     try:
         session.conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
         seconds = session.boot(accel="kvm", timeout=probe_timeout)
@@ -116,6 +116,7 @@ def main(argv=None):
     parser.add_argument("--boot-timeout", type=float, default=120.0)
     parser.add_argument("--scenario-timeout", type=float, default=300.0)
     parser.add_argument("--kvm-probe-timeout", type=float, default=20.0)
+    parser.add_argument("--accel-reason", help="why the host chose --accel, for the report")
     parser.add_argument("--list", action="store_true", help="print the scenario names and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -145,7 +146,7 @@ def main(argv=None):
         report["libvirt_version"] = dotted(conn.getLibVersion())
         report["qemu_version"] = dotted(conn.getVersion())
         session = Session(conn, "tcg", args.boot_timeout)
-        accel, reason = choose_accel(args.accel, session, args.kvm_probe_timeout)
+        accel, reason = choose_accel(args.accel, session, args.kvm_probe_timeout, args.accel_reason)
         session.accel = accel
         report.update(accel=accel, accel_reason=reason)
         progress(f"accel: {accel} ({reason})")
