@@ -65,7 +65,7 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
         names = ", ".join(name for name, _ in cell.sources)
         return (
             "unavailable",
-            f"the Release file of {expired.group(1)} has expired; if that archive is a snapshot, "
+            f"the Release file of {without_hosts(expired.group(1))} has expired; if that archive is a snapshot, "
             f"set check_valid_until: false on its source ({names}) in matrix.yaml",
         )
     if re.search(
@@ -87,12 +87,20 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
     unmet = _first(text, r"^ \S+ : Depends: .*")
     if unmet:
         return "failed", f"unmet dependency: {unmet}"
-    return "failed", _first(text, r"^E: .*") or (lines[-1] if lines else "the build failed")
+    return "failed", _first(text, r"^(?:E: |add-apt-source: |pin-source: ).*") or (
+        lines[-1] if lines else "the build failed"
+    )
 
 
 def _first(text: str, pattern: str) -> str:
     match = re.search(pattern, text, re.MULTILINE)
-    return match.group(0).strip() if match else ""
+    return without_hosts(match.group(0).strip()) if match else ""
+
+
+def without_hosts(text: str) -> str:
+    """Reasons end up in committed tables: archive host names stay in the build log only."""
+    text = re.sub(r"\b[a-z]+://\S+", "<archive URL>", text)
+    return re.sub(r"'[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\.[a-z]{2,}'", "the archive's host", text)
 
 
 def docker_build(
