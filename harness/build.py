@@ -181,7 +181,7 @@ def build_cell(
             seconds=time.monotonic() - started,
             reason=reason,
             log=str(log_path),
-            log_tail=tuple(lines[-20:]),
+            log_tail=tuple(without_hosts(line) for line in lines[-20:]),
         )
     versions = {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
