@@ -14,6 +14,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from .engine import LABEL_RUN
 from .errors import EngineError
 from .model import Base
 from .progress import say
@@ -138,7 +139,7 @@ class Bases:
             base_image_tag(siblings[0]),
             ["sh", "-c", script],
             remove=True,
-            labels={"io.hvgate.run": "mirror"},
+            labels={LABEL_RUN: "mirror"},
         ).decode()
         match = re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", output, re.M) or re.search(
             r"^URIs:\s*(\S+)", output, re.M
@@ -173,7 +174,7 @@ class Bases:
         )
         # The file comes out through the archive API: container logs would mangle binary data.
         container = self.engine.containers.create(
-            base_image_tag(name), ["sh", "-c", script], labels={"io.hvgate.run": "keyring"}
+            base_image_tag(name), ["sh", "-c", script], labels={LABEL_RUN: "keyring"}
         )
         try:
             container.start()

@@ -43,7 +43,7 @@ class BuildResult:
         return self.status in ("built", "cached")
 
 
-def cell_context(cell: Cell, dockerfile: str) -> bytes:
+def cell_context(dockerfile: str) -> bytes:
     files = [("Dockerfile", dockerfile.encode(), 0o644)] + eng.files_under(CONTEXT, "context")
     return eng.tar_of(files)
 
@@ -111,7 +111,6 @@ def docker_build(
     subject: str,
     timeout: float,
     buildargs: dict[str, str] | None = None,
-    labels: dict[str, str] | None = None,
 ) -> tuple[bool, list[str]]:
     """Streams a classic build into a log file, showing each step; returns (ok, log lines)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +126,6 @@ def docker_build(
             forcerm=True,
             decode=True,
             buildargs=buildargs or {},
-            labels=labels or {},
             timeout=int(timeout),
         )
         for chunk in stream:
@@ -151,22 +149,32 @@ def docker_build(
     return ok, lines
 
 
+def built_image(
+    engine: docker.DockerClient, cell: Cell, context: bytes, base_id: str
+) -> BuildResult | None:
+    """The cell's image if one with this content hash was built and labelled, else None."""
+    tag = image_tag(cell.id, content_hash(context, base_id))
+    try:
+        image = engine.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    versions = _versions_from_labels(image.labels)
+    if not versions:
+        return None
+    return BuildResult(cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"))
+
+
 def build_cell(
     engine: docker.DockerClient, cell: Cell, base_id: str, log_dir: Path, timeout: float
 ) -> BuildResult:
-    dockerfile = render(cell)
-    context = cell_context(cell, dockerfile)
+    context = cell_context(render(cell))
+    cached = built_image(engine, cell, context, base_id)
+    if cached:
+        say(cell.id, f"unchanged: {cached.image}")
+        return cached
     digest = content_hash(context, base_id)
     tag = image_tag(cell.id, digest)
     log_path = log_dir / cell.id / "build.log"
-    try:
-        image = engine.images.get(tag)
-        versions = _versions_from_labels(image.labels)
-        if versions:
-            say(cell.id, f"unchanged: {tag}")
-            return BuildResult(cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"))
-    except docker.errors.ImageNotFound:
-        pass
     started = time.monotonic()
     say(cell.id, f"building {tag}")
     unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"

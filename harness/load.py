@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigurationError
-from .model import SCENARIOS, Cell, Matrix, expand
+from .model import Cell, Matrix, expand
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
@@ -257,6 +257,3 @@ def load(path: str | Path) -> tuple[Matrix, tuple[Cell, ...]]:
     except UnicodeDecodeError as exc:
         raise ConfigurationError(f"{path}: not UTF-8 (byte {exc.start})") from None
     return parse(text, str(path))
-
-
-__all__ = ["SCENARIOS", "load", "parse"]

@@ -177,8 +177,6 @@ COMPONENT_PACKAGES: dict[str, tuple[str, ...]] = {
     "libvirt": ("libvirt-daemon", "libvirt-daemon-driver-qemu", "python3-libvirt"),
     "qemu": ("qemu-system-x86", "qemu-utils"),
 }
-# The source package whose version a pin fixes for each component.
-COMPONENT_SOURCE_PACKAGE = {"libvirt": "libvirt", "qemu": "qemu"}
 VERSION_LABEL_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
 
 
@@ -201,10 +199,6 @@ class Cell:
     components: tuple[ComponentChoice, ...]
     scenarios: tuple[str, ...]
     template: str | None = None
-
-    @property
-    def component(self) -> dict[str, ComponentChoice]:
-        return {c.component: c for c in self.components}
 
 
 def default_cell_id(spec: CellSpec) -> str:

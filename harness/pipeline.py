@@ -16,12 +16,10 @@ from . import engine as eng
 from .build import (
     CACHE,
     BuildResult,
-    build_cell,
     build_cells,
     build_guest,
+    built_image,
     cell_context,
-    content_hash,
-    image_tag,
 )
 from .errors import EngineError, Interrupted, UnsafeCells
 from .judge import judge_cell, not_run
@@ -60,22 +58,16 @@ def build(matrix_path: str, cells: str | None, exclude: str | None) -> dict[str,
 
 def existing_images(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> dict[str, BuildResult]:
     """The already built image of each cell, without building anything."""
+    missing = "not built: run `invoke matrix.build` first"
     results = {}
     for cell in cells:
         try:
             base_id = str(engine.images.get(base_image_tag(cell.base_name)).id)
-            tag = image_tag(cell.id, content_hash(cell_context(cell, render(cell)), base_id))
-            image = engine.images.get(tag)
-            versions = {
-                k.removeprefix(eng.LABEL_VERSION): v
-                for k, v in (image.labels or {}).items()
-                if k.startswith(eng.LABEL_VERSION)
-            }
-            results[cell.id] = BuildResult(cell.id, "cached", tag, versions)
         except docker.errors.ImageNotFound:
-            results[cell.id] = BuildResult(
-                cell.id, "unavailable", reason="not built: run `invoke matrix.build` first"
-            )
+            results[cell.id] = BuildResult(cell.id, "unavailable", reason=missing)
+            continue
+        found = built_image(engine, cell, cell_context(render(cell)), base_id)
+        results[cell.id] = found or BuildResult(cell.id, "unavailable", reason=missing)
     return results
 
 
@@ -208,6 +200,3 @@ def check_outcome(run_result: RunResult) -> None:
 
 def clean() -> list[str]:
     return eng.remove_labelled(eng.client())
-
-
-__all__ = ["build", "build_cell", "check_outcome", "clean", "render_cells", "run", "selected"]

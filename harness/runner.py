@@ -148,7 +148,4 @@ def _copy_logs(container: Any, log_dir: Path) -> None:
                     source = tar.extractfile(member)
                     if source is None:
                         continue
-                    target = log_dir / Path(member.name).name
-                    if member.name.count("/") > 1:
-                        target = log_dir / member.name.replace("/", "-")
-                    target.write_bytes(source.read())
+                    (log_dir / member.name.replace("/", "-")).write_bytes(source.read())

@@ -1,13 +1,8 @@
 """Integration tests use the real Docker engine; outside CI they skip, saying why, when it is missing."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def engine_problem():
@@ -35,16 +30,3 @@ def engine():
 @pytest.fixture(scope="session")
 def results_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("results")
-
-
-def invoke(*args, results_dir, timeout=3000):
-    """Runs `invoke ARGS` as a user would, with the outputs sent to results_dir."""
-    env = dict(os.environ, HVGATE_RESULTS=str(results_dir))
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

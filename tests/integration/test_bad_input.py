@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from .conftest import ROOT, invoke
+from tests.cli import ROOT, invoke
 
 pytestmark = pytest.mark.integration
 

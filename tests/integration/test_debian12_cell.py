@@ -5,8 +5,7 @@ import json
 import pytest
 
 import harness.model
-
-from .conftest import invoke
+from tests.cli import invoke
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +15,7 @@ SCENARIOS = list(harness.model.SCENARIOS)
 
 @pytest.fixture(scope="module")
 def run_result(engine, results_dir):
-    done = invoke("matrix.run", "--cells", CELL, results_dir=results_dir)
+    done = invoke("matrix.run", "--cells", CELL, results_dir=results_dir, timeout=3000)
     assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
     return done, json.loads((results_dir / "latest.json").read_text())
 
@@ -69,7 +68,7 @@ def test_no_containers_are_left_behind(run_result, engine):
 def test_second_build_rebuilds_nothing(run_result, engine, results_dir):
     _, data = run_result
     image_id = engine.images.get(data["cells"][0]["image"]).id
-    done = invoke("matrix.build", "--cells", CELL, results_dir=results_dir)
+    done = invoke("matrix.build", "--cells", CELL, results_dir=results_dir, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{CELL}" in done.stdout and "cached" in done.stdout
     assert "building" not in done.stderr

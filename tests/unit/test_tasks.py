@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 
 import docker
 import docker.errors
@@ -17,6 +14,7 @@ from invoke.exceptions import Exit
 
 from harness import engine
 from harness.errors import ConfigurationError, EngineError, HvgateError, UnsafeCells
+from tests import cli
 
 # --- the Docker client, stubbed at its call site ---------------------------------------------
 
@@ -120,45 +118,43 @@ def test_reported_turns_a_configuration_error_into_exit_2(tasks, bad_matrix):
     assert [m.group(2) for m in matches] == ["cells[2].base", "policy.runs", "accel"]
 
 
-def test_reported_leaves_a_verdict_unprefixed(tasks, monkeypatch):
-    # Exit 1 is a verdict (unsafe cells), not a failure of the tool.
-    def unsafe(*args):
-        raise UnsafeCells("2 cells are not safe:\ndebian-12-release: broken")
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        # Exit 1 is a verdict (unsafe cells), not a failure of the tool: no prefix.
+        (
+            UnsafeCells("2 cells are not safe:\ndebian-12-release: broken"),
+            1,
+            ["2 cells are not safe:", "debian-12-release: broken"],
+        ),
+        (
+            EngineError("cannot reach the Docker engine:\nconnection refused"),
+            3,
+            ["error: cannot reach the Docker engine:", "error: connection refused"],
+        ),
+        (KeyboardInterrupt(), 130, ["interrupted"]),
+    ],
+    ids=["verdict", "engine-error", "interrupt"],
+)
+def test_reported_turns_errors_into_exit_codes(tasks, monkeypatch, error, code, message):
+    def fail(*args):
+        raise error
 
-    monkeypatch.setattr(tasks.pipeline, "selected", unsafe)
+    monkeypatch.setattr(tasks.pipeline, "selected", fail)
     with pytest.raises(Exit) as info:
         tasks.list_cells.body(None)
-    assert info.value.code == 1
-    assert str(info.value.message) == "2 cells are not safe:\ndebian-12-release: broken"
-
-
-def test_reported_prefixes_every_line_of_an_engine_error(tasks, monkeypatch):
-    def unreachable(*args):
-        raise EngineError("cannot reach the Docker engine:\nconnection refused")
-
-    monkeypatch.setattr(tasks.pipeline, "selected", unreachable)
-    with pytest.raises(Exit) as info:
-        tasks.list_cells.body(None)
-    assert info.value.code == 3
-    assert str(info.value.message).splitlines() == [
-        "error: cannot reach the Docker engine:",
-        "error: connection refused",
-    ]
-
-
-def test_reported_turns_interrupts_into_exit_130(tasks, monkeypatch):
-    def interrupted(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tasks.pipeline, "selected", interrupted)
-    with pytest.raises(Exit) as info:
-        tasks.list_cells.body(None)
-    assert info.value.code == 130
+    assert info.value.code == code
+    assert str(info.value.message).splitlines() == message
 
 
 @pytest.mark.parametrize(
     ("accel", "runs", "flag"),
-    [("fast", None, "--accel"), (None, "0", "--runs"), (None, "1001", "--runs")],
+    [
+        ("fast", None, "--accel"),
+        (None, "0", "--runs"),
+        (None, "1001", "--runs"),
+        (None, "abc", "--runs"),
+    ],
 )
 def test_run_flags_are_checked_before_any_work(tasks, monkeypatch, accel, runs, flag):
     def no_work(*args, **kwargs):
@@ -169,17 +165,6 @@ def test_run_flags_are_checked_before_any_work(tasks, monkeypatch, accel, runs, 
         tasks.test_task.body(None, accel=accel, runs=runs)
     assert info.value.code == 2
     assert flag in str(info.value.message)
-
-
-def test_runs_that_is_not_a_number_is_a_usage_error(tasks, monkeypatch):
-    def no_work(*args, **kwargs):
-        raise AssertionError("the pipeline ran")
-
-    monkeypatch.setattr(tasks.pipeline, "run", no_work)
-    with pytest.raises(Exit) as info:
-        tasks.test_task.body(None, runs="abc")
-    assert info.value.code == 2
-    assert "--runs" in str(info.value.message)
 
 
 def test_every_task_has_help_for_every_flag(tasks):
@@ -194,15 +179,8 @@ def test_every_task_has_help_for_every_flag(tasks):
 
 
 def invoke(root, tmp_path, *args):
-    env = dict(os.environ, HVGATE_RESULTS=str(tmp_path / "results"))
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    assert root == cli.ROOT
+    return cli.invoke(*args, results_dir=tmp_path / "results")
 
 
 def test_list_with_a_bad_matrix_exits_2_with_one_line_per_problem(root, tmp_path, bad_matrix):

@@ -1,0 +1,20 @@
+"""Runs the tasks as a user does: `python -m invoke ...` in the checkout, outputs kept elsewhere."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args, results_dir, timeout=120):
+    env = dict(os.environ, HVGATE_RESULTS=str(results_dir))
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
