@@ -23,6 +23,14 @@ SELECT_HELP = {
     "cells": "comma-separated shell patterns of cell ids to include, e.g. 'debian-12*' (default: all)",
     "exclude": "comma-separated shell patterns of cell ids to leave out, e.g. '*-backports'",
 }
+SHARD_HELP = {
+    "shard": "K/N: only the K-th (1-based) of N near-equal, contiguous slices of the selected "
+    "cells, e.g. 2/3 (for CI jobs; the same K/N always gives the same cells)",
+}
+ENGINES_HELP = {
+    "engines": "comma-separated Docker engines to spread the cells over: unix://, tcp:// or "
+    "ssh:// URLs or Docker context names (default: $HVGATE_ENGINES, else the default engine)",
+}
 
 
 def _sigterm(signum: int, frame: Any) -> None:
@@ -48,11 +56,14 @@ def reported(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@task(name="list", help={**SELECT_HELP, "json": "print the cells as JSON (for CI job matrices)"})
+@task(
+    name="list",
+    help={**SELECT_HELP, **SHARD_HELP, "json": "print the cells as JSON (for CI job matrices)"},
+)
 @reported
-def list_cells(c, matrix=MATRIX, cells=None, exclude=None, json_=False):
+def list_cells(c, matrix=MATRIX, cells=None, exclude=None, shard=None, json_=False):
     """List the cells of the matrix (id, base, sources, versions)."""
-    _, chosen = pipeline.selected(matrix, cells, exclude)
+    _, chosen = pipeline.selected(matrix, cells, exclude, shard)
     if json_:
         print(
             json.dumps(
@@ -72,19 +83,19 @@ def list_cells(c, matrix=MATRIX, cells=None, exclude=None, json_=False):
         )
 
 
-@task(name="render", help=SELECT_HELP)
+@task(name="render", help={**SELECT_HELP, **SHARD_HELP})
 @reported
-def render_task(c, matrix=MATRIX, cells=None, exclude=None):
+def render_task(c, matrix=MATRIX, cells=None, exclude=None, shard=None):
     """Render each selected cell's Dockerfile under images/cells/ (validates everything first)."""
-    for cell_id in pipeline.render_cells(matrix, cells, exclude):
+    for cell_id in pipeline.render_cells(matrix, cells, exclude, shard):
         print(f"images/cells/{cell_id}/Dockerfile")
 
 
-@task(name="build", help=SELECT_HELP)
+@task(name="build", help={**SELECT_HELP, **SHARD_HELP, **ENGINES_HELP})
 @reported
-def build_task(c, matrix=MATRIX, cells=None, exclude=None):
+def build_task(c, matrix=MATRIX, cells=None, exclude=None, shard=None, engines=None):
     """Build the guest and each selected cell's image; unchanged cells are not rebuilt."""
-    results = pipeline.build(matrix, cells, exclude)
+    results = pipeline.build(matrix, cells, exclude, shard, engines)
     for result in results.values():
         detail = result.image if result.ok else result.reason
         print(f"{result.cell_id:<28} {result.status:<12} {detail}")
@@ -94,8 +105,13 @@ def build_task(c, matrix=MATRIX, cells=None, exclude=None):
 
 RUN_HELP = {
     **SELECT_HELP,
+    **SHARD_HELP,
+    **ENGINES_HELP,
     "accel": "auto (probe KVM by booting a guest, fall back to TCG), kvm or tcg (default: matrix.yaml's)",
-    "runs": "repetitions of the scenario set per cell (default: matrix.yaml's policy.runs)",
+    "runs": "run each scenario exactly N times, judged at run N (default: matrix.yaml's policy: "
+    "repeat until the sequential test decides, from min_runs to max_runs)",
+    "resume": "continue the newest interrupted run (its matrix, cells and options) without "
+    "redoing its finished cells",
 }
 
 
@@ -106,31 +122,110 @@ def _run(
     accel: str | None,
     runs: int | None,
     do_build: bool,
+    resume: bool = False,
 ) -> None:
     if accel not in (None, "auto", "kvm", "tcg"):
         raise Exit(f"error: --accel {accel!r}: use auto, kvm or tcg", code=2)
     if runs is not None and not (str(runs).isdigit() and 1 <= int(runs) <= 1000):
         raise Exit(f"error: --runs {runs!r}: use a whole number from 1 to 1000", code=2)
     result, paths = pipeline.run(
-        matrix, cells, exclude, accel, int(runs) if runs else None, do_build
+        matrix, cells, exclude, accel, int(runs) if runs else None, do_build, resume
     )
     print(markdown(result.to_json()))
-    print(f"results: {paths['json']}\ntable:   {paths['markdown']}", file=sys.stderr)
+    print(
+        f"results: {paths['json']}\ntable:   {paths['markdown']}\npage:    {paths['html']}"
+        f"\njunit:   {paths['junit']}",
+        file=sys.stderr,
+    )
     pipeline.check_outcome(result)
 
 
 @task(name="test", help=RUN_HELP)
 @reported
-def test_task(c, matrix=MATRIX, cells=None, exclude=None, accel=None, runs=None):
+def test_task(c, matrix=MATRIX, cells=None, exclude=None, accel=None, runs=None, resume=False):
     """Smoke-test the already built images of the selected cells, judge and publish."""
-    _run(matrix, cells, exclude, accel, runs, do_build=False)
+    _run(matrix, cells, exclude, accel, runs, do_build=False, resume=resume)
 
 
 @task(name="run", help=RUN_HELP)
 @reported
-def run_task(c, matrix=MATRIX, cells=None, exclude=None, accel=None, runs=None):
+def run_task(c, matrix=MATRIX, cells=None, exclude=None, accel=None, runs=None, resume=False):
     """Render, build, smoke-test, judge and publish: the whole pipeline. Prints the table."""
-    _run(matrix, cells, exclude, accel, runs, do_build=True)
+    _run(matrix, cells, exclude, accel, runs, do_build=True, resume=resume)
+
+
+@task(
+    name="resolve",
+    help={
+        **SELECT_HELP,
+        "check": "write nothing; list what moved since the lock and exit 1 if anything did",
+    },
+)
+@reported
+def resolve_task(c, matrix=MATRIX, cells=None, exclude=None, check=False):
+    """Read each cell's apt indexes and lock exact libvirt/QEMU versions in matrix.lock.json."""
+    moved = pipeline.resolve(matrix, cells, exclude, check=check)
+    if check:
+        print("\n".join(moved) if moved else "the lock is current: nothing moved")
+        if moved:
+            raise Exit(f"{len(moved)} change(s) since the lock", code=1)
+
+
+@task(
+    name="report",
+    help={
+        "run": "a stored run's id, read from results/runs/RUN_ID/results.json",
+        "input": "a results JSON file to read (default: results/latest.json)",
+        "output": "the directory to write to (default: the input's own)",
+    },
+)
+@reported
+def report_task(c, run=None, input=None, output=None):
+    """Render the Markdown, HTML and JUnit results again from a stored results JSON; runs nothing."""
+    from harness.publish import report
+
+    for path in report(run_id=run, input_path=input, output_dir=output).values():
+        print(path)
+
+
+@task(
+    name="pin",
+    help={
+        "run": "a stored run's id, read from results/runs/RUN_ID/results.json",
+        "input": "a results JSON file to read (default: results/latest.json)",
+        "out": "the directory to write to (default: results/pins/RUN_ID/)",
+        "matrix": f"the matrix that names each cell's apt suites (default: {MATRIX})",
+    },
+)
+@reported
+def pin_task(c, run=None, input=None, out=None, matrix=MATRIX):
+    """Write apt preferences, devstack local.conf and JSON pins of each base and source's newest safe versions."""
+    from harness.errors import UnsafeCells
+    from harness.pin import pin
+
+    plan, paths = pin(run, input, out, matrix)
+    for line in plan.refused + plan.superseded:
+        print(line)
+    for path in paths:
+        print(path)
+    if not plan.pins:
+        raise UnsafeCells(f"nothing to pin: no cell of run {plan.data['run_id']} is safe")
+
+
+@task(
+    name="diff",
+    help={
+        "a": "the older run: a run id, `latest` or a results JSON file",
+        "b": "the newer run: the same",
+    },
+)
+@reported
+def diff_task(c, a, b):
+    """Compare two runs: cells added or removed, status and version changes, one line each."""
+    from harness.history import diff, load_run
+
+    lines = diff(load_run(a), load_run(b))
+    print("\n".join(lines) if lines else "no differences")
 
 
 @task(name="clean")
@@ -141,18 +236,32 @@ def clean_task(c):
     print("\n".join(removed) if removed else "nothing to remove")
 
 
-@task(name="schema", help={"check": "only check that matrix.schema.json is current"})
+@task(name="schema", help={"check": "only check that the committed schemas are current"})
 @reported
 def schema_task(c, check=False):
-    """Write matrix.schema.json, the JSON Schema of matrix.yaml generated from the models."""
+    """Write matrix.schema.json and results.schema.json, generated from the models and result types."""
+    from harness.publish import write_results_schema
     from harness.schema import write_schema
 
-    changed = write_schema(check=check)
+    # Both run, so a check reports either file.
+    changed = write_schema(check=check) | write_results_schema(check=check)
     if check and changed:
-        raise Exit("matrix.schema.json is out of date: run `invoke matrix.schema`", code=1)
+        raise Exit("a schema file is out of date: run `invoke matrix.schema`", code=1)
 
 
 matrix_tasks = Collection("matrix")
-for t in (list_cells, render_task, build_task, test_task, run_task, clean_task, schema_task):
+for t in (
+    list_cells,
+    resolve_task,
+    render_task,
+    build_task,
+    test_task,
+    run_task,
+    report_task,
+    pin_task,
+    diff_task,
+    clean_task,
+    schema_task,
+):
     matrix_tasks.add_task(t)
 namespace = Collection(matrix_tasks)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
+import requests
+import urllib3
 
 from . import engine as eng
 from .bases import Bases
@@ -19,6 +24,7 @@ from .errors import EngineError, HvgateError
 from .model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
 from .progress import say
 from .render import CONTEXT, IMAGES, render
+from .resolve import uses_loopback
 
 GUEST_DIR = IMAGES / "guest"
 CACHE = Path(__file__).resolve().parent.parent / ".cache"
@@ -60,6 +66,10 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
     """(status, reason) of a failed build, from the log: archive problems make a cell unavailable."""
     # apt's errors come coloured through the classic builder.
     text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines))
+    # First: a full disk breaks downloads too, and is not the archive's fault.
+    full = r"(?i).*(?:no space left on device|have enough free space).*"
+    if re.search(full, text):
+        return "failed", "the build ran out of disk space: " + _first(text, full)
     expired = re.search(r"Release file for (\S+) is expired", text)
     if expired:
         names = ", ".join(name for name, _ in cell.sources)
@@ -75,6 +85,13 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
             text,
             r".*(?:Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving).*",
         )
+    gone = re.search(r"Version '(\S+)' for '(\S+)' was not found", text)
+    if gone and cell.locked_versions.get(gone.group(2)) == gone.group(1):
+        return (
+            "unavailable",
+            f"locked version {gone.group(1)} of {gone.group(2)} is no longer served by the "
+            "cell's sources (`invoke matrix.resolve` locks what they serve now)",
+        )
     if re.search(
         r"Unable to locate package|has no installation candidate|Version '.*' for '.*' was not found",
         text,
@@ -82,8 +99,6 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
         return "unavailable", "package not in the source: " + _first(
             text, r".*(?:Unable to locate|no installation candidate|was not found).*"
         )
-    if re.search(r"No space left on device", text):
-        return "failed", "the build ran out of disk space"
     unmet = _first(text, r"^ \S+ : Depends: .*")
     if unmet:
         return "failed", f"unmet dependency: {unmet}"
@@ -111,6 +126,7 @@ def docker_build(
     subject: str,
     timeout: float,
     buildargs: dict[str, str] | None = None,
+    network_mode: str | None = None,
 ) -> tuple[bool, list[str]]:
     """Streams a classic build into a log file, showing each step; returns (ok, log lines)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +143,9 @@ def docker_build(
             decode=True,
             buildargs=buildargs or {},
             timeout=int(timeout),
+            network_mode=network_mode,
         )
-        for chunk in stream:
+        for chunk in _chunks(stream, timeout):
             text = chunk.get("stream") or ""
             if "error" in chunk:
                 ok = False
@@ -147,6 +164,19 @@ def docker_build(
                 log.write(lines[-1] + "\n")
                 break
     return ok, lines
+
+
+def _chunks(stream: Iterator[dict[str, Any]], timeout: float) -> Iterator[dict[str, Any]]:
+    """The build's output; a failed connection (a build silent for longer than its timeout, or
+    an engine that went away) ends it with an error chunk that says which, not an exception."""
+    try:
+        yield from stream
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        if "timed out" in reason.lower():
+            yield {"error": f"the build did not finish within {timeout:.0f} s (silent that long)"}
+        else:
+            yield {"error": f"the Docker engine failed during the build: {reason}"}
 
 
 def built_image(
@@ -178,7 +208,15 @@ def build_cell(
     started = time.monotonic()
     say(cell.id, f"building {tag}")
     unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
-    ok, lines = docker_build(engine, context, unlabelled, log_path, cell.id, timeout)
+    ok, lines = docker_build(
+        engine,
+        context,
+        unlabelled,
+        log_path,
+        cell.id,
+        timeout,
+        network_mode="host" if uses_loopback(cell) else None,
+    )
     if not ok:
         status, reason = diagnose(lines, cell)
         say(cell.id, f"build {status}: {reason}")
@@ -267,7 +305,7 @@ def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> P
     if not {"guest/vmlinuz", "guest/initramfs.img", "guest/kernel-version"} <= names:
         raise EngineError(f"the guest image lacks a kernel or initramfs: {sorted(names)}")
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".part")
+    tmp = cached.with_suffix(f".{os.getpid()}.part")  # runs of other results dirs may race
     tmp.write_bytes(data)
     tmp.replace(cached)
     return cached

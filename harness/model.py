@@ -15,7 +15,10 @@ DEB_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 # Debian policy 5.6.12: [epoch:]upstream[-revision]; upstream starts with a digit.
 DEB_VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)*$")
 CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
-SUITE_RE = re.compile(r"^[a-z0-9{}][a-z0-9{}./-]*$")
+# A suite may name the base's codename and release; no other braces (nothing for Jinja2 to see).
+SUITE_RE = re.compile(
+    r"^(?:[a-z0-9]|\{codename\}|\{release\})(?:[a-z0-9./-]|\{codename\}|\{release\})*$"
+)
 URI_RE = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/@%+-]+$")
 IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
@@ -40,10 +43,10 @@ ImageRef = Annotated[str, AfterValidator(_matches(IMAGE_REF_RE, "image reference
 
 
 def _version_selector(value: str) -> str:
-    if value in ("latest",) or DEB_VERSION_RE.fullmatch(value):
+    if value in ("latest", "all") or DEB_VERSION_RE.fullmatch(value):
         return value
     raise ValueError(
-        f"{value!r} is not a version selector: use 'latest' or an exact Debian version "
+        f"{value!r} is not a version selector: use 'latest', 'all' or an exact Debian version "
         "such as '9.0.0-4+deb12u2'"
     )
 
@@ -95,6 +98,8 @@ class Source(Strict):
     uri: Uri | None = None
     """None: the mirror the base image's own apt sources use."""
     check_valid_until: bool = True
+    trusted: bool = False
+    """True accepts an unsigned archive (a local build of one's own); never for a distro archive."""
     cloud_archive: Annotated[str, Field(pattern=r"^[a-z]+(?:-proposed)?$")] | None = None
     """An Ubuntu Cloud Archive pocket, added by the distro's own `add-apt-repository cloud-archive:NAME`."""
 
@@ -136,10 +141,32 @@ class CellSpec(Strict):
 
 
 class Policy(Strict):
-    runs: Annotated[int, Field(ge=1, le=1000)] = 1
+    """How often each scenario runs and when its evidence suffices (README, "Verdicts")."""
+
+    safe_failure_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
+    """A failure rate up to this counts as safe (the sequential test's p0)."""
+    unsafe_failure_rate: Annotated[float, Field(gt=0, le=0.5)] = 0.25
+    """A failure rate from this on must not pass as safe (p1); 1 minus it must not pass as broken."""
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
+    """1 minus the chance of each wrong call at those rates (the test's alpha = beta)."""
+    min_runs: Annotated[int, Field(ge=1, le=1000)] = 1
+    max_runs: Annotated[int, Field(ge=1, le=1000)] = 30
+    """With no decision by then the scenario is inconclusive."""
+    runs: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """A fixed count instead of min_runs and max_runs: each scenario runs exactly this often."""
     boot_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
     scenario_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
     build_timeout: Annotated[float, Field(gt=0, le=36000)] = 1800.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.safe_failure_rate >= self.unsafe_failure_rate:
+            raise ValueError("safe_failure_rate must be below unsafe_failure_rate")
+        if self.runs is not None and {"min_runs", "max_runs"} & self.model_fields_set:
+            raise ValueError("runs is a fixed count: give it or min_runs/max_runs, not both")
+        if self.min_runs > self.max_runs:
+            raise ValueError("min_runs must not exceed max_runs")
+        return self
 
 
 def _version(value: str) -> str:
@@ -199,6 +226,14 @@ class Cell:
     components: tuple[ComponentChoice, ...]
     scenarios: tuple[str, ...]
     template: str | None = None
+    spec_id: str = ""
+    """The id of the matrix.yaml cell this one comes from (several, for an `all` selector)."""
+    locked: tuple[tuple[str, str], ...] = ()
+    """(package, exact version) from the lock file; empty when the cell is not locked."""
+
+    @property
+    def locked_versions(self) -> dict[str, str]:
+        return dict(self.locked)
 
 
 def default_cell_id(spec: CellSpec) -> str:
@@ -207,11 +242,14 @@ def default_cell_id(spec: CellSpec) -> str:
         choice: PackageChoice = getattr(spec, component)
         if choice.source and choice.source != spec.source:
             parts.append(f"{component}-{choice.source}")
-        if choice.version != "latest":
-            parts.append(
-                f"{component}-{choice.version.replace(':', '_').replace('+', '_').replace('~', '_')}"
-            )
+        if choice.version not in ("latest", "all"):
+            parts.append(f"{component}-{version_slug(choice.version)}")
     return "-".join(parts)
+
+
+def version_slug(version: str) -> str:
+    """A Debian version as it may appear in a cell id (and so in an image tag)."""
+    return version.replace(":", "_").replace("+", "_").replace("~", "_")
 
 
 def expand(matrix: Matrix) -> tuple[Cell, ...]:
@@ -226,9 +264,11 @@ def expand(matrix: Matrix) -> tuple[Cell, ...]:
         )
         source_names = [spec.source] + [c.source_name for c in components]
         ordered = tuple(dict.fromkeys(source_names))
+        cell_id = spec.id or default_cell_id(spec)
         cells.append(
             Cell(
-                id=spec.id or default_cell_id(spec),
+                id=cell_id,
+                spec_id=cell_id,
                 base_name=spec.base,
                 base=matrix.bases[spec.base],
                 source_name=spec.source,

@@ -7,53 +7,100 @@ import json
 import os
 import platform
 import secrets
+import threading
 from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 
+from . import checkpoint, history
 from . import engine as eng
+from .bases import Bases
 from .build import (
     CACHE,
     BuildResult,
-    build_cells,
-    build_guest,
     built_image,
     cell_context,
 )
 from .errors import EngineError, Interrupted, UnsafeCells
+from .fleet import AccelChoice, Engine, Fleet
 from .judge import judge_cell, not_run
 from .load import load
 from .model import Cell, Matrix
 from .progress import say
 from .publish import RESULTS, publish
-from .render import base_image_tag, render, render_all
+from .render import base_image_tag, render, render_all, write_atomic
+from .resolve import apply_lock, changes, lock_path, merged, read_lock, write_lock
+from .resolve import resolve as resolve_entries
 from .results import CellResult, RunResult, Status
 from .runner import kvm_device_available, run_cell
 from .select import select
+from .select import shard as take_shard
 
 LOGS = RESULTS / "logs"
 ACCEL_CACHE = CACHE / "accel-probe.json"
 
 
 def selected(
-    matrix_path: str, cells: str | None, exclude: str | None
+    matrix_path: str, cells: str | None, exclude: str | None, shard: str | None = None
 ) -> tuple[Matrix, tuple[Cell, ...]]:
     matrix, all_cells = load(matrix_path)
-    return matrix, select(all_cells, cells, exclude)
+    path = lock_path(matrix_path)
+    chosen = select(apply_lock(all_cells, read_lock(path), path), cells, exclude)
+    return matrix, take_shard(chosen, shard)
 
 
-def render_cells(matrix_path: str, cells: str | None, exclude: str | None) -> dict[str, str]:
-    _, chosen = selected(matrix_path, cells, exclude)
+def resolve(
+    matrix_path: str, cells: str | None, exclude: str | None, check: bool = False
+) -> list[str]:
+    """Resolves the selected cells into the lock file; with check, only lists what moved."""
+    matrix, all_cells = load(matrix_path)
+    chosen = select(all_cells, cells, exclude)
+    path = lock_path(matrix_path)
+    old = read_lock(path)
+    engine = eng.client()
+    bases = Bases(engine, matrix.bases, LOGS)
+    try:
+        for name in dict.fromkeys(c.base_name for c in chosen):
+            bases.ensure(name)  # apt answers in a container of the base image
+        entries = resolve_entries(engine, chosen)
+    except KeyboardInterrupt:
+        for cell in chosen:
+            eng.remove_labelled(engine, f"resolve-{cell.id}")
+        raise
+    if check:
+        return changes(old, entries)
+    write_lock(path, merged(old, entries, keep=[c.id for c in all_cells]))
+    say("resolve", f"wrote {path}")
+    return []
+
+
+def render_cells(
+    matrix_path: str, cells: str | None, exclude: str | None, shard: str | None = None
+) -> dict[str, str]:
+    _, chosen = selected(matrix_path, cells, exclude, shard)
     return render_all(chosen)
 
 
-def build(matrix_path: str, cells: str | None, exclude: str | None) -> dict[str, BuildResult]:
-    matrix, chosen = selected(matrix_path, cells, exclude)
+def build(
+    matrix_path: str,
+    cells: str | None,
+    exclude: str | None,
+    shard: str | None = None,
+    engines: str | None = None,
+) -> dict[str, BuildResult]:
+    """Builds each selected cell (spread over the engines, when several are given)."""
+    matrix, chosen = selected(matrix_path, cells, exclude, shard)
     render_all(chosen)
-    engine = eng.client()
-    build_guest(engine, matrix, LOGS)
-    return build_cells(engine, matrix, chosen, LOGS)
+    fleet = Fleet.of(engines)
+    built: dict[str, BuildResult] = {}
+
+    def one(engine: Engine, cell: Cell) -> None:
+        built[cell.id] = fleet.build(engine, matrix, cell, LOGS)
+
+    fleet.spread(chosen, one, prepare=lambda engine: fleet.guest(engine, matrix, LOGS))
+    return {cell.id: built[cell.id] for cell in chosen}
 
 
 def existing_images(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> dict[str, BuildResult]:
@@ -94,9 +141,9 @@ def initial_accel(requested: str) -> tuple[str, str | None]:
 
 
 def remember_accel(accel: str, reason: str) -> None:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ACCEL_CACHE.write_text(
-        json.dumps({"boot_id": host_boot_id(), "accel": accel, "reason": reason})
+    # Atomic: runs of other results directories in this checkout read it at any moment.
+    write_atomic(
+        ACCEL_CACHE, json.dumps({"boot_id": host_boot_id(), "accel": accel, "reason": reason})
     )
 
 
@@ -116,56 +163,107 @@ def run(
     accel: str | None = None,
     runs: int | None = None,
     do_build: bool = True,
+    resume: bool = False,
+    shard: str | None = None,
+    engines: str | None = None,
 ) -> tuple[RunResult, dict[str, Path]]:
-    """Builds (unless told not to), smoke-tests, judges and publishes the selected cells."""
-    matrix, chosen = selected(matrix_path, cells, exclude)
+    """Builds (unless told not to), smoke-tests, judges and publishes the selected cells.
+
+    Each finished cell is kept on disk at once; `resume` continues the newest interrupted run
+    with its own options, without redoing its finished cells."""
+    given = checkpoint.Options(matrix_path, cells, exclude, accel, runs)
+    opts = checkpoint.options(RESULTS, resume, given)
+    matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, shard)
+    accel, runs = opts.accel, opts.runs
     render_all(chosen)
-    engine = eng.client()
-    run_id = new_run_id()
-    started = now_iso()
-    results: dict[str, CellResult] = {}
+    fleet = Fleet.of(engines)
+    task = "matrix.run" if do_build else "matrix.test"
+    # One run per results directory; the lock is held until close() or the process's end.
+    progress = checkpoint.start(RESULTS, opts, matrix, chosen, new_run_id(), now_iso(), task)
+    run_id, started = progress.run_id, progress.started
+    results: dict[str, CellResult] = dict(progress.finished)
+    todo = tuple(cell for cell in chosen if cell.id not in results)
     builds: dict[str, BuildResult] = {}
     say("run", f"{run_id}: {len(chosen)} cells: {', '.join(c.id for c in chosen)}")
-    try:
-        guest = build_guest(engine, matrix, LOGS)
-        builds = (
-            build_cells(engine, matrix, chosen, LOGS)
+    guests: dict[str, Path] = {}
+    choice = AccelChoice(*initial_accel(accel or matrix.accel), remember_accel)
+    halted = threading.Event()  # set on Ctrl-C: other engines' cells are no longer kept
+
+    def prepare(engine: Engine) -> None:
+        guests[engine.name] = fleet.guest(engine, matrix, LOGS)
+
+    def built_on(engine: Engine, cell: Cell) -> bool:
+        return existing_images(engine.client, (cell,))[cell.id].ok
+
+    def one(engine: Engine, cell: Cell) -> None:
+        """Builds (or finds) the cell's image on the engine, smoke-tests and judges it there."""
+        result = (
+            fleet.build(engine, matrix, cell, LOGS)
             if do_build
-            else existing_images(engine, chosen)
+            else existing_images(engine.client, (cell,))[cell.id]
         )
-        current, reason = initial_accel(accel or matrix.accel)
-        for cell in chosen:
-            result = builds[cell.id]
-            if not result.ok or result.image is None:
-                results[cell.id] = judge_cell(cell, result, None, matrix.thresholds)
-                continue
-            say(cell.id, f"smoke test ({current})")
+        builds[cell.id] = result
+        if not result.ok or result.image is None:
+            results[cell.id] = judge_cell(cell, result, None, matrix.thresholds)
+            progress.keep(results[cell.id])
+            return
+        with choice.taken() as (current, reason):
+            say(cell.id, f"smoke test ({current}){fleet.where(engine)}")
             smoke = run_cell(
-                engine,
+                engine.client,
                 cell,
                 result.image,
                 matrix,
                 run_id,
-                guest,
+                guests[engine.name],
                 current,
                 RESULTS / "runs" / run_id / "logs" / cell.id,
                 runs or matrix.policy.runs,
                 reason,
             )
-            if current == "auto" and smoke.report and smoke.report.get("accel"):
-                # One probe per host boot: the other cells use what the first one found.
-                current, reason = smoke.report["accel"], smoke.report.get("accel_reason")
-                remember_accel(current, reason or "")
-                reason = f"{reason} (probed in {cell.id})"
-            verdict = judge_cell(cell, result, smoke, matrix.thresholds)
-            results[cell.id] = verdict
-            say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
+            choice.settle(smoke.report, cell.id)
+        verdict = fleet.mark(judge_cell(cell, result, smoke, matrix.thresholds), engine)
+        if halted.is_set():
+            return
+        results[cell.id] = verdict
+        progress.keep(verdict)
+        say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
+
+    try:
+        if opts.resumed:
+            for engine in fleet.engines:  # what the interrupted attempt left running
+                eng.cleanup(engine.client, run_id)
+        # `matrix.test` on several engines: a cell goes to an engine that has its image.
+        can_take = built_on if fleet.several and not do_build else None
+        for cell in fleet.spread(todo, one, prepare, can_take):
+            one(fleet.engines[0], cell)  # on no engine: judged as not built
     except KeyboardInterrupt:
-        say("run", "interrupted: removing containers, keeping finished results")
-        eng.remove_labelled(engine, run_id)
-        _finish(run_id, started, chosen, results, builds, interrupted=True)
-        raise Interrupted("interrupted; finished cells are in results/") from None
-    return _finish(run_id, started, chosen, results, builds)
+        halted.set()
+        with checkpoint.shielded():  # a second Ctrl-C does not cut the cleanup short
+            say("run", "interrupted: removing containers, keeping finished results")
+            for engine in fleet.engines:
+                eng.cleanup(engine.client, run_id)
+            _finish(run_id, started, chosen, results, builds, interrupted=True)
+            progress.close(checkpoint.INTERRUPTED)
+        raise Interrupted(
+            f"interrupted; finished cells are kept: `--resume` continues run {run_id}"
+        ) from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        # The engine went away mid-run: keep what finished, and say so in one line.
+        with checkpoint.shielded():
+            _finish(run_id, started, chosen, results, builds, interrupted=True)
+            progress.close(checkpoint.INTERRUPTED)
+        raise EngineError(
+            f"the Docker engine failed during run {run_id}: {one_line(exc)}; finished cells are "
+            "kept, `--resume` continues"
+        ) from None
+    finished = _finish(run_id, started, chosen, results, builds)
+    progress.close(checkpoint.FINISHED)
+    return finished
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def _finish(
@@ -180,7 +278,8 @@ def _finish(
     cells = [results.get(c.id) or not_run(c, reason) for c in chosen]
     host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
     run_result = RunResult(run_id, started, now_iso(), host, cells)
-    paths = publish(run_result)
+    # The history annotates the run before it is published and keeps it once it is.
+    run_result, paths = history.record(run_result, publish)
     return run_result, paths
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import ConfigurationError
-from .model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, Base, Cell, Source
+from .model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, DEB_VERSION_RE, Base, Cell, Source
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "images"
@@ -21,8 +21,12 @@ CONTEXT = IMAGES / "context"
 RENDERED = IMAGES / "cells"
 BASE_TEMPLATE = "base.Dockerfile.j2"
 
-# Source packages whose binaries follow a component's pin.
-PINNED_SOURCE_PACKAGES = {"libvirt": ("libvirt", "libvirt-python"), "qemu": ("qemu",)}
+# Source packages whose binaries follow a component's pin, each with the binary whose version
+# the lock file records for it.
+PINNED_SOURCE_PACKAGES = {
+    "libvirt": {"libvirt": "libvirt-daemon", "libvirt-python": "python3-libvirt"},
+    "qemu": {"qemu": "qemu-system-x86"},
+}
 
 
 def base_image_tag(base_name: str) -> str:
@@ -42,10 +46,52 @@ def source_suite(source: Source, base: Base) -> str:
 
 
 def packages(cell: Cell) -> list[str]:
+    """What apt-get install is given: a locked package as NAME=VERSION, so a version the archive
+    no longer serves fails the build (and makes the cell unavailable) instead of drifting."""
     names = [p for c in cell.components for p in COMPONENT_PACKAGES[c.component]]
+    locked = cell.locked_versions
     for name in names:  # every value reaching the Dockerfile has passed a strict grammar
         assert DEB_PACKAGE_RE.fullmatch(name), name
-    return names
+        assert name not in locked or DEB_VERSION_RE.fullmatch(locked[name]), locked[name]
+    return [f"{name}={locked[name]}" if name in locked else name for name in names]
+
+
+def source_steps(cell: Cell) -> list[str]:
+    """Shell commands that add the cell's extra apt sources, one image layer each; the same
+    commands set up the container that `matrix.resolve` reads the indexes in."""
+    steps = []
+    for index, (_, source) in enumerate(s for s in cell.sources if s[1].cloud_archive):
+        if index == 0:
+            # The distro's own tool knows the Cloud Archive; this layer is shared by every pocket.
+            steps.append(
+                "apt-get update && apt-get install -y --no-install-recommends "
+                "software-properties-common && rm -rf /var/lib/apt/lists/*"
+            )
+        # It installs ubuntu-cloud-keyring from the distro archive, so it needs the package lists.
+        steps.append(
+            f"apt-get update && add-apt-repository -y -n cloud-archive:{shell(source.cloud_archive)}"
+            " && rm -rf /var/lib/apt/lists/*"
+        )
+    for name, source in cell.sources:
+        if source.suite or source.uri:
+            options = [
+                option
+                for option, wanted in (
+                    ("check-valid-until=no", not source.check_valid_until),
+                    ("trusted=yes", source.trusted),
+                )
+                if wanted
+            ]
+            command = [
+                "/opt/hvgate/bin/add-apt-source",
+                name,
+                suite(source.suite or "{codename}", cell.base),
+                " ".join(source.components),
+                source.uri or "",
+                *options,
+            ]
+            steps.append(" ".join(shell(part) for part in command))
+    return steps
 
 
 def pins(cell: Cell) -> list[list[str]]:
@@ -56,15 +102,23 @@ def pins(cell: Cell) -> list[list[str]]:
       version), 100 in the cell's other suites, so they never drift to another pocket;
     - everything else: 500 in each extra suite, as in the base's own, so dependencies may come
       from there (qemu from backports needs seabios from backports) and the newest wins.
+
+    A locked cell holds each source package at the version the lock file names for it.
     """
     suites = {
         name: source_suite(s, cell.base) for name, s in cell.sources if s.suite or s.cloud_archive
     }
+    locked = cell.locked_versions
     commands = []
     for choice in cell.components:
-        for src in PINNED_SOURCE_PACKAGES[choice.component]:
+        for src, binary in PINNED_SOURCE_PACKAGES[choice.component].items():
             package = f"src:{src}"
-            if choice.version != "latest":
+            if binary in locked:
+                commands.append(["/opt/hvgate/bin/pin-version", package, locked[binary]])
+            elif (
+                choice.version not in ("latest", "all")
+                and binary in COMPONENT_PACKAGES[choice.component][:1]
+            ):  # an exact selector names the version of the component's first package
                 commands.append(["/opt/hvgate/bin/pin-version", package, choice.version])
             elif choice.source_name in suites:
                 commands.append(
@@ -82,6 +136,14 @@ def shell(value: object) -> str:
     return shlex.quote(str(value))
 
 
+def one_line(value: object) -> object:
+    """Every value printed into a Dockerfile: a newline would start an instruction of its own.
+    model.py's grammars refuse such values first; this holds for cells built any other way."""
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigurationError(f"refusing to render {value[:60]!r}: a control character")
+    return value
+
+
 def make_environment(search_path: Iterable[Path] = (OVERRIDES, TEMPLATES)) -> jinja2.Environment:
     """The one Environment: StrictUndefined, and every filter and global registered here."""
     env = jinja2.Environment(
@@ -91,9 +153,10 @@ def make_environment(search_path: Iterable[Path] = (OVERRIDES, TEMPLATES)) -> ji
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=one_line,
     )
     env.filters.update(shell=shell, suite=suite)
-    env.globals.update(pins=pins, packages=packages)
+    env.globals.update(pins=pins, packages=packages, source_steps=source_steps)
     return env
 
 

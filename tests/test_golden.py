@@ -1,15 +1,16 @@
-"""Every default cell's rendered Dockerfile matches its golden file (pytest --regenerate updates them)."""
+"""Every default cell's rendered Dockerfile, with the committed lock applied, matches its golden
+file (pytest --regenerate updates them)."""
 
 import difflib
 from pathlib import Path
 
 import pytest
 
-from harness.load import load
+from harness.pipeline import selected
 from harness.render import ROOT, render
 
 GOLDEN = Path(__file__).parent / "golden"
-_, CELLS = load(ROOT / "matrix.yaml")
+_, CELLS = selected(str(ROOT / "matrix.yaml"), None, None)
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])

@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source backports bookworm-backports main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt bookworm-backports 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python bookworm-backports 990 \
-    && /opt/hvgate/bin/pin-source src:qemu bookworm-backports 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt '11.3.0-2~bpo12+1' \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 9.0.0-1 \
+    && /opt/hvgate/bin/pin-version src:qemu '1:10.0.2+ds-2+deb13u1~bpo12+1' \
     && /opt/hvgate/bin/pin-source '*' bookworm-backports 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-2~bpo12+1 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:10.0.2+ds-2+deb13u1~bpo12+1 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source release bookworm main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt bookworm 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python bookworm 990 \
-    && /opt/hvgate/bin/pin-source src:qemu bookworm 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 9.0.0-4+deb12u2 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 9.0.0-1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:7.2+dfsg-7+deb12u18+b3 \
     && /opt/hvgate/bin/pin-source '*' bookworm 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=9.0.0-4+deb12u2 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -8,15 +8,15 @@ RUN /opt/hvgate/bin/add-apt-source release trixie main ''
 RUN /opt/hvgate/bin/add-apt-source backports trixie-backports main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt trixie 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 11.3.0-3+deb13u3 \
     && /opt/hvgate/bin/pin-source src:libvirt trixie-backports 100 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python trixie 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 11.3.0-1 \
     && /opt/hvgate/bin/pin-source src:libvirt-python trixie-backports 100 \
-    && /opt/hvgate/bin/pin-source src:qemu trixie-backports 990 \
+    && /opt/hvgate/bin/pin-version src:qemu '1:11.1.3+ds-1~bpo13+1' \
     && /opt/hvgate/bin/pin-source src:qemu trixie 100 \
     && /opt/hvgate/bin/pin-source '*' trixie 500 \
     && /opt/hvgate/bin/pin-source '*' trixie-backports 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:11.1.3+ds-1~bpo13+1 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source release trixie main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt trixie 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python trixie 990 \
-    && /opt/hvgate/bin/pin-source src:qemu trixie 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 11.3.0-3+deb13u3 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 11.3.0-1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:10.0.13+ds-0+deb13u1 \
     && /opt/hvgate/bin/pin-source '*' trixie 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:10.0.13+ds-0+deb13u1 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

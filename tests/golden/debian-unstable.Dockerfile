@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source unstable sid main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt sid 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python sid 990 \
-    && /opt/hvgate/bin/pin-source src:qemu sid 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 12.8.0-1 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 12.8.0-1+b1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:11.1.3+ds-1 \
     && /opt/hvgate/bin/pin-source '*' sid 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=12.8.0-1 libvirt-daemon-driver-qemu python3-libvirt=12.8.0-1+b1 qemu-system-x86=1:11.1.3+ds-1 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

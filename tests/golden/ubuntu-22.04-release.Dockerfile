@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source release jammy main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt jammy 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python jammy 990 \
-    && /opt/hvgate/bin/pin-source src:qemu jammy 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 8.0.0-1ubuntu7 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 8.0.0-1build1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:6.2+dfsg-2ubuntu6 \
     && /opt/hvgate/bin/pin-source '*' jammy 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=8.0.0-1ubuntu7 libvirt-daemon-driver-qemu python3-libvirt=8.0.0-1build1 qemu-system-x86=1:6.2+dfsg-2ubuntu6 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

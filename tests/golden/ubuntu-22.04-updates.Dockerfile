@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source updates jammy-updates main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt jammy-updates 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python jammy-updates 990 \
-    && /opt/hvgate/bin/pin-source src:qemu jammy-updates 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 8.0.0-1ubuntu7.21 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 8.0.0-1build1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:6.2+dfsg-2ubuntu6.31 \
     && /opt/hvgate/bin/pin-source '*' jammy-updates 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=8.0.0-1ubuntu7.21 libvirt-daemon-driver-qemu python3-libvirt=8.0.0-1build1 qemu-system-x86=1:6.2+dfsg-2ubuntu6.31 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -4,12 +4,8 @@ FROM hvgate/base:ubuntu-24.04
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
 
-# The distro's own tool knows the Cloud Archive; its layer is shared by every pocket on this base.
-RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common \
-    && rm -rf /var/lib/apt/lists/*
-# It installs ubuntu-cloud-keyring from the distro archive, so it needs the package lists.
-RUN apt-get update && add-apt-repository -y -n cloud-archive:gazpacho \
-    && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && add-apt-repository -y -n cloud-archive:gazpacho && rm -rf /var/lib/apt/lists/*
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
     && /opt/hvgate/bin/pin-source src:libvirt noble-updates/gazpacho 990 \

@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source updates noble-updates main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt noble-updates 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python noble-updates 990 \
-    && /opt/hvgate/bin/pin-source src:qemu noble-updates 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 10.0.0-2ubuntu8.19 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 10.0.0-1build1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:8.2.2+ds-0ubuntu1.18 \
     && /opt/hvgate/bin/pin-source '*' noble-updates 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=10.0.0-2ubuntu8.19 libvirt-daemon-driver-qemu python3-libvirt=10.0.0-1build1 qemu-system-x86=1:8.2.2+ds-0ubuntu1.18 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -7,11 +7,11 @@ COPY context/ /opt/hvgate/bin/
 RUN /opt/hvgate/bin/add-apt-source release resolute main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
 RUN apt-get update \
-    && /opt/hvgate/bin/pin-source src:libvirt resolute 990 \
-    && /opt/hvgate/bin/pin-source src:libvirt-python resolute 990 \
-    && /opt/hvgate/bin/pin-source src:qemu resolute 990 \
+    && /opt/hvgate/bin/pin-version src:libvirt 12.0.0-1ubuntu5 \
+    && /opt/hvgate/bin/pin-version src:libvirt-python 12.0.0-1build1 \
+    && /opt/hvgate/bin/pin-version src:qemu 1:10.2.1+ds-1ubuntu3 \
     && /opt/hvgate/bin/pin-source '*' resolute 500 \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && apt-get install -y --no-install-recommends libvirt-daemon=12.0.0-1ubuntu5 libvirt-daemon-driver-qemu python3-libvirt=12.0.0-1build1 qemu-system-x86=1:10.2.1+ds-1ubuntu3 qemu-utils \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -190,8 +190,9 @@ def test_exact_version_is_pinned_by_version(matrix_text, cells_of):
     (cell,) = [c for c in cells_of(text) if c.id.startswith("debian-12-release-")]
     dockerfile = render(cell)
     assert choosing_pins(dockerfile) == [
+        # The binding's versions are its own: it stays with its suite.
+        ("pin-source", "src:libvirt-python", "bookworm", "990"),
         ("pin-version", "src:libvirt", "9.0.0-4+deb12u2"),
-        ("pin-version", "src:libvirt-python", "9.0.0-4+deb12u2"),
         ("pin-version", "src:qemu", "1:7.2+dfsg-7+deb12u6"),
     ]
     # An exact version needs no suite pin of its own; the suite still has its default one.
@@ -203,9 +204,9 @@ def test_exact_version_from_backports_pins_the_version_not_the_suite(matrix_text
     text = matrix_text(lambda d: d["cells"][1].update(libvirt="9.0.0-4~bpo12+1"))
     (cell,) = [c for c in cells_of(text) if "libvirt-9.0.0" in c.id]
     assert choosing_pins(render(cell)) == [
+        backports_pin("libvirt-python"),
         backports_pin("qemu"),
         ("pin-version", "src:libvirt", "9.0.0-4~bpo12+1"),
-        ("pin-version", "src:libvirt-python", "9.0.0-4~bpo12+1"),
     ]
 
 
