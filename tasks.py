@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from invoke.collection import Collection
@@ -15,7 +16,9 @@ from invoke.tasks import task
 
 from harness import pipeline
 from harness.errors import HvgateError
+from harness.fleet import addresses
 from harness.publish import markdown
+from harness.select import parse_shard
 
 MATRIX = "matrix.yaml"
 SELECT_HELP = {
@@ -91,11 +94,31 @@ def render_task(c, matrix=MATRIX, cells=None, exclude=None, shard=None):
         print(f"images/cells/{cell_id}/Dockerfile")
 
 
-@task(name="build", help={**SELECT_HELP, **SHARD_HELP, **ENGINES_HELP})
+JOBS_HELP = {
+    "jobs": "how many cells at a time: N builds feeding N smoke tests (default: the CPU count)",
+}
+CACHE_HELP = {
+    "no_cache": "download every package from the archives, without the shared package cache "
+    "(also: HVGATE_PACKAGE_CACHE=off), and retry cells remembered as unavailable",
+}
+
+
+def _jobs(jobs: Any) -> int | None:
+    if jobs is not None and not (str(jobs).isdigit() and 1 <= int(jobs) <= 64):
+        raise Exit(f"error: --jobs {jobs!r}: use a whole number from 1 to 64", code=2)
+    return int(jobs) if jobs is not None else None
+
+
+@task(name="build", help={**SELECT_HELP, **SHARD_HELP, **ENGINES_HELP, **JOBS_HELP, **CACHE_HELP})
 @reported
-def build_task(c, matrix=MATRIX, cells=None, exclude=None, shard=None, engines=None):
+def build_task(
+    c, matrix=MATRIX, cells=None, exclude=None, shard=None, engines=None, jobs=None, no_cache=False
+):
     """Build the guest and each selected cell's image; unchanged cells are not rebuilt."""
-    results = pipeline.build(matrix, cells, exclude, shard, engines)
+    jobs = _jobs(jobs)
+    results = pipeline.build(
+        matrix, cells, exclude, shard, engines, jobs=jobs, package_cache=not no_cache
+    )
     for result in results.values():
         detail = result.image if result.ok else result.reason
         print(f"{result.cell_id:<28} {result.status:<12} {detail}")
@@ -107,6 +130,7 @@ RUN_HELP = {
     **SELECT_HELP,
     **SHARD_HELP,
     **ENGINES_HELP,
+    **JOBS_HELP,
     "accel": "auto (probe KVM by booting a guest, fall back to TCG), kvm or tcg (default: matrix.yaml's)",
     "runs": "run each scenario exactly N times, judged at run N (default: matrix.yaml's policy: "
     "repeat until the sequential test decides, from min_runs to max_runs)",
@@ -123,13 +147,31 @@ def _run(
     runs: int | None,
     do_build: bool,
     resume: bool = False,
+    shard: str | None = None,
+    engines: str | None = None,
+    jobs: Any = None,
+    no_cache: bool = False,
 ) -> None:
     if accel not in (None, "auto", "kvm", "tcg"):
         raise Exit(f"error: --accel {accel!r}: use auto, kvm or tcg", code=2)
     if runs is not None and not (str(runs).isdigit() and 1 <= int(runs) <= 1000):
         raise Exit(f"error: --runs {runs!r}: use a whole number from 1 to 1000", code=2)
+    if shard is not None:
+        parse_shard(shard)
+    addresses(engines)  # checked here, before anything is rendered or built
+    jobs = _jobs(jobs)
     result, paths = pipeline.run(
-        matrix, cells, exclude, accel, int(runs) if runs else None, do_build, resume
+        matrix,
+        cells,
+        exclude,
+        accel,
+        int(runs) if runs else None,
+        do_build,
+        resume,
+        shard=shard,
+        engines=engines,
+        jobs=jobs,
+        package_cache=not no_cache,
     )
     print(markdown(result.to_json()))
     print(
@@ -142,16 +184,60 @@ def _run(
 
 @task(name="test", help=RUN_HELP)
 @reported
-def test_task(c, matrix=MATRIX, cells=None, exclude=None, accel=None, runs=None, resume=False):
+def test_task(
+    c,
+    matrix=MATRIX,
+    cells=None,
+    exclude=None,
+    accel=None,
+    runs=None,
+    resume=False,
+    shard=None,
+    engines=None,
+    jobs=None,
+):
     """Smoke-test the already built images of the selected cells, judge and publish."""
-    _run(matrix, cells, exclude, accel, runs, do_build=False, resume=resume)
+    _run(matrix, cells, exclude, accel, runs, False, resume, shard, engines, jobs)
 
 
-@task(name="run", help=RUN_HELP)
+@task(name="run", help={**RUN_HELP, **CACHE_HELP})
 @reported
-def run_task(c, matrix=MATRIX, cells=None, exclude=None, accel=None, runs=None, resume=False):
+def run_task(
+    c,
+    matrix=MATRIX,
+    cells=None,
+    exclude=None,
+    accel=None,
+    runs=None,
+    resume=False,
+    shard=None,
+    engines=None,
+    jobs=None,
+    no_cache=False,
+):
     """Render, build, smoke-test, judge and publish: the whole pipeline. Prints the table."""
-    _run(matrix, cells, exclude, accel, runs, do_build=True, resume=resume)
+    _run(matrix, cells, exclude, accel, runs, True, resume, shard, engines, jobs, no_cache)
+
+
+@task(
+    name="merge",
+    help={
+        "results": "comma-separated results files (latest.json or runs/ID/results.json) or "
+        "directories holding a latest.json; quoted shell patterns work: 'shards/*/latest.json'",
+        "out": "the results directory to write the merge to (default: results/, or $HVGATE_RESULTS)",
+        "matrix": f"the matrix whose cell order the merge follows (default: {MATRIX})",
+    },
+)
+@reported
+def merge_task(c, results, out=None, matrix=MATRIX):
+    """Merge the results of several runs or shards into one result set and publish it."""
+    from harness.merge import merge_files
+    from harness.publish import RESULTS
+
+    _, cells = pipeline.selected(matrix, None, None)
+    run, paths = merge_files(results, Path(out) if out else RESULTS, [c.id for c in cells])
+    print(markdown(run.to_json()))
+    print(f"results: {paths['json']}\ntable:   {paths['markdown']}", file=sys.stderr)
 
 
 @task(
@@ -257,6 +343,7 @@ for t in (
     build_task,
     test_task,
     run_task,
+    merge_task,
     report_task,
     pin_task,
     diff_task,

@@ -18,6 +18,7 @@ import docker.errors
 import requests
 import urllib3
 
+from . import cache, debs
 from . import engine as eng
 from .bases import Bases
 from .errors import EngineError, HvgateError
@@ -49,9 +50,11 @@ class BuildResult:
         return self.status in ("built", "cached")
 
 
-def cell_context(dockerfile: str) -> bytes:
-    files = [("Dockerfile", dockerfile.encode(), 0o644)] + eng.files_under(CONTEXT, "context")
-    return eng.tar_of(files)
+def cell_context(cell: Cell) -> bytes:
+    """The build context: the rendered Dockerfile, the context scripts and any .deb repository;
+    its hash names the image, so a changed .deb rebuilds the cell."""
+    files = [("Dockerfile", render(cell).encode(), 0o644)] + eng.files_under(CONTEXT, "context")
+    return eng.tar_of(files + debs.repositories(cell.sources))
 
 
 def content_hash(context: bytes, base_id: str) -> str:
@@ -197,7 +200,7 @@ def built_image(
 def build_cell(
     engine: docker.DockerClient, cell: Cell, base_id: str, log_dir: Path, timeout: float
 ) -> BuildResult:
-    context = cell_context(render(cell))
+    context = cell_context(cell)
     cached = built_image(engine, cell, context, base_id)
     if cached:
         say(cell.id, f"unchanged: {cached.image}")
@@ -205,9 +208,15 @@ def build_cell(
     digest = content_hash(context, base_id)
     tag = image_tag(cell.id, digest)
     log_path = log_dir / cell.id / "build.log"
+    known = cache.remembered(engine, tag)
+    if known:  # the same content found its archive unreachable a moment ago
+        say(cell.id, f"unavailable (remembered, not retried for {cache.RETRY_AFTER // 3600} h)")
+        tail = tuple(known["log_tail"])
+        return BuildResult(cell.id, "unavailable", reason=known["reason"], log_tail=tail)
     started = time.monotonic()
     say(cell.id, f"building {tag}")
     unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
+    loopback = uses_loopback(cell)  # the cache cannot reach the host's loopback
     ok, lines = docker_build(
         engine,
         context,
@@ -215,11 +224,15 @@ def build_cell(
         log_path,
         cell.id,
         timeout,
-        network_mode="host" if uses_loopback(cell) else None,
+        buildargs=None if loopback else cache.build_args(engine),
+        network_mode="host" if loopback else None,
     )
     if not ok:
         status, reason = diagnose(lines, cell)
         say(cell.id, f"build {status}: {reason}")
+        tail = tuple(without_hosts(line) for line in lines[-20:])
+        if status == "unavailable":
+            cache.remember(engine, tag, reason, str(log_path), tail)
         return BuildResult(
             cell.id,
             status,
@@ -227,7 +240,7 @@ def build_cell(
             seconds=time.monotonic() - started,
             reason=reason,
             log=str(log_path),
-            log_tail=tuple(without_hosts(line) for line in lines[-20:]),
+            log_tail=tail,
         )
     versions = {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
@@ -288,7 +301,7 @@ def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> P
         log_dir / "guest-build.log",
         "guest",
         1800,
-        buildargs={"BASE_IMAGE": f"hvgate/base:{matrix.guest.base}"},
+        buildargs={"BASE_IMAGE": f"hvgate/base:{matrix.guest.base}", **cache.build_args(engine)},
     )
     if not ok:
         raise EngineError(

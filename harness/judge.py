@@ -1,26 +1,31 @@
-"""Turns build results and smoke reports into verdicts: per scenario, and per cell."""
+"""Turns build results and smoke reports into verdicts: per scenario (by the sequential test of
+harness/stats.py over its runs in order), and per cell (the worst of its scenarios)."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from .build import BuildResult
-from .model import Cell, Threshold
+from .model import Cell, Policy, Threshold
 from .results import CellResult, ScenarioResult, Status, worst
 from .runner import SmokeRun
+from .stats import Decision, StopRule, wilson_interval
+
+DEFAULT_RULE = StopRule.from_policy(Policy())
 
 
-def scenario_status(runs: int, failures: int, errors: int) -> Status:
-    if runs == 0:
-        return Status.INCONCLUSIVE
-    if errors and not failures:
+def scenario_status(decision: Decision, errors: int) -> Status:
+    """Failures decide; a runner error (the tool's failure) never counts against libvirt or QEMU,
+    but leaves a scenario it kept from a decision in `error`, not `inconclusive`."""
+    if decision.status in (Status.FLAKY, Status.BROKEN):
+        return Status(decision.status)
+    if errors:
         return Status.ERROR
-    if failures == 0:
+    if decision.status == Status.SAFE:
         return Status.SAFE
-    if failures + errors >= runs:
-        return Status.BROKEN
-    return Status.FLAKY
+    return Status.INCONCLUSIVE
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -38,20 +43,32 @@ def meets(libvirt: str | None, qemu: str | None, threshold: Threshold) -> bool:
     ) >= version_tuple(threshold.qemu)
 
 
-def judge_scenarios(report: dict[str, Any]) -> list[ScenarioResult]:
+def outward(low: float, high: float) -> list[float]:
+    """The interval rounded to 4 places away from its inside, so rounding never narrows it."""
+    return [math.floor(low * 1e4) / 1e4, math.ceil(high * 1e4) / 1e4]
+
+
+def judge_scenarios(report: dict[str, Any], rule: StopRule = DEFAULT_RULE) -> list[ScenarioResult]:
     by_name: dict[str, list[dict[str, Any]]] = {}
     for run in report.get("runs", []):
         for result in run:
             by_name.setdefault(result["name"], []).append(result)
     verdicts = []
     for name, results in by_name.items():
-        failures = sum(r["status"] == "fail" for r in results)
-        errors = sum(r["status"] == "error" for r in results)
+        observed = [r["status"] == "fail" for r in results if r["status"] != "error"]
+        errors = len(results) - len(observed)
+        failures = sum(observed)
         failed = [r for r in results if r["status"] != "pass"]
+        decision = rule.walk(observed)
+        status = scenario_status(decision, errors)
+        why = rule.describe(decision)
+        if status == Status.ERROR:
+            why = f"the runner failed in {errors} of {len(results)} runs; {why}"
+        low, high = wilson_interval(failures, len(observed))
         verdicts.append(
             ScenarioResult(
                 name=name,
-                status=scenario_status(len(results), failures, errors),
+                status=status,
                 runs=len(results),
                 failures=failures,
                 errors=errors,
@@ -60,6 +77,9 @@ def judge_scenarios(report: dict[str, Any]) -> list[ScenarioResult]:
                 details=[r.get("details", {}) for r in results],
                 # The logs of the last failure, else of the last run.
                 logs=(failed or results)[-1].get("logs", {}),
+                failure_rate=round(failures / len(observed), 4) if observed else None,
+                interval=outward(low, high) if observed else None,
+                decision=why,
             )
         )
     return verdicts
@@ -73,6 +93,7 @@ def identity(cell: Cell) -> dict[str, Any]:
         release=cell.base.release,
         codename=cell.base.codename,
         source=cell.source_name,
+        stages_for=dict(cell.sources)[cell.source_name].stages_for,
     )
 
 
@@ -123,10 +144,13 @@ def judge_cell(
     common.update(facts)
     if report.get("setup_error"):
         return CellResult(**common, status=Status.ERROR, reason=f"setup: {report['setup_error']}")
-    scenarios = judge_scenarios(report)
+    scenarios = judge_scenarios(report, smoke.rule or DEFAULT_RULE)
     status = worst([s.status for s in scenarios])
+    # The first message says what failed; without one (an undecided clean scenario) the decision.
     failing = [
-        f"{s.name}: {s.messages[0]}" for s in scenarios if s.status != Status.SAFE and s.messages
+        f"{s.name}: {s.messages[0] if s.messages else s.decision}"
+        for s in scenarios
+        if s.status != Status.SAFE
     ]
     return CellResult(
         **common, status=status, reason="; ".join(failing)[:500] or None, scenarios=scenarios

@@ -11,12 +11,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from . import debs
 from .errors import ConfigurationError
 from .model import Cell, Matrix, expand
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
 MAX_NODES = 100_000
+MAX_ID = 100
 
 Loc = tuple[str | int, ...]
 
@@ -28,9 +30,122 @@ def format_path(loc: Loc) -> str:
     return out or "(top level)"
 
 
+def clip(value: object, width: int = 60) -> str:
+    """repr() of a value, shortened: a message stays one readable line whatever the value."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 4] + "...'"
+
+
 def did_you_mean(value: object, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Tracker:
+    """Follows the YAML events to know each node's path before anything is composed."""
+
+    def __init__(self) -> None:
+        # Frames: ["map", key, wants_key, role] and ["seq", index, role].
+        self.stack: list[list[Any]] = []
+
+    def loc(self) -> Loc:
+        # A sequence is at its last item; a mapping at its last key, unless between entries.
+        return tuple(
+            frame[1]
+            for frame in self.stack
+            if (frame[0] == "seq" and frame[1] >= 0)
+            or (frame[0] == "map" and frame[1] is not None and not frame[2])
+        )
+
+    def start(self, event: yaml.Event) -> Loc:
+        """A node starts: returns its path, and enters it when it is a collection."""
+        role = "value"
+        if self.stack:
+            top = self.stack[-1]
+            if top[0] == "seq":
+                top[1] += 1
+            elif top[2]:
+                role = "key"
+                top[1] = event.value if isinstance(event, yaml.ScalarEvent) else "?"
+                top[2] = False
+        loc = self.loc()
+        if isinstance(event, yaml.MappingStartEvent):
+            self.stack.append(["map", None, True, role])
+        elif isinstance(event, yaml.SequenceStartEvent):
+            self.stack.append(["seq", -1, role])
+        else:
+            self._done(role)
+        return loc
+
+    def end(self) -> None:
+        self._done(self.stack.pop()[-1])
+
+    def _done(self, role: str) -> None:
+        if self.stack and self.stack[-1][0] == "map" and role == "value":
+            self.stack[-1][2] = True
+
+
+# The tags safe_load can construct (plain YAML: strings, numbers, booleans, lists, mappings...).
+KNOWN_TAGS = {tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None}
+NODE_START = (yaml.ScalarEvent, yaml.AliasEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)
+NODE_END = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _scan(text: str, filename: str) -> None:
+    """One pass over the events: syntax errors and deep nesting are reported with the path they
+    occur at, before the (recursive) composer sees the document."""
+    tracker = _Tracker()
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, NODE_START):
+                loc = tracker.start(event)
+                if len(tracker.stack) > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else 1
+                    raise ConfigurationError(
+                        f"{filename}:{line}: {format_path(loc)}: "
+                        f"the document is too deeply nested (at most {MAX_DEPTH} levels)"
+                    )
+            elif isinstance(event, NODE_END):
+                tracker.end()
+    except yaml.reader.ReaderError as exc:
+        # A control character: report it where it is, found in a copy without such characters.
+        index = exc.position
+        clean = yaml.reader.Reader.NON_PRINTABLE.sub(" ", text)
+        raise ConfigurationError(
+            f"{filename}:{text.count(chr(10), 0, index) + 1}: "
+            f"{format_path(_path_at(clean, index))}: character U+{exc.character:04X} "
+            "is not allowed in YAML"
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = (exc.problem or str(exc).splitlines()[0]).strip()
+        raise ConfigurationError(
+            f"{filename}:{line}: {format_path(tracker.loc())}: not valid YAML: {problem}"
+        ) from None
+
+
+def _path_at(text: str, index: int) -> Loc:
+    """The path of the node at a character index (for problems found outside the YAML parser)."""
+    tracker = _Tracker()
+    loc: Loc = ()
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if event.start_mark and event.start_mark.index > index:
+                break
+            if isinstance(event, NODE_START):
+                loc = tracker.start(event)
+                end = event.end_mark.index if event.end_mark else index
+                if isinstance(event, yaml.ScalarEvent | yaml.AliasEvent) and end >= index:
+                    return loc
+                if len(tracker.stack) > MAX_DEPTH:
+                    break
+            elif isinstance(event, NODE_END):
+                tracker.end()
+                loc = tracker.loc()
+    except yaml.YAMLError:
+        pass
+    return loc
 
 
 class _Document:
@@ -40,20 +155,25 @@ class _Document:
         self.filename = filename
         self.lines: dict[Loc, int] = {}
         self.problems: list[str] = []
+        self.tag_problems: list[str] = []
+        _scan(text, filename)
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
         except RecursionError:
             raise ConfigurationError(
-                f"{filename}: the document is too deeply nested (at most {MAX_DEPTH} levels)"
+                f"{filename}:1: (top level): the document is too deeply nested "
+                f"(at most {MAX_DEPTH} levels)"
             ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f"{filename}:{mark.line + 1}" if mark else filename
+            line = mark.line + 1 if mark else 1
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigurationError(f"{where}: not valid YAML: {problem}") from None
+            raise ConfigurationError(
+                f"{filename}:{line}: (top level): not valid YAML: {problem}"
+            ) from None
         self.nodes = 0
-        if root is not None:
-            self._walk(root, (), 0, set())
+        if self.root is not None:
+            self._walk(self.root, (), 0, set())
 
     def _walk(
         self, node: yaml.Node, loc: Loc, depth: int, active: set[int], line: int | None = None
@@ -69,6 +189,13 @@ class _Document:
                 f"{MAX_NODES} values)"
             )
         active = active | {id(node)}
+        if node.tag not in KNOWN_TAGS:
+            # safe_load would refuse it with a traceback-shaped message; say where it is.
+            self.tag_problems.append(
+                f"{self.filename}:{node.start_mark.line + 1}: {format_path(loc)}: "
+                f"YAML tag {node.tag!r} is not allowed"
+            )
+            return
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key_node, value_node in node.value:
@@ -137,9 +264,14 @@ def _unwrap(annotation: Any) -> Any:
 
 def _pydantic_problems(error: ValidationError, doc: _Document) -> list[tuple[Loc, str]]:
     problems = []
-    for item in error.errors(include_url=False):
+    items = error.errors(include_url=False)
+    failed = [tuple(item["loc"]) for item in items]
+    for item in items:
         loc: Loc = tuple(item["loc"])
         kind = item["type"]
+        if kind == "too_short" and any(f[: len(loc)] == loc and f != loc for f in failed):
+            # pydantic counts only the valid items: a list of one bad cell is not "empty".
+            continue
         value = item.get("input")
         if kind == "extra_forbidden":
             model = _model_at(loc[:-1])
@@ -148,18 +280,19 @@ def _pydantic_problems(error: ValidationError, doc: _Document) -> list[tuple[Loc
         elif kind == "literal_error":
             expected = item.get("ctx", {}).get("expected", "")
             choices = [c.strip(" '") for c in expected.replace(" or ", ",").split(",")]
-            message = f"{value!r} is not one of {expected}{did_you_mean(value, choices)}"
+            message = f"{clip(value)} is not one of {expected}{did_you_mean(value, choices)}"
         elif kind == "missing":
             message = "required key is missing"
         elif kind == "value_error":
             message = str(item.get("ctx", {}).get("error", item["msg"]))
         else:
             message = (
-                f"{item['msg']} (got {value!r})"
+                f"{item['msg']} (got {clip(value)})"
                 if not isinstance(value, dict | list)
                 else item["msg"]
             )
-        problems.append((loc, message))
+        # Validators quote the value: long ones are cut so that a problem stays one short line.
+        problems.append((loc, message if len(message) <= 300 else message[:296] + " ..."))
     return problems
 
 
@@ -171,14 +304,20 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     cells: list[Any] = data["cells"] if isinstance(data.get("cells"), list) else []
 
     def check(loc: Loc, value: object, known: dict[str, Any], what: str) -> None:
+        # Only against a mapping that is there: a malformed one is a problem of its own.
+        if not isinstance(data.get(f"{what}s"), dict):
+            return
         if isinstance(value, str) and value not in known:
-            problems.append((loc, f"unknown {what} {value!r}{did_you_mean(value, known)}"))
+            problems.append((loc, f"unknown {what} {clip(value)}{did_you_mean(value, known)}"))
 
     guest = data.get("guest")
     if isinstance(guest, dict):
         check(("guest", "base"), guest.get("base"), bases, "base")
     elif guest is None and bases and "debian-12" not in bases:
         problems.append((("guest",), "the guest needs a Debian base: set guest.base"))
+    for name, source in sources.items():
+        if isinstance(source, dict) and "stages_for" in source:
+            check(("sources", name, "stages_for"), source["stages_for"], sources, "source")
     for index, cell in enumerate(cells):
         if not isinstance(cell, dict):
             continue
@@ -206,10 +345,21 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
 
 def parse(text: str, filename: str = "matrix.yaml") -> tuple[Matrix, tuple[Cell, ...]]:
     doc = _Document(text, filename)
-    data = yaml.safe_load(text)
+    if doc.tag_problems:
+        raise ConfigurationError(doc.tag_problems + doc.problems)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = _path_at(text, mark.index) if mark else ()
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigurationError(f"{filename}:{line}: {format_path(loc)}: {problem}") from None
     if not isinstance(data, dict):
+        line = doc.root.start_mark.line + 1 if doc.root is not None else 1
         raise ConfigurationError(
-            f"{filename}: the matrix must be a mapping with bases, sources and cells"
+            f"{filename}:{line}: (top level): the matrix must be a mapping with bases, "
+            "sources and cells"
         )
     problems = _reference_problems(data)
     matrix = None
@@ -217,6 +367,10 @@ def parse(text: str, filename: str = "matrix.yaml") -> tuple[Matrix, tuple[Cell,
         matrix = Matrix.model_validate(data)
     except ValidationError as exc:
         problems += _pydantic_problems(exc, doc)
+    if matrix is not None:
+        for name, source in matrix.sources.items():
+            if source.debs and (why := debs.problem(source)):
+                problems.append((("sources", name, "debs"), why))
     cells: tuple[Cell, ...] = ()
     if matrix is not None and not problems:
         cells = expand(matrix)
@@ -230,6 +384,15 @@ def parse(text: str, filename: str = "matrix.yaml") -> tuple[Matrix, tuple[Cell,
                     )
                 )
             seen.setdefault(cell.id, index)
+            if len(cell.id) > MAX_ID:
+                # The id is part of an image tag (at most 128 characters with the content hash).
+                problems.append(
+                    (
+                        ("cells", index),
+                        f"cell id {clip(cell.id, 40)} is {len(cell.id)} characters long "
+                        f"(at most {MAX_ID}); set a shorter `id:`",
+                    )
+                )
     messages = doc.problems + [
         f"{doc.where(loc)}: {format_path(loc)}: {message}" for loc, message in problems
     ]
@@ -255,5 +418,12 @@ def load(path: str | Path) -> tuple[Matrix, tuple[Cell, ...]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"{path}: not UTF-8 (byte {exc.start})") from None
+        # Say where: the line and path of the bad byte, found in a copy with it replaced.
+        lenient = raw.decode("utf-8", errors="replace")
+        index = len(raw[: exc.start].decode("utf-8"))
+        line = lenient.count("\n", 0, index) + 1
+        raise ConfigurationError(
+            f"{path}:{line}: {format_path(_path_at(lenient, index))}: not UTF-8 "
+            f"(byte {exc.start}: {raw[exc.start]:#04x})"
+        ) from None
     return parse(text, str(path))

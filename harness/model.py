@@ -100,11 +100,19 @@ class Source(Strict):
     check_valid_until: bool = True
     trusted: bool = False
     """True accepts an unsigned archive (a local build of one's own); never for a distro archive."""
+    stages_for: Name | None = None
+    """The source whose pocket this one's versions reach next (-proposed stages for -updates):
+    the report lists what is coming, beside the verdict of what gates use now."""
     cloud_archive: Annotated[str, Field(pattern=r"^[a-z]+(?:-proposed)?$")] | None = None
     """An Ubuntu Cloud Archive pocket, added by the distro's own `add-apt-repository cloud-archive:NAME`."""
+    debs: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./+~-]+$")] | None = None
+    """A directory of .deb files (a private or candidate build), relative to the repository
+    root or absolute; the image gets it as an apt repository of its own."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
+        if self.debs and (self.suite or self.uri or self.cloud_archive):
+            raise ValueError("a debs source takes no suite, uri or cloud_archive")
         if self.cloud_archive and (self.suite or self.uri):
             raise ValueError("a cloud_archive source takes no suite or uri")
         if self.uri and not self.suite:

@@ -14,7 +14,7 @@ import docker
 import docker.errors
 import requests
 
-from . import checkpoint, history
+from . import checkpoint, history, schedule
 from . import engine as eng
 from .bases import Bases
 from .build import (
@@ -25,12 +25,13 @@ from .build import (
 )
 from .errors import EngineError, Interrupted, UnsafeCells
 from .fleet import AccelChoice, Engine, Fleet
+from .formats import coming
 from .judge import judge_cell, not_run
 from .load import load
 from .model import Cell, Matrix
 from .progress import say
 from .publish import RESULTS, publish
-from .render import base_image_tag, render, render_all, write_atomic
+from .render import base_image_tag, render_all, write_atomic
 from .resolve import apply_lock, changes, lock_path, merged, read_lock, write_lock
 from .resolve import resolve as resolve_entries
 from .results import CellResult, RunResult, Status
@@ -89,6 +90,8 @@ def build(
     exclude: str | None,
     shard: str | None = None,
     engines: str | None = None,
+    jobs: int | None = None,
+    package_cache: bool = True,
 ) -> dict[str, BuildResult]:
     """Builds each selected cell (spread over the engines, when several are given)."""
     matrix, chosen = selected(matrix_path, cells, exclude, shard)
@@ -99,7 +102,14 @@ def build(
     def one(engine: Engine, cell: Cell) -> None:
         built[cell.id] = fleet.build(engine, matrix, cell, LOGS)
 
-    fleet.spread(chosen, one, prepare=lambda engine: fleet.guest(engine, matrix, LOGS))
+    schedule.spread(
+        fleet,
+        chosen,
+        one,
+        lambda engine: fleet.guest(engine, matrix, LOGS),
+        jobs=jobs,
+        serve=schedule.package_cache(matrix, LOGS, package_cache),
+    )
     return {cell.id: built[cell.id] for cell in chosen}
 
 
@@ -113,7 +123,7 @@ def existing_images(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> dic
         except docker.errors.ImageNotFound:
             results[cell.id] = BuildResult(cell.id, "unavailable", reason=missing)
             continue
-        found = built_image(engine, cell, cell_context(render(cell)), base_id)
+        found = built_image(engine, cell, cell_context(cell), base_id)
         results[cell.id] = found or BuildResult(cell.id, "unavailable", reason=missing)
     return results
 
@@ -166,6 +176,8 @@ def run(
     resume: bool = False,
     shard: str | None = None,
     engines: str | None = None,
+    jobs: int | None = None,
+    package_cache: bool = True,
 ) -> tuple[RunResult, dict[str, Path]]:
     """Builds (unless told not to), smoke-tests, judges and publishes the selected cells.
 
@@ -195,13 +207,15 @@ def run(
     def built_on(engine: Engine, cell: Cell) -> bool:
         return existing_images(engine.client, (cell,))[cell.id].ok
 
-    def one(engine: Engine, cell: Cell) -> None:
-        """Builds (or finds) the cell's image on the engine, smoke-tests and judges it there."""
-        result = (
-            fleet.build(engine, matrix, cell, LOGS)
-            if do_build
-            else existing_images(engine.client, (cell,))[cell.id]
-        )
+    def image(engine: Engine, cell: Cell) -> BuildResult:
+        """Builds (or finds) the cell's image on the engine."""
+        if do_build:
+            return fleet.build(engine, matrix, cell, LOGS)
+        return existing_images(engine.client, (cell,))[cell.id]
+
+    def one(engine: Engine, cell: Cell, result: BuildResult | None = None) -> None:
+        """Smoke-tests and judges the cell's image (built first unless given) on the engine."""
+        result = result or image(engine, cell)
         builds[cell.id] = result
         if not result.ok or result.image is None:
             results[cell.id] = judge_cell(cell, result, None, matrix.thresholds)
@@ -235,7 +249,18 @@ def run(
                 eng.cleanup(engine.client, run_id)
         # `matrix.test` on several engines: a cell goes to an engine that has its image.
         can_take = built_on if fleet.several and not do_build else None
-        for cell in fleet.spread(todo, one, prepare, can_take):
+        # Builds feed smoke tests, --jobs of each at a time; the first test's accel probe decides.
+        for cell in schedule.spread(
+            fleet,
+            todo,
+            one,
+            prepare,
+            can_take,
+            jobs=jobs,
+            stage=image,
+            ready=lambda: choice.accel != "auto",
+            serve=schedule.package_cache(matrix, LOGS, package_cache and do_build),
+        ):
             one(fleet.engines[0], cell)  # on no engine: judged as not built
     except KeyboardInterrupt:
         halted.set()
@@ -293,6 +318,9 @@ def check_outcome(run_result: RunResult) -> None:
     ]
     if errors:
         raise EngineError(f"the tool failed on: {', '.join(errors)} (see results/latest.md)")
+    regressions = [e["cell"] for e in coming(run_result.to_json()) if e["regression"]]
+    if regressions:
+        unsafe.append(f"coming to your gate, regressions in {', '.join(regressions)}")
     if unsafe:
         raise UnsafeCells(f"not safe: {', '.join(unsafe)} (see results/latest.md)")
 

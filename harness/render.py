@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import debs
 from .errors import ConfigurationError
 from .model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, DEB_VERSION_RE, Base, Cell, Source
 
@@ -37,8 +38,11 @@ def suite(template: str, base: Base) -> str:
     return template.replace("{codename}", base.codename).replace("{release}", base.release)
 
 
-def source_suite(source: Source, base: Base) -> str:
-    """The suite apt knows a source by; a Cloud Archive pocket is CODENAME-updates/NAME."""
+def source_suite(source: Source, base: Base, name: str = "") -> str:
+    """The suite apt knows a source by; a Cloud Archive pocket is CODENAME-updates/NAME, and a
+    directory of .debs is the suite named after its source."""
+    if source.debs:
+        return name
     if source.cloud_archive:
         name, _, proposed = source.cloud_archive.partition("-")
         return f"{base.codename}-{'proposed' if proposed else 'updates'}/{name}"
@@ -57,8 +61,12 @@ def packages(cell: Cell) -> list[str]:
 
 
 def source_steps(cell: Cell) -> list[str]:
-    """Shell commands that add the cell's extra apt sources, one image layer each; the same
-    commands set up the container that `matrix.resolve` reads the indexes in."""
+    """Dockerfile instructions that add the cell's extra apt sources, one layer each; the same
+    RUN commands set up the container that `matrix.resolve` reads the indexes in."""
+    return [step if step.startswith("COPY ") else f"RUN {step}" for step in _source_steps(cell)]
+
+
+def _source_steps(cell: Cell) -> list[str]:
     steps = []
     for index, (_, source) in enumerate(s for s in cell.sources if s[1].cloud_archive):
         if index == 0:
@@ -73,7 +81,12 @@ def source_steps(cell: Cell) -> list[str]:
             " && rm -rf /var/lib/apt/lists/*"
         )
     for name, source in cell.sources:
-        if source.suite or source.uri:
+        if source.debs:
+            # The repository (the .debs and an index made on the host) is in the build context.
+            steps.append(f"COPY debs/{name}/ {debs.IN_IMAGE}/{name}/")
+            command = ["/opt/hvgate/bin/add-apt-source", name, name, "main", debs.uri(name)]
+            steps.append(" ".join(shell(part) for part in [*command, "trusted=yes"]))
+        elif source.suite or source.uri:
             options = [
                 option
                 for option, wanted in (
@@ -106,7 +119,9 @@ def pins(cell: Cell) -> list[list[str]]:
     A locked cell holds each source package at the version the lock file names for it.
     """
     suites = {
-        name: source_suite(s, cell.base) for name, s in cell.sources if s.suite or s.cloud_archive
+        name: source_suite(s, cell.base, name)
+        for name, s in cell.sources
+        if s.suite or s.cloud_archive or s.debs
     }
     locked = cell.locked_versions
     commands = []
@@ -190,6 +205,7 @@ def write_atomic(path: Path, text: str) -> bool:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results and Dockerfiles from others
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

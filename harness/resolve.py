@@ -24,6 +24,7 @@ import docker
 import docker.errors
 from pydantic import Field, ValidationError
 
+from . import debs
 from . import engine as eng
 from .errors import ConfigurationError, EngineError
 from .model import (
@@ -173,7 +174,9 @@ class _Session:
             environment={"DEBIAN_FRONTEND": "noninteractive"},
         )
         self.sh("mkdir -p /opt/hvgate")
-        self.container.put_archive("/opt/hvgate", eng.tar_of(eng.files_under(CONTEXT, "bin")))
+        # The context scripts, and any directory of .debs as the build context has it.
+        files = eng.files_under(CONTEXT, "bin") + debs.repositories(cell.sources)
+        self.container.put_archive("/opt/hvgate", eng.tar_of(files))
 
     def sh(self, command: str) -> tuple[bool, list[str]]:
         wrapped = f"timeout {APT_TIMEOUT_S} sh -ec {shlex.quote(command)}"
@@ -216,7 +219,11 @@ def _variants(cell: Cell, listed: dict[str, dict[str, list[str]]]) -> list[Cell]
     for choice in cell.components:
         package = COMPONENT_PACKAGES[choice.component][0]
         source = dict(cell.sources)[choice.source_name]
-        suite = source_suite(source, cell.base) if (source.suite or source.cloud_archive) else None
+        suite = (
+            source_suite(source, cell.base, choice.source_name)
+            if (source.suite or source.cloud_archive or source.debs)
+            else None
+        )
         by_suite = listed.get(package, {})
         served = by_suite.get(suite, []) if suite else [v for vs in by_suite.values() for v in vs]
         if choice.version == "all":
@@ -250,7 +257,8 @@ def resolve_cell(engine: docker.DockerClient, cell: Cell) -> LockEntry:
         # apt-get update only warns about a suite it could not fetch; its words explain a
         # failure of the later steps, so they are kept for diagnose.
         seen: list[str] = []
-        for step in [*source_steps(cell), "apt-get update"]:
+        runs = [step.removeprefix("RUN ") for step in source_steps(cell) if step.startswith("RUN ")]
+        for step in [*runs, "apt-get update"]:
             ok, lines = session.sh(step)
             seen += lines
             if not ok:

@@ -10,10 +10,11 @@ FORMAT = 1
 
 
 class Status(enum.StrEnum):
-    SAFE = "safe"  # every run of every scenario passed
-    FLAKY = "flaky"  # some runs failed
-    BROKEN = "broken"  # every run failed
-    INCONCLUSIVE = "inconclusive"  # too few runs to decide
+    # The first three are decisions of the sequential test in harness/stats.py.
+    SAFE = "safe"  # the failure rate is at most the policy's safe rate
+    FLAKY = "flaky"  # it fails sometimes: neither safe nor broken
+    BROKEN = "broken"  # it (almost) never passes
+    INCONCLUSIVE = "inconclusive"  # no decision within max_runs, or not run to the end
     UNAVAILABLE = "unavailable"  # cannot be built or reached here; says why
     ERROR = "error"  # the tool itself failed; never counted against libvirt or QEMU
 
@@ -44,6 +45,9 @@ class ScenarioResult:
     messages: list[str] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)
     logs: dict[str, list[str]] = field(default_factory=dict)
+    failure_rate: float | None = None  # failures / runs, runner errors left out
+    interval: list[float] | None = None  # 95% Wilson interval [low, high] of the failure rate
+    decision: str | None = None  # one line: why this status
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class CellResult:
     scenarios: list[ScenarioResult] = field(default_factory=list)
     log_dir: str | None = None
     duration_s: float | None = None
+    # since, first_seen, last_seen (run ids), previous (status), change: regression | fix | None
+    history: dict[str, Any] = field(default_factory=dict)
+    # The source whose pocket this cell's versions reach next (a -proposed cell: "updates").
+    stages_for: str | None = None
 
 
 @dataclass(frozen=True)

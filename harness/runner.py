@@ -18,13 +18,17 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from . import engine as eng
 from .model import Cell, Matrix
 from .progress import say
+from .stats import StopRule
 
 SMOKE_DIR = Path(__file__).resolve().parent / "smoke"
 REMOTE = "/opt/hvgate"
+# The engine refused (API errors) or went away (the connection failed): the cell is in error.
+ENGINE_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class SmokeRun:
     report: dict[str, Any] | None  # the runner's JSON document, or None when the tool failed
     error: str | None = None
     log_dir: str | None = None
+    rule: StopRule | None = None  # the sequential test the runner was given
 
 
 def smoke_tar() -> bytes:
@@ -52,23 +57,32 @@ def run_cell(
     guest_tar: Path,
     accel: str,
     log_dir: Path,
-    runs: int,
+    runs: int | None,
     accel_reason: str | None = None,
 ) -> SmokeRun:
+    """`runs` fixes the count of runs (see StopRule.from_policy); else the policy's test decides."""
     policy = matrix.policy
+    rule = StopRule.from_policy(policy, runs)
     use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
     scenarios = [s for s in matrix.scenarios if s in cell.scenarios]
     # Generous overall bound: each scenario has its own timeout inside the runner.
-    overall = 120 + runs * len(scenarios) * policy.scenario_timeout + (30 if accel == "auto" else 0)
-    container = engine.containers.run(
-        image,
-        ["sleep", "infinity"],
-        detach=True,
-        init=True,
-        name=f"hvgate-{run_id}-{cell.id}",
-        labels={eng.LABEL_RUN: run_id, eng.LABEL_CELL: cell.id},
-        devices=["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else [],
+    overall = (
+        120
+        + rule.max_runs * len(scenarios) * policy.scenario_timeout
+        + (30 if accel == "auto" else 0)
     )
+    try:
+        container = engine.containers.run(
+            image,
+            ["sleep", "infinity"],
+            detach=True,
+            init=True,
+            name=f"hvgate-{run_id}-{cell.id}",
+            labels={eng.LABEL_RUN: run_id, eng.LABEL_CELL: cell.id},
+            devices=["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else [],
+        )
+    except ENGINE_FAILURES as exc:
+        return SmokeRun(cell.id, None, f"the cell container did not start: {_line(exc)}", rule=rule)
     timed_out = threading.Event()
 
     def kill() -> None:
@@ -89,8 +103,9 @@ def run_cell(
             ",".join(scenarios),
             "--accel",
             accel,
-            "--runs",
-            str(runs),
+            # The host's sequential test as a table: the runner cannot import harness.stats.
+            "--stop-rule",
+            json.dumps(rule.to_json(), separators=(",", ":")),
             "--boot-timeout",
             str(policy.boot_timeout),
             "--scenario-timeout",
@@ -114,7 +129,9 @@ def run_cell(
                         say(cell.id, text)
         exit_code = engine.api.exec_inspect(exec_id).get("ExitCode")
         if timed_out.is_set():
-            return SmokeRun(cell.id, None, f"the smoke run did not finish within {overall:.0f} s")
+            return SmokeRun(
+                cell.id, None, f"the smoke run did not finish within {overall:.0f} s", rule=rule
+            )
         _copy_logs(container, log_dir)
         try:
             report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
@@ -123,15 +140,36 @@ def run_cell(
             return SmokeRun(
                 cell.id,
                 None,
-                f"the smoke runner exited {exit_code} without a report: {' | '.join(tail)}",
+                f"{_no_report(container, exit_code)}: {' | '.join(tail)}",
+                rule=rule,
             )
-        return SmokeRun(cell.id, report, log_dir=str(log_dir))
-    except docker.errors.APIError as exc:
-        return SmokeRun(cell.id, None, f"the Docker engine failed: {exc}")
+        return SmokeRun(cell.id, report, log_dir=str(log_dir), rule=rule)
+    except ENGINE_FAILURES as exc:
+        return SmokeRun(cell.id, None, f"the Docker engine failed: {_line(exc)}", rule=rule)
     finally:
         watchdog.cancel()
-        with contextlib.suppress(docker.errors.APIError):
+        with contextlib.suppress(*ENGINE_FAILURES):
             container.remove(force=True, v=True)
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _no_report(container: Any, exit_code: int | None) -> str:
+    """Why the runner left no report: its container stopped (killed, out of memory), or it ended."""
+    try:
+        container.reload()
+        state = container.attrs.get("State", {})
+    except ENGINE_FAILURES:
+        return "the cell container vanished before the smoke runner reported"
+    if not state.get("Running", True):
+        oom = ", out of memory" if state.get("OOMKilled") else ""
+        return (
+            f"the cell container stopped (exit code {state.get('ExitCode')}{oom}) "
+            "before the smoke runner reported"
+        )
+    return f"the smoke runner exited {exit_code} without a report"
 
 
 def _copy_logs(container: Any, log_dir: Path) -> None:

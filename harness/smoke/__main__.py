@@ -1,6 +1,8 @@
 """Smoke runner entry point, run inside a cell container: prints one JSON document on stdout.
 
 Progress goes to stderr, one line per event. Standard library and libvirt only, Python 3.10.
+With --stop-rule (the host's sequential test as a table, see harness/stats.py) each scenario is
+repeated until the table decides it; a decided scenario is skipped in later runs.
 """
 
 import argparse
@@ -85,6 +87,70 @@ def run_scenario(name, session, daemon, timeout):
     return result
 
 
+class Tracker:
+    """One scenario's runs against the host's stop rule; mirrors harness.stats.StopRule.walk.
+
+    The rule has, per run count n, the largest failure count that accepts "safe" (accept[n-1])
+    and the smallest that rejects it (reject[n-1]); the same two on the passes accept or reject
+    "broken". Each test keeps its first decision.
+    """
+
+    def __init__(self, rule):
+        self.rule = rule
+        self.runs = self.failures = 0
+        self.failures_test = self.passes_test = None
+        self.decision = None
+
+    def add(self, status):
+        if status == "error":
+            # A failure of this runner, not of libvirt or QEMU: more runs would not tell more.
+            self.decision = "error"
+            return
+        self.runs += 1
+        self.failures += status == "fail"
+        if self.rule is None or self.runs > len(self.rule["accept"]):
+            return
+        accept, reject = self.rule["accept"][self.runs - 1], self.rule["reject"][self.runs - 1]
+        self.failures_test = self.failures_test or crossed(self.failures, accept, reject)
+        self.passes_test = self.passes_test or crossed(self.runs - self.failures, accept, reject)
+        if self.failures_test == "accept":
+            self.decision = "safe"
+        elif self.passes_test == "accept":
+            self.decision = "broken"
+        elif self.failures_test == "reject" and self.passes_test == "reject":
+            self.decision = "flaky"
+
+
+def repeat(names, trackers, max_runs, run_one, runs):
+    """Runs the undecided scenarios, in order, once per round, until none is left or max_runs;
+    appends each round's results to `runs` as they come (an interrupted run keeps them)."""
+    for run_index in range(max_runs):
+        pending = [name for name in names if trackers[name].decision is None]
+        if not pending:
+            return
+        results = []
+        runs.append(results)
+        for name in pending:
+            result = run_one(name)
+            results.append(result)
+            trackers[name].add(result["status"])
+            decided = trackers[name].decision
+            progress(
+                f"run {run_index + 1}/{max_runs} {name}: {result['status']} "
+                f"({result['duration_s']:.1f} s)"
+                + (f" {result['error'].splitlines()[0]}" if result["error"] else "")
+                + (f" -> {decided}" if decided else "")
+            )
+
+
+def crossed(count, accept, reject):
+    if count <= accept:
+        return "accept"
+    if count >= reject:
+        return "reject"
+    return None
+
+
 def choose_accel(requested, session, probe_timeout, given_reason=None):
     """(accel, reason). A present /dev/kvm is no proof: nested guests can hang, so boot one."""
     if requested == "tcg":
@@ -112,7 +178,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="smoke", description=__doc__)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=1, help="runs without a --stop-rule")
+    parser.add_argument(
+        "--stop-rule",
+        type=json.loads,
+        help="the host's sequential test as JSON: lists accept and reject, one entry per run",
+    )
     parser.add_argument("--boot-timeout", type=float, default=120.0)
     parser.add_argument("--scenario-timeout", type=float, default=300.0)
     parser.add_argument("--kvm-probe-timeout", type=float, default=20.0)
@@ -127,6 +198,9 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
 
+    rule = args.stop_rule
+    max_runs = len(rule["accept"]) if rule else args.runs
+    trackers = {name: Tracker(rule) for name in names}
     started = time.time()
     report = {
         "format": FORMAT,
@@ -150,21 +224,18 @@ def main(argv=None):
         session.accel = accel
         report.update(accel=accel, accel_reason=reason)
         progress(f"accel: {accel} ({reason})")
-        for run_index in range(args.runs):
-            results = []
-            for name in names:
-                result = run_scenario(name, session, daemon, args.scenario_timeout)
-                results.append(result)
-                progress(
-                    f"run {run_index + 1}/{args.runs} {name}: {result['status']} "
-                    f"({result['duration_s']:.1f} s)"
-                    + (f" {result['error'].splitlines()[0]}" if result["error"] else "")
-                )
-            report["runs"].append(results)
+        repeat(
+            names,
+            trackers,
+            max_runs,
+            lambda name: run_scenario(name, session, daemon, args.scenario_timeout),
+            report["runs"],
+        )
     except (ScenarioFailure, libvirt.libvirtError, subprocess.CalledProcessError) as exc:
         report["setup_error"] = str(exc).strip()
         report["setup_logs"] = log_tails(session, daemon)
         progress(f"setup failed: {report['setup_error']}")
+    report["decisions"] = {name: tracker.decision for name, tracker in trackers.items()}
     report["duration_s"] = round(time.time() - started, 2)
     json.dump(report, sys.stdout)
     sys.stdout.write("\n")

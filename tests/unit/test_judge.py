@@ -16,28 +16,31 @@ from harness.judge import (
 from harness.model import Threshold
 from harness.results import Status, worst
 from harness.runner import SmokeRun
+from harness.stats import Decision, StopRule
+
+# alpha = beta = 0.2, p0 = 0.01, p1 = 0.5: a failure adds ln 50 = 3.91, a pass ln(0.5/0.99) =
+# -0.68, the band is +-ln 4 = 1.39: 3 passes accept "safe", a failure at run 1 rejects it, and
+# the mirrored test on passes the same. Short enough for hand-made reports.
+SHORT = StopRule(0.01, 0.5, 0.8, min_runs=1, max_runs=3)
 
 
 @pytest.mark.parametrize(
-    ("runs", "failures", "errors", "expected"),
+    ("decided", "errors", "expected"),
     [
-        (0, 0, 0, Status.INCONCLUSIVE),
-        (1, 0, 0, Status.SAFE),
-        (5, 0, 0, Status.SAFE),
-        (5, 1, 0, Status.FLAKY),
-        (5, 4, 0, Status.FLAKY),
-        (5, 5, 0, Status.BROKEN),
-        (1, 1, 0, Status.BROKEN),
+        ("safe", 0, Status.SAFE),
+        ("flaky", 0, Status.FLAKY),
+        ("broken", 0, Status.BROKEN),
+        (None, 0, Status.INCONCLUSIVE),
         # A runner error is the tool's failure, never counted against libvirt or QEMU ...
-        (5, 0, 1, Status.ERROR),
-        (5, 0, 5, Status.ERROR),
+        (None, 1, Status.ERROR),
+        ("safe", 1, Status.ERROR),
         # ... but real failures next to it still decide.
-        (5, 1, 1, Status.FLAKY),
-        (3, 2, 1, Status.BROKEN),
+        ("flaky", 1, Status.FLAKY),
+        ("broken", 2, Status.BROKEN),
     ],
 )
-def test_scenario_status(runs, failures, errors, expected):
-    assert scenario_status(runs, failures, errors) is expected
+def test_scenario_status(decided, errors, expected):
+    assert scenario_status(Decision(decided, 5, 1), errors) is expected
 
 
 @pytest.mark.parametrize(
@@ -124,7 +127,7 @@ REPORT = {
 
 
 def test_judge_scenarios():
-    verdicts = judge_scenarios(REPORT)
+    verdicts = judge_scenarios(REPORT, SHORT)
     assert [v.name for v in verdicts] == ["boot", "reboot", "teardown"]
     boot, reboot, teardown = verdicts
     assert boot.status is Status.SAFE
@@ -134,14 +137,47 @@ def test_judge_scenarios():
     assert boot.details == [{"run_of": "boot"}] * 3
     assert boot.logs["console"] == ["boot pass"]  # no failure: the last run's logs
 
+    assert boot.failure_rate == 0.0
+    assert boot.interval == [0.0, 0.5615]  # Wilson, 0 of 3
+    assert boot.decision.startswith("SPRT accepted p<=0.01 against p>=0.5 at 0.8 confidence")
+
+    # Fail, pass: "safe" rejected at run 1, "broken" at run 2.
     assert reboot.status is Status.FLAKY
     assert (reboot.runs, reboot.failures, reboot.errors) == (3, 2, 0)
     assert reboot.messages == ["no heartbeat after reboot"]  # once, not once per run
     assert reboot.logs["console"] == ["last"]  # the last failure's logs
+    assert reboot.failure_rate == 0.6667
+    assert reboot.interval == [0.2076, 0.9386]  # Wilson, 2 of 3, rounded outwards
 
+    # Pass, error, pass: two observations decide nothing, and the runner failed once.
     assert teardown.status is Status.ERROR
     assert (teardown.runs, teardown.failures, teardown.errors) == (3, 0, 1)
     assert teardown.messages == ["Traceback: KeyError"]
+    assert teardown.failure_rate == 0.0 and teardown.interval == [0.0, 0.6577]
+    assert teardown.decision.startswith("the runner failed in 1 of 3 runs; no decision")
+
+
+def test_a_scenario_that_only_errs_has_no_rate():
+    report = {"runs": [[result("boot", "error", "Traceback")]]}
+    (boot,) = judge_scenarios(report, SHORT)
+    assert boot.status is Status.ERROR
+    assert (boot.failure_rate, boot.interval) == (None, None)
+
+
+def test_judge_scenarios_with_the_default_policy():
+    clean = {"runs": [[result("boot", "pass")]] * 11}
+    flaky = {"runs": [[result("boot", "fail", "no marker")], [result("boot", "pass")]] * 2}
+    short = {"runs": [[result("boot", "pass")]] * 10}
+    (boot,) = judge_scenarios(clean)
+    assert (boot.status, boot.runs, boot.interval) == (Status.SAFE, 11, [0.0, 0.2589])
+    (boot,) = judge_scenarios(flaky)
+    assert (boot.status, boot.failure_rate) == (Status.FLAKY, 0.5)
+    assert boot.decision == (
+        "SPRT rejected both p<=0.01 and p>=0.99 at 0.95 confidence: 2 of 4 runs failed"
+    )
+    (boot,) = judge_scenarios(short)
+    assert boot.status is Status.INCONCLUSIVE
+    assert boot.decision == "no decision, stopped before max_runs=30: 0 of 10 runs failed"
 
 
 def test_judge_scenarios_of_an_empty_report():
@@ -217,7 +253,8 @@ def test_setup_error_is_an_error(cell, thresholds):
 
 
 def test_judge_cell_from_a_report(cell, thresholds):
-    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, REPORT, log_dir="/logs/x"), thresholds)
+    smoke = SmokeRun(cell.id, REPORT, log_dir="/logs/x", rule=SHORT)
+    verdict = judge_cell(cell, BUILT, smoke, thresholds)
     # The worst scenario decides: the runner error on teardown.
     assert verdict.status is Status.ERROR
     assert [s.name for s in verdict.scenarios] == ["boot", "reboot", "teardown"]
@@ -235,10 +272,20 @@ def test_judge_cell_from_a_report(cell, thresholds):
 
 
 def test_all_passing_report_is_safe(cell, thresholds):
-    report = {**REPORT, "runs": [[result("boot", "pass"), result("reboot", "pass")]] * 2}
-    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report), thresholds)
+    report = {**REPORT, "runs": [[result("boot", "pass"), result("reboot", "pass")]] * 3}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report, rule=SHORT), thresholds)
     assert verdict.status is Status.SAFE
     assert verdict.reason is None
+
+
+def test_too_few_passing_runs_are_inconclusive_with_the_decision_as_reason(cell, thresholds):
+    report = {**REPORT, "runs": [[result("boot", "pass"), result("reboot", "pass")]] * 2}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report, rule=SHORT), thresholds)
+    assert verdict.status is Status.INCONCLUSIVE
+    assert verdict.reason == (
+        "boot: no decision, stopped before max_runs=3: 0 of 2 runs failed; "
+        "reboot: no decision, stopped before max_runs=3: 0 of 2 runs failed"
+    )
 
 
 def test_report_without_runs_is_inconclusive(cell, thresholds):

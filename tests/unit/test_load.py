@@ -332,18 +332,20 @@ def test_document_that_is_not_a_mapping(problems_of, text):
 
 
 @pytest.mark.parametrize(
-    ("text", "line"),
+    ("text", "line", "path"),
     [
-        ("bases: [\n", 2),
-        ("bases:\n  a: b\n c: d\n", 3),
-        ("bases:\n\t- debian-12\n", 2),
-        ('bases: {}\nsources: "unterminated\n', 3),
+        ("bases: [\n", 2, "bases"),
+        ("bases:\n  a: b\n c: d\n", 3, "(top level)"),
+        ("bases:\n\t- debian-12\n", 2, "bases"),
+        ('bases: {}\nsources: "unterminated\n', 3, "sources"),
+        ("policy:\n  runs: 1\n  bad: line: here\n", 3, "policy"),
     ],
-    ids=["unclosed", "indentation", "tab", "quote"],
+    ids=["unclosed", "indentation", "tab", "quote", "colon"],
 )
-def test_invalid_yaml_syntax(problems_of, text, line):
+def test_invalid_yaml_syntax(problems_of, text, line, path):
     (problem,) = problems_of(text)
-    assert problem.startswith(f"matrix.yaml:{line}: not valid YAML: ")
+    # The path is where the parser was when it gave up.
+    assert problem.startswith(f"matrix.yaml:{line}: {path}: not valid YAML: ")
 
 
 @pytest.mark.parametrize(
@@ -465,7 +467,7 @@ def test_load_refuses_bytes_that_are_not_utf8(tmp_path, matrix_text):
     with pytest.raises(ConfigurationError) as info:
         load(path)
     (problem,) = info.value.problems
-    assert problem.startswith(f"{path}: ")
+    assert problem.startswith(f"{path}:{len(raw.splitlines()) + 1}: accel: ")
     assert "not UTF-8" in problem
     assert f"byte {len(raw) + len('accel: ')}" in problem
 
@@ -504,3 +506,11 @@ cells: [{base: debian-12, source: mirror}]
     with _pytest.raises(ConfigurationError) as caught:
         parse(text)
     assert "sources.mirror: a source with a uri needs a suite" in str(caught.value)
+
+
+def test_a_staging_source_must_name_a_known_source(matrix_text, problems_of):
+    def staged(data):
+        data["sources"]["proposed"] = {"suite": "{codename}-proposed", "stages_for": "updatez"}
+
+    (problem,) = problems_of(matrix_text(staged))
+    assert "sources.proposed.stages_for: unknown source 'updatez'" in problem

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 
 import harness
 from harness import model
+from harness.stats import StopRule
 
 SMOKE_DIR = Path(harness.__file__).resolve().parent / "smoke"
 
@@ -279,3 +282,69 @@ def test_host_side_never_imports_the_smoke_runner(root):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- repetitions under the host's stop rule ----------------------------------------------------
+
+
+def test_tracker_decides_as_the_host_does(smoke):
+    """The container's copy of the sequential test agrees with harness.stats on every path."""
+    generator = random.Random(7)
+    for rule in (
+        StopRule(0.01, 0.25, 0.95, 1, 30),
+        StopRule(0.05, 0.5, 0.8, 3, 12),
+        StopRule(0.01, 0.2, 0.99, 5, 5),
+    ):
+        table = json.loads(json.dumps(rule.to_json()))  # as it crosses the wall
+        for rate in (0.0, 0.05, 0.3, 0.5, 0.9, 1.0):
+            for _ in range(200):
+                failed = [generator.random() < rate for _ in range(rule.max_runs + 5)]
+                tracker = smoke.main.Tracker(table)
+                for outcome in failed:
+                    tracker.add("fail" if outcome else "pass")
+                    if tracker.decision:
+                        break
+                expected = rule.walk(failed)
+                assert tracker.decision == expected.status, (rule, failed)
+                if expected.status:
+                    assert (tracker.runs, tracker.failures) == (expected.runs, expected.failures)
+
+
+def fake_result(name, status):
+    return {"name": name, "status": status, "error": None, "duration_s": 0.1}
+
+
+def test_repeat_skips_decided_scenarios(smoke):
+    rule = StopRule(0.01, 0.25, 0.95, 1, 30).to_json()
+    outcomes = {
+        "boot": iter(["pass"] * 30),  # safe after 11
+        "reboot": iter(["fail", "pass", "pass"] + ["pass"] * 27),  # flaky after 3
+        "teardown": iter(["error"] + ["pass"] * 29),  # the runner failed: not run again
+    }
+    names = list(outcomes)
+    trackers = {name: smoke.main.Tracker(rule) for name in names}
+    runs = []
+    smoke.main.repeat(names, trackers, 30, lambda n: fake_result(n, next(outcomes[n])), runs)
+    assert len(runs) == 11
+    assert [r["name"] for r in runs[0]] == ["boot", "reboot", "teardown"]
+    assert [r["name"] for r in runs[1]] == ["boot", "reboot"]
+    assert [r["name"] for r in runs[3]] == ["boot"]
+    assert {n: t.decision for n, t in trackers.items()} == {
+        "boot": "safe",
+        "reboot": "flaky",
+        "teardown": "error",
+    }
+
+
+def test_repeat_without_a_rule_runs_a_fixed_count(smoke):
+    trackers = {"boot": smoke.main.Tracker(None)}
+    runs = []
+    smoke.main.repeat(["boot"], trackers, 4, lambda n: fake_result(n, "fail"), runs)
+    assert len(runs) == 4 and trackers["boot"].decision is None
+
+
+def test_stop_rule_argument_is_json(smoke, capsys):
+    with pytest.raises(SystemExit) as info:
+        smoke.main.main(["--stop-rule", "{not json"])
+    assert info.value.code == 2
+    assert "--stop-rule" in capsys.readouterr().err

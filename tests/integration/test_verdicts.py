@@ -1,0 +1,145 @@
+"""Verdicts end to end: real cells, one of them with a fault injected at random, judged by the
+sequential test (no mocks).
+
+tests/integration/data/verdicts.yaml has three Debian 12 cells that run only `boot`: a clean one,
+one whose libvirt QEMU hook fails 30% of guest starts at random (19661 of the hook's 65536
+draws: p = 0.300003), and one whose hook fails every start. The hook logs each draw, so the
+test also checks that the failures counted are exactly the faults injected.
+
+The flaky cell's check is random and can fail: the sequential test may call a 30% scenario
+safe (0.25%) or run out of runs (0.53%), or stop where the 95% Wilson interval misses 0.3.
+Summed over every way the test can end (StopRule.outcomes), it fails with probability 2.01%;
+`test_the_chance_of_a_false_alarm_is_as_documented` recomputes that figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.judge import outward
+from harness.load import load
+from harness.stats import StopRule, wilson_interval
+from tests.cli import ROOT, invoke
+
+pytestmark = pytest.mark.integration
+
+MATRIX = ROOT / "tests" / "integration" / "data" / "verdicts.yaml"
+FAULT_RATE = 19661 / 65536  # the hook fails when a 16-bit draw * 100 < 30 * 65536
+DOCUMENTED_CHANCE_OF_FAILING = 0.0201
+
+
+def rule() -> StopRule:
+    matrix, _ = load(str(MATRIX))
+    return StopRule.from_policy(matrix.policy)
+
+
+def test_the_chance_of_a_false_alarm_is_as_documented():
+    chance_ok = 0.0
+    for decision, chance in rule().outcomes(FAULT_RATE):
+        if decision.status != "flaky":
+            continue
+        low, high = outward(*wilson_interval(decision.failures, decision.runs))
+        chance_ok += chance if low <= FAULT_RATE <= high else 0.0
+    assert 1 - chance_ok == pytest.approx(DOCUMENTED_CHANCE_OF_FAILING, abs=5e-5)
+
+
+@pytest.fixture(scope="module")
+def run_result(engine, results_dir):
+    started = time.monotonic()
+    done = invoke(
+        "matrix.run", "--matrix", str(MATRIX), "--accel", "tcg",
+        results_dir=results_dir, timeout=3600,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
+    data = json.loads((results_dir / "latest.json").read_text())
+    # What the run decided, for the log of the test session (pytest -s, or -rA).
+    print(f"\nverdicts run: {seconds:.0f} s")
+    for cell in data["cells"]:
+        for s in cell["scenarios"]:
+            print(
+                f"  {cell['id']:<16} {cell['status']:<8} {s['name']}: {s['status']}, "
+                f"{s['failures']}/{s['runs']} failed, rate {s['failure_rate']}, "
+                f"95% interval {s['interval']}; {s['decision']}"
+            )
+    return done, data
+
+
+def cell_of(data, cell_id):
+    (cell,) = [c for c in data["cells"] if c["id"] == cell_id]
+    return cell
+
+
+def hook_draws(cell) -> list[str]:
+    """The hook's log from the cell's logs: one line per guest start, 'NAME pass|fail DRAW'."""
+    path = Path(cell["log_dir"]) / "libvirt-hvgate-fault.log"
+    return [line.split()[1] for line in path.read_text().splitlines()]
+
+
+def test_run_exits_one_for_the_unsafe_cells(run_result):
+    done, _ = run_result
+    assert done.returncode == 1, done.stderr[-3000:]
+    unsafe = [line for line in done.stderr.splitlines() if line.startswith("not safe:")]
+    assert unsafe and "verdicts-flaky" in unsafe[0] and "verdicts-broken" in unsafe[0]
+    assert "verdicts-clean" not in unsafe[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_clean_cell_is_safe_after_the_fewest_runs(run_result):
+    _, data = run_result
+    cell = cell_of(data, "verdicts-clean")
+    (boot,) = cell["scenarios"]
+    assert cell["status"] == boot["status"] == "safe", (boot["messages"], boot["logs"])
+    # 17 clean runs: the first n with n * ln(0.75/0.99) <= ln(0.01/0.99), and not one more.
+    assert (boot["runs"], boot["failures"]) == (17, 0)
+    assert boot["runs"] == rule().walk([False] * 30).runs
+    assert boot["failure_rate"] == 0.0
+    assert boot["interval"][0] == 0.0 and 0.18 < boot["interval"][1] < 0.19  # 3.84/(17+3.84)
+    assert boot["decision"].startswith("SPRT accepted p<=0.01 against p>=0.25")
+    assert not (Path(cell["log_dir"]) / "libvirt-hvgate-fault.log").exists()
+
+
+def test_fault_cell_is_flaky_with_the_true_rate_inside_the_interval(run_result):
+    _, data = run_result
+    cell = cell_of(data, "verdicts-flaky")
+    (boot,) = cell["scenarios"]
+    assert cell["status"] == boot["status"] == "flaky", boot
+    low, high = boot["interval"]
+    assert low <= FAULT_RATE <= high, boot
+    assert boot["decision"].startswith("SPRT rejected both")
+    # It stops as soon as both tests have rejected, long before the budget.
+    assert boot["runs"] < 30
+    assert boot["runs"] == rule().walk(d == "fail" for d in hook_draws(cell)).runs
+    # Every failure is an injected fault, and every fault a failure.
+    draws = hook_draws(cell)
+    assert len(draws) == boot["runs"]
+    assert draws.count("fail") == boot["failures"] > 0
+    assert any("hook" in message.lower() for message in boot["messages"]), boot["messages"]
+
+
+def test_always_failing_cell_is_broken(run_result):
+    _, data = run_result
+    cell = cell_of(data, "verdicts-broken")
+    (boot,) = cell["scenarios"]
+    assert cell["status"] == boot["status"] == "broken", boot
+    assert (boot["runs"], boot["failures"], boot["errors"]) == (17, 17, 0)
+    assert hook_draws(cell) == ["fail"] * 17
+    assert boot["decision"].startswith("SPRT accepted p>=0.99 against p<=0.75")
+    assert boot["interval"][1] == 1.0
+    assert cell["reason"].startswith("boot: ")
+
+
+def test_each_result_records_what_it_ran_on(run_result):
+    _, data = run_result
+    assert data["run_id"] and data["started"] and data["finished"]
+    for cell in data["cells"]:
+        assert cell["versions"]["libvirt-daemon"].startswith("9.0.0-")
+        assert ":7.2+dfsg" in cell["versions"]["qemu-system-x86"]
+        assert cell["versions"]["python3-libvirt"]
+        assert cell["accel"] == "tcg" and cell["accel_reason"]
+        assert cell["kernel"] and cell["guest_kernel"]
+        assert cell["duration_s"] > 0
