@@ -314,6 +314,40 @@ def diff_task(c, a, b):
     print("\n".join(lines) if lines else "no differences")
 
 
+@task(
+    name="bisect",
+    help={
+        "matrix": SELECT_HELP["matrix"],
+        "scenario": "the scenario that goes from safe to failing, e.g. live-snapshot",
+        "base": "the base whose versions are bisected, e.g. ubuntu-24.04",
+        "component": "libvirt (default) or qemu",
+        "versions": "comma-separated versions, oldest first (default: every version the lock lists)",
+        "builds": "comma-separated directories of .deb files, oldest first, instead of versions",
+    },
+)
+@reported
+def bisect_task(c, scenario, base, matrix=MATRIX, component="libvirt", versions=None, builds=None):
+    """Find the first version (or build) at which a scenario goes from safe to failing."""
+    from harness import bisect
+
+    last_safe, first_failing, steps = bisect.run(
+        matrix, scenario, base, component, versions, builds
+    )
+    for step in steps:
+        print(f"{step.candidate.label}: {step.status} ({step.evidence}) [{step.results}]")
+    if first_failing is None:
+        print(
+            f"no failure: {scenario} is safe up to {last_safe.candidate.label if last_safe else '?'}"
+        )
+    elif last_safe is None:
+        print(f"{scenario} already fails at the first candidate, {first_failing.candidate.label}")
+    else:
+        print(
+            f"first failing: {first_failing.candidate.label} "
+            f"(last safe: {last_safe.candidate.label})"
+        )
+
+
 @task(name="clean")
 @reported
 def clean_task(c):
@@ -347,6 +381,7 @@ for t in (
     report_task,
     pin_task,
     diff_task,
+    bisect_task,
     clean_task,
     schema_task,
 ):

@@ -69,6 +69,13 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
     """(status, reason) of a failed build, from the log: archive problems make a cell unavailable."""
     # apt's errors come coloured through the classic builder.
     text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(lines))
+    # Through the package cache, a host that does not resolve is the proxy's 503: same reason.
+    text = re.sub(r" *\[IP: [^]\n]*\]", "", text)
+    text = re.sub(
+        r"\b503 +(?:Host not found|DNS error for hostname .*)",
+        "Could not resolve the archive's host",
+        text,
+    )
     # First: a full disk breaks downloads too, and is not the archive's fault.
     full = r"(?i).*(?:no space left on device|have enough free space).*"
     if re.search(full, text):
@@ -88,6 +95,11 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
             text,
             r".*(?:Could not resolve|Failed to fetch|Unable to connect|Temporary failure resolving).*",
         )
+    missing_suite = re.search(
+        r"The repository '\S+ (\S+) Release' does not have a Release file", text
+    )
+    if missing_suite:
+        return "unavailable", f"suite not served: {missing_suite.group(1)} has no Release file"
     gone = re.search(r"Version '(\S+)' for '(\S+)' was not found", text)
     if gone and cell.locked_versions.get(gone.group(2)) == gone.group(1):
         return (

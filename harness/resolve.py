@@ -104,8 +104,11 @@ def write_lock(path: Path, lock: Lock) -> None:
 
 def fingerprint(cell: Cell) -> str:
     data = {
-        "base": cell.base.model_dump(),
-        "sources": [[name, source.model_dump()] for name, source in cell.sources],
+        # Only what is set: a setting added to the models later does not unlock every cell.
+        "base": cell.base.model_dump(exclude_defaults=True),
+        "sources": [
+            [name, source.model_dump(exclude_defaults=True)] for name, source in cell.sources
+        ],
         "components": [dataclasses.astuple(c) for c in cell.components],
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -173,7 +176,11 @@ class _Session:
             network_mode="host" if uses_loopback(cell) else None,
             environment={"DEBIAN_FRONTEND": "noninteractive"},
         )
-        self.sh("mkdir -p /opt/hvgate")
+        # A stalled download fails in a minute rather than holding the step to its timeout.
+        self.sh(
+            'mkdir -p /opt/hvgate && printf \'Acquire::http::Timeout "30";\\n'
+            'Acquire::Retries "1";\\n\' > /etc/apt/apt.conf.d/99hvgate-resolve'
+        )
         # The context scripts, and any directory of .debs as the build context has it.
         files = eng.files_under(CONTEXT, "bin") + debs.repositories(cell.sources)
         self.container.put_archive("/opt/hvgate", eng.tar_of(files))

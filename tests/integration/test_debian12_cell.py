@@ -1,7 +1,5 @@
 """One real cell, end to end: the Debian 12 image is built and every scenario runs in it (no mocks)."""
 
-import json
-
 import pytest
 
 import harness.model
@@ -14,10 +12,9 @@ SCENARIOS = list(harness.model.SCENARIOS)
 
 
 @pytest.fixture(scope="module")
-def run_result(engine, results_dir):
-    done = invoke("matrix.run", "--cells", CELL, results_dir=results_dir, timeout=3000)
-    assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
-    return done, json.loads((results_dir / "latest.json").read_text())
+def run_result(debian12_run):
+    data = debian12_run.data
+    return debian12_run.done, {**data, "cells": [debian12_run.cell(CELL)]}
 
 
 def test_run_exits_zero_and_prints_the_table(run_result):
@@ -65,7 +62,8 @@ def test_no_containers_are_left_behind(run_result, engine):
     assert engine.containers.list(all=True, filters={"label": label}) == []
 
 
-def test_second_build_rebuilds_nothing(run_result, engine, results_dir):
+def test_second_build_rebuilds_nothing(run_result, engine, debian12_run):
+    results_dir = debian12_run.results_dir
     _, data = run_result
     image_id = engine.images.get(data["cells"][0]["image"]).id
     done = invoke("matrix.build", "--cells", CELL, results_dir=results_dir, timeout=1800)

@@ -2,9 +2,7 @@
 backports, as a maintainer would drop their own build) becomes the cell's source; the cell is
 resolved, built and smoke-tested like any other."""
 
-import io
 import json
-import tarfile
 import textwrap
 
 import pytest
@@ -13,44 +11,10 @@ from tests.cli import invoke
 
 pytestmark = pytest.mark.integration
 
-PACKAGES = "libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils"
-# The backports suite on the mirror the base image's own sources name: no host name written here.
-DOWNLOAD = f"""
-sed -n 's/^deb \\([^ ]*\\) bookworm main$/deb \\1 bookworm-backports main/p' /etc/apt/sources.list \
-    > /etc/apt/sources.list.d/backports.list
-grep -q backports /etc/apt/sources.list.d/backports.list
-apt-get update -q
-apt-get install -y -q --download-only --no-install-recommends -t bookworm-backports {PACKAGES}
-"""
-
 
 @pytest.fixture(scope="module")
-def debs(engine, tmp_path_factory):
-    """The .debs apt needs for libvirt and QEMU from backports, in a directory of our own."""
-    container = engine.containers.run(
-        "hvgate/base:debian-12",
-        ["sh", "-ec", DOWNLOAD],
-        detach=True,
-        labels={"io.hvgate.run": "test-private-build"},
-    )
-    try:
-        assert container.wait(timeout=900)["StatusCode"] == 0, container.logs()[-2000:]
-        stream, _ = container.get_archive("/var/cache/apt/archives")
-        data = io.BytesIO(b"".join(stream))
-    finally:
-        container.remove(force=True)
-    directory = tmp_path_factory.mktemp("private-build")
-    with tarfile.open(fileobj=data) as tar:
-        for member in tar.getmembers():
-            if member.isfile() and member.name.endswith(".deb"):
-                name = member.name.rsplit("/", 1)[-1]
-                (directory / name).write_bytes(tar.extractfile(member).read())
-    assert any(directory.glob("libvirt-daemon_*bpo12*.deb")), sorted(directory.iterdir())
-    return directory
-
-
-@pytest.fixture(scope="module")
-def matrix(debs, tmp_path_factory):
+def matrix(backports_debs, tmp_path_factory):
+    debs = backports_debs
     path = tmp_path_factory.mktemp("matrix") / "matrix.yaml"
     path.write_text(
         textwrap.dedent(
@@ -76,7 +40,8 @@ def locked(engine, matrix, results_dir):
     return {c["id"]: c["packages"] for c in lock["cells"]["debian-12-private"]["cells"]}
 
 
-def test_the_directory_is_resolved_like_an_archive(locked, debs):
+def test_the_directory_is_resolved_like_an_archive(locked, backports_debs):
+    debs = backports_debs
     packages = locked["debian-12-private"]
     assert "bpo12" in packages["libvirt-daemon"]
     assert "bpo12" in packages["qemu-system-x86"]

@@ -1,0 +1,228 @@
+"""Every run kept as one line per cell in results/history.jsonl; from it, each cell's history in a
+run (since when its status holds, regression or fix) and the differences between two runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .progress import say
+from .publish import RESULTS
+from .results import RunResult, Status
+
+HISTORY = "history.jsonl"
+# The statuses that judge libvirt and QEMU; the others say nothing about them, so a regression
+# or a fix is found against the last of these, not against an interrupted or unreachable run.
+VERDICTS = (Status.SAFE, Status.FLAKY, Status.BROKEN)
+
+
+def history_path(results_dir: Path = RESULTS) -> Path:
+    return results_dir / HISTORY
+
+
+def lines_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history lines of one run's JSON: run id, time, cell id, status, versions."""
+    return [
+        {
+            "run_id": data["run_id"],
+            "time": data["started"],
+            "cell": cell["id"],
+            "status": cell["status"],
+            "versions": cell.get("versions") or {},
+        }
+        for cell in data["cells"]
+    ]
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """Every kept line, oldest first. A torn last line (a crash mid-write) is skipped, not fatal."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not {"run_id", "cell", "status"} <= entry.keys():
+                raise ValueError("not a history line")
+        except ValueError:
+            say("history", f"{path}:{number}: skipped a line that is not a history entry")
+            continue
+        entries.append(entry)
+    return entries
+
+
+def append(path: Path, data: dict[str, Any]) -> None:
+    """Appends a run's lines in one write to a file opened for appending, then fsyncs: a reader
+    or a concurrent run sees whole lines, and a crash loses at most the last, torn, line."""
+    payload = "".join(
+        json.dumps(line, separators=(",", ":"), sort_keys=True) + "\n" for line in lines_of(data)
+    ).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(payload)
+        while view:  # a regular file takes it whole; the loop only guards a short write
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def backfill(results_dir: Path) -> None:
+    """Starts a missing history from the runs already kept under results/runs/, oldest first."""
+    path = history_path(results_dir)
+    if path.exists():
+        return
+    runs = []
+    for results in (results_dir / "runs").glob("*/results.json"):
+        try:
+            data = json.loads(results.read_text())
+            runs.append((data["started"], data["run_id"], data))
+        except (OSError, ValueError, KeyError, TypeError):
+            say("history", f"{results}: not a results file; left out of the history")
+    for _, _, data in sorted(runs, key=lambda run: (run[0], run[1])):
+        append(path, data)
+
+
+def change(before: str | None, now: str) -> str | None:
+    """ "regression" (safe before, flaky or broken now), "fix" (the other way round), or None."""
+    if before == Status.SAFE and now in (Status.FLAKY, Status.BROKEN):
+        return "regression"
+    if before in (Status.FLAKY, Status.BROKEN) and now == Status.SAFE:
+        return "fix"
+    return None
+
+
+def cell_history(status: str, run_id: str, past: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's `history` in a run, from its earlier lines (oldest first, this run excluded)."""
+    since = run_id
+    for entry in reversed(past):
+        if entry["status"] != status:
+            break
+        since = entry["run_id"]
+    verdicts = [e["status"] for e in past if e["status"] in VERDICTS]
+    return {
+        "since": since,
+        "first_seen": past[0]["run_id"] if past else run_id,
+        # The run before this one that had the cell, and its status there.
+        "last_seen": past[-1]["run_id"] if past else None,
+        "previous": past[-1]["status"] if past else None,
+        "change": change(verdicts[-1] if verdicts else None, status),
+    }
+
+
+def annotate(run: RunResult, entries: list[dict[str, Any]]) -> RunResult:
+    """The run with each cell's `history` computed from the kept lines of earlier runs."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        if entry["run_id"] != run.run_id:
+            by_cell.setdefault(entry["cell"], []).append(entry)
+    cells = [
+        dataclasses.replace(
+            cell, history=cell_history(cell.status, run.run_id, by_cell.get(cell.id, []))
+        )
+        for cell in run.cells
+    ]
+    return dataclasses.replace(run, cells=cells)
+
+
+def record(
+    run: RunResult,
+    publish: Callable[[RunResult], dict[str, Path]],
+    results_dir: Path = RESULTS,
+) -> tuple[RunResult, dict[str, Path]]:
+    """Annotates the run from the history, publishes it, then appends it to the history (after
+    publishing, so a run whose results could not be written is not counted)."""
+    backfill(results_dir)
+    path = history_path(results_dir)
+    annotated = annotate(run, read(path))
+    paths = publish(annotated)
+    append(path, annotated.to_json())
+    paths["history"] = path
+    return annotated, paths
+
+
+# --- matrix.diff -------------------------------------------------------------------------------
+
+
+def load_run(ref: str, results_dir: Path = RESULTS) -> dict[str, Any]:
+    """A run as {run_id, cells: {id: {status, versions}}}, from a results file, a run id kept under
+    results/runs/, `latest`, or else the history's lines of that run id."""
+    candidates = [Path(ref)]
+    if ref == "latest":
+        candidates.append(results_dir / "latest.json")
+    elif "/" not in ref and ref not in ("", ".", ".."):
+        candidates.append(results_dir / "runs" / ref / "results.json")
+    for path in candidates:
+        if path.is_file():
+            return _from_file(path)
+    lines = [e for e in read(history_path(results_dir)) if e["run_id"] == ref]
+    if lines:
+        return {
+            "run_id": ref,
+            "cells": {e["cell"]: {"status": e["status"], "versions": e["versions"]} for e in lines},
+        }
+    raise ConfigurationError(
+        f"{ref!r}: no such run: not a results file, nor a run id in "
+        f"{results_dir / 'runs'} or {history_path(results_dir)}"
+    )
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return {
+            "run_id": data["run_id"],
+            "cells": {
+                cell["id"]: {"status": cell["status"], "versions": cell.get("versions") or {}}
+                for cell in data["cells"]
+            },
+        }
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{path}: cannot read: {exc}") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"{path}: not JSON: {exc}") from None
+    except KeyError as exc:
+        raise ConfigurationError(f"{path}: not a results file (no {exc.args[0]})") from None
+    except (AttributeError, TypeError):
+        raise ConfigurationError(f"{path}: not a results file") from None
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One line per difference: cells added or removed, status changes, version changes."""
+    lines = []
+    before, after = old["cells"], new["cells"]
+    for cell_id, cell in after.items():
+        if cell_id not in before:
+            versions = ", ".join(f"{p} {v}" for p, v in sorted(cell["versions"].items()))
+            lines.append(
+                f"added    {cell_id}: {cell['status']}" + (f" ({versions})" if versions else "")
+            )
+            continue
+        was = before[cell_id]
+        if was["status"] != cell["status"]:
+            what = change(was["status"], cell["status"])
+            lines.append(
+                f"status   {cell_id}: {was['status']} -> {cell['status']}"
+                + (f" ({what})" if what else "")
+            )
+        for package in sorted(was["versions"].keys() | cell["versions"].keys()):
+            old_version = was["versions"].get(package, "–")
+            new_version = cell["versions"].get(package, "–")
+            if old_version != new_version:
+                lines.append(f"version  {cell_id}: {package} {old_version} -> {new_version}")
+    lines += [
+        f"removed  {cell_id}: was {before[cell_id]['status']}"
+        for cell_id in before
+        if cell_id not in after
+    ]
+    return lines

@@ -1,0 +1,174 @@
+"""Pin files from a real run install cleanly: a real Debian 12 backports cell is smoke-tested, its
+apt preferences go into a fresh container of the same base, and apt installs the pinned versions."""
+
+import io
+import json
+import re
+import tarfile
+import uuid
+
+import pytest
+
+from harness.render import CONTEXT, base_image_tag
+from tests.cli import invoke
+
+pytestmark = pytest.mark.integration
+
+# Backports: without its pins apt would install the release's libvirt and QEMU, so the test can fail.
+CELL = "debian-12-backports"
+BASE = "debian-12"
+
+
+@pytest.fixture(scope="module")
+def results(debian12_run):
+    cell = debian12_run.cell(CELL)
+    assert cell["status"] == "safe", (debian12_run.done.stderr[-3000:], cell.get("reason"))
+    return debian12_run.results_dir, {**debian12_run.data, "cells": [cell]}
+
+
+@pytest.fixture(scope="module")
+def pinned(results):
+    results_dir, data = results
+    out = results_dir / "pin-files"
+    done = invoke("matrix.pin", "--run", data["run_id"], "--out", str(out), results_dir=results_dir)
+    assert done.returncode == 0, done.stderr
+    return data, out, done
+
+
+def tar_of(files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, (text, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(text), mode
+            tar.addfile(info, io.BytesIO(text))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def container(engine):
+    """A fresh container of the cell's base image, removed afterwards."""
+    box = engine.containers.run(
+        base_image_tag(BASE),
+        ["sleep", "3600"],
+        detach=True,
+        init=True,
+        labels={"io.hvgate.test": f"pins-{uuid.uuid4().hex[:8]}"},
+    )
+    try:
+        yield box
+    finally:
+        box.remove(force=True)
+
+
+def sh(box, script):
+    code, output = box.exec_run(
+        ["bash", "-ec", script], environment={"DEBIAN_FRONTEND": "noninteractive"}
+    )
+    return code, output.decode(errors="replace")
+
+
+def test_pin_files_state_their_evidence(pinned):
+    data, out, done = pinned
+    (cell,) = data["cells"]
+    # The shared run has other cells too: these are this cell's files.
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(f"{CELL}.")) == [
+        f"{CELL}.json",
+        f"{CELL}.local.conf",
+        f"{CELL}.pref",
+    ]
+    runs = sum(s["runs"] for s in cell["scenarios"])
+    for name in (f"{CELL}.pref", f"{CELL}.local.conf"):
+        text = (out / name).read_text()
+        assert f"# Evidence: run {data['run_id']}" in text
+        assert (
+            f"# Cell {CELL}: safe; {len(cell['scenarios'])} scenarios, {runs} runs, 0 failures"
+            in text
+        )
+        assert "# Needs bookworm-backports in apt's sources" in text
+    pins = json.loads((out / f"{CELL}.json").read_text())
+    assert pins["suites"] == ["bookworm-backports"]
+    for package, version in cell["versions"].items():
+        assert pins["packages"][package] == version
+    printed = [line for line in done.stdout.splitlines() if f"/{CELL}." in line]
+    assert printed == [str(out / n) for n in (f"{CELL}.pref", f"{CELL}.local.conf", f"{CELL}.json")]
+
+
+def test_the_preferences_install_the_pinned_versions_in_a_fresh_container(pinned, container):
+    data, out, _ = pinned
+    pins = json.loads((out / f"{CELL}.json").read_text())
+    preferences = (out / f"{CELL}.pref").read_bytes()
+    target = f"hvgate-{pins['name']}"
+    container.put_archive(
+        "/",
+        tar_of(
+            {
+                f"etc/apt/preferences.d/{target}": (preferences, 0o644),
+                "opt/hvgate/bin/add-apt-source": ((CONTEXT / "add-apt-source").read_bytes(), 0o755),
+            }
+        ),
+    )
+    # The suite the cell's source added, from the base image's own mirror, as the image build does.
+    for suite in pins["suites"]:
+        code, output = sh(
+            container, f"/opt/hvgate/bin/add-apt-source {pins['source']} {suite} main ''"
+        )
+        assert code == 0, output
+    packages = " ".join(pins["packages"])
+    code, output = sh(
+        container,
+        f"apt-get update -q && apt-get install -y -q --no-install-recommends {packages}",
+    )
+    assert code == 0, output[-3000:]
+    code, output = sh(container, f"dpkg-query -W -f '${{Package}}\\t${{Version}}\\n' {packages}")
+    assert code == 0, output
+    installed = dict(line.split("\t") for line in output.splitlines())
+    assert installed == pins["packages"]
+    (cell,) = data["cells"]
+    for package, version in cell["versions"].items():
+        assert installed[package] == version  # what the smoke test ran on
+    # Packages of the same sources that were not asked for follow their pins too.
+    code, output = sh(container, "apt-cache policy libvirt-clients qemu-system-arm")
+    candidates = re.findall(r"Candidate: (\S+)", output)
+    assert candidates == [
+        pins["packages"]["libvirt-daemon"],
+        pins["packages"]["qemu-system-x86"],
+    ], output
+
+
+def test_the_local_conf_writes_the_same_preferences(pinned, container):
+    """The localrc section, extracted as devstack does and sourced as stackrc does (sudo is a
+    no-op as root), leaves the same file in preferences.d."""
+    _, out, _ = pinned
+    pins = json.loads((out / f"{CELL}.json").read_text())
+    lines, inside = [], False
+    for line in (out / f"{CELL}.local.conf").read_text().splitlines():
+        if re.match(r"^\[\[.+\|.*\]\]", line):
+            inside = line == "[[local|localrc]]"
+        elif inside:
+            lines.append(line)
+    container.put_archive("/", tar_of({"tmp/localrc": ("\n".join(lines).encode() + b"\n", 0o644)}))
+    target = f"/etc/apt/preferences.d/hvgate-{pins['name']}"
+    code, output = sh(
+        container,
+        f'rm -f {target}; sudo() {{ "$@"; }}; . /tmp/localrc; cat {target}',
+    )
+    assert code == 0, output
+    assert output == (out / f"{CELL}.pref").read_text()
+
+
+def test_the_run_is_kept_in_the_history(results):
+    results_dir, data = results
+    lines = [json.loads(line) for line in (results_dir / "history.jsonl").read_text().splitlines()]
+    (cell,) = data["cells"]
+    assert [(e["run_id"], e["cell"], e["status"]) for e in lines] == [
+        (data["run_id"], CELL, "safe")
+    ]
+    assert lines[0]["versions"] == cell["versions"]
+    assert cell["history"] == {
+        "since": data["run_id"],
+        "first_seen": data["run_id"],
+        "last_seen": None,
+        "previous": None,
+        "change": None,
+    }
