@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .progress import say
-from .publish import RESULTS
+from .publish import RESULTS, read_results
 from .results import RunResult, Status
 
 HISTORY = "history.jsonl"
@@ -178,23 +178,14 @@ def load_run(ref: str, results_dir: Path = RESULTS) -> dict[str, Any]:
 
 
 def _from_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return {
-            "run_id": data["run_id"],
-            "cells": {
-                cell["id"]: {"status": cell["status"], "versions": cell.get("versions") or {}}
-                for cell in data["cells"]
-            },
-        }
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{path}: cannot read: {exc}") from None
-    except ValueError as exc:
-        raise ConfigurationError(f"{path}: not JSON: {exc}") from None
-    except KeyError as exc:
-        raise ConfigurationError(f"{path}: not a results file (no {exc.args[0]})") from None
-    except (AttributeError, TypeError):
-        raise ConfigurationError(f"{path}: not a results file") from None
+    data = read_results(path)
+    return {
+        "run_id": data["run_id"],
+        "cells": {
+            cell["id"]: {"status": cell["status"], "versions": cell.get("versions") or {}}
+            for cell in data["cells"]
+        },
+    }
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from debian.debian_support import Version
 from .errors import ConfigurationError
 from .load import load as load_matrix
 from .model import DEB_PACKAGE_RE, DEB_VERSION_RE, Cell, Matrix
-from .publish import RESULTS
+from .publish import RESULTS, stored_results
 from .render import source_suite, write_atomic
 from .results import Status
 
@@ -51,41 +51,6 @@ class Plan:
     pins: list[Pin] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # one line per cell not pinned, and why
     superseded: list[str] = field(default_factory=list)  # safe cells a newer one of theirs beat
-
-
-def load(
-    run_id: str | None, input_file: str | None, results_dir: Path = RESULTS
-) -> tuple[dict[str, Any], Path]:
-    """A run's JSON: --run RUN_ID, --input FILE, or else results/latest.json."""
-    if run_id and input_file:
-        raise ConfigurationError("--run and --input: give one of them, not both")
-    if run_id:
-        if not RUN_ID_RE.fullmatch(run_id):
-            raise ConfigurationError(f"--run {run_id!r}: not a run id")
-        path = results_dir / "runs" / run_id / "results.json"
-        if not path.is_file():
-            raise ConfigurationError(f"--run {run_id}: no {path}")
-    else:
-        path = Path(input_file) if input_file else results_dir / "latest.json"
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data.get("cells"), list) or not data.get("run_id"):
-            raise KeyError("run_id or cells")
-        for cell in data["cells"]:
-            missing = CELL_KEYS - cell.keys()
-            if missing:
-                raise KeyError(f"{', '.join(sorted(missing))} in a cell")
-        if not RUN_ID_RE.fullmatch(str(data["run_id"])):
-            raise ConfigurationError(f"{path}: run_id {data['run_id']!r} is not a run id")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{path}: cannot read: {exc}") from None
-    except ValueError as exc:
-        raise ConfigurationError(f"{path}: not JSON: {exc}") from None
-    except KeyError as exc:
-        raise ConfigurationError(f"{path}: not a results file (no {exc.args[0]})") from None
-    except (AttributeError, TypeError):
-        raise ConfigurationError(f"{path}: not a results file") from None
-    return data, path
 
 
 @dataclass(frozen=True)
@@ -360,7 +325,7 @@ def pin(
 ) -> tuple[Plan, list[Path]]:
     """Reads a run, chooses what to pin, and writes the pin files (to results/pins/RUN_ID/ unless
     told where). Writes nothing when nothing is safe."""
-    data, origin = load(run_id, input_file, results_dir)
+    data, origin = stored_results(run_id, input_file, results_dir)
     chosen = plan(data, origin, Sources.read(matrix))
     command = "invoke matrix.pin " + (
         f"--run {run_id}" if run_id else f"--input {input_file}" if input_file else ""

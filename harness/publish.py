@@ -62,6 +62,19 @@ def report(
 
     Nothing runs; the document itself is not rewritten.
     """
+    data, path = stored_results(run_id, input_path, results_dir)
+    directory = Path(output_dir) if output_dir else path.parent
+    outputs = formats(data, directory, path.stem if path.suffix == ".json" else path.name)
+    for target, content in outputs.values():
+        write_atomic(target, content)
+    append_step_summary(data)
+    return {kind: target for kind, (target, _) in outputs.items()}
+
+
+def stored_results(
+    run_id: str | None, input_path: str | Path | None, results_dir: Path = RESULTS
+) -> tuple[dict[str, Any], Path]:
+    """A stored run's document and its path: --run RUN_ID, --input FILE, else latest.json."""
     if run_id and input_path:
         raise ConfigurationError("--run and --input: give one of them")
     if run_id:
@@ -72,13 +85,7 @@ def report(
             raise ConfigurationError(f"--run {run_id}: no results at {path}")
     else:
         path = Path(input_path) if input_path else results_dir / "latest.json"
-    data = read_results(path)
-    directory = Path(output_dir) if output_dir else path.parent
-    outputs = formats(data, directory, path.stem if path.suffix == ".json" else path.name)
-    for target, content in outputs.values():
-        write_atomic(target, content)
-    append_step_summary(data)
-    return {kind: target for kind, (target, _) in outputs.items()}
+    return read_results(path), path
 
 
 def read_results(path: Path) -> dict[str, Any]:

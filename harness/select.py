@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from .errors import ConfigurationError
 from .load import did_you_mean
 from .model import Cell
+
+T = TypeVar("T")
+SHARD = re.compile(r" *([0-9]+) */ *([0-9]+) *")
 
 
 def split_patterns(value: str | Sequence[str] | None) -> list[str]:
@@ -50,3 +55,30 @@ def suggest(pattern: str, ids: list[str]) -> str:
         close = did_you_mean(stem, sorted({i[: len(stem)] for i in ids}))
         return close.replace("'?)", "*'?)")
     return did_you_mean(pattern, ids)
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """(K, N) of a `--shard K/N` value: the K-th (1-based) of N shards."""
+    match = SHARD.fullmatch(str(value))
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ConfigurationError(
+            f"--shard {value!r}: use K/N with whole numbers 1 <= K <= N, e.g. --shard 2/3"
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard(items: Sequence[T], value: str | None) -> tuple[T, ...]:
+    """The K-th of N contiguous slices of the selection, their sizes differing by at most one.
+
+    Contiguous rather than round-robin: neighbours in the matrix share a base image, so a shard
+    needs fewer bases. The same selection and K/N always give the same cells."""
+    if value is None or value == "":
+        return tuple(items)
+    k, n = parse_shard(value)
+    if n > len(items):
+        raise ConfigurationError(
+            f"--shard {value}: the selection has {len(items)} cell(s), fewer than {n} shards"
+        )
+    size, extra = divmod(len(items), n)
+    start = (k - 1) * size + min(k - 1, extra)
+    return tuple(items[start : start + size + (1 if k <= extra else 0)])

@@ -266,7 +266,11 @@ def test_load_run_refuses_an_unknown_run(two_runs, ref):
 
 @pytest.mark.parametrize(
     ("text", "says"),
-    [("{not json", "not JSON"), ('{"cells": []}', "no run_id"), ("[1]", "not a results file")],
+    [
+        ("{not json", "not JSON"),
+        ('{"cells": []}', "results format None"),
+        ("[1]", "not an hvgate results document"),
+    ],
 )
 def test_load_run_refuses_a_file_that_is_not_a_run(tmp_path, text, says):
     path = tmp_path / "bad.json"

@@ -336,15 +336,16 @@ def test_pin_writes_nothing_when_nothing_is_safe(tmp_path):
         ("nope", None, None, "--run nope: no "),
         ("../x", None, None, "--run '../x': not a run id"),
         ("a", "in.json", None, "--run and --input: give one of them"),
-        (None, "in.json", "{oops", "in.json: not JSON"),
+        (None, "in.json", "{oops", "in.json:1: not JSON"),
+        (None, "in.json", '{"run_id": "r", "cells": []}', "results format None"),
         (
             None,
             "in.json",
-            '{"run_id": "r", "cells": [{"id": "x"}]}',
-            "no distro, release, source, status in a cell",
+            '{"format": 1, "run_id": "r", "started": "", "finished": "", "host": {}, '
+            '"cells": [{"id": "x"}]}',
+            "cells[0].distro: Field required",
         ),
-        (None, "in.json", '{"run_id": "../../etc", "cells": []}', "is not a run id"),
-        (None, "missing.json", None, "missing.json: cannot read"),
+        (None, "missing.json", None, "missing.json: no such results file"),
     ],
 )
 def test_pin_refuses_bad_input_in_one_line(tmp_path, run_id, input_name, content, says):

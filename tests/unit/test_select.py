@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness.errors import ConfigurationError
-from harness.select import select, split_patterns
+from harness.select import parse_shard, select, shard, split_patterns
+from tests import cli
 
 
 @pytest.fixture
@@ -95,3 +98,80 @@ def test_every_pattern_matching_nothing_is_reported(cells):
 def test_excluding_everything_is_an_error(cells):
     with pytest.raises(ConfigurationError, match="empty"):
         select(cells, "debian-12*", "*")
+
+
+# --- --shard K/N ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_cells(root):
+    """The cells of the repository's matrix.yaml, as every task selects them."""
+    from harness.pipeline import selected
+
+    return selected(str(root / "matrix.yaml"), None, None)[1]
+
+
+def test_shards_of_the_default_matrix_are_even_disjoint_and_complete(default_cells):
+    everything = ids(default_cells)
+    assert len(everything) >= 16
+    for n in range(1, len(everything) + 1):
+        parts = [ids(shard(default_cells, f"{k}/{n}")) for k in range(1, n + 1)]
+        assert [i for part in parts for i in part] == everything  # each cell once, in order
+        sizes = {len(part) for part in parts}
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1, (n, sizes)
+
+
+def test_three_shards_of_the_default_matrix(default_cells):
+    everything = ids(default_cells)
+    parts = [ids(shard(default_cells, f"{k}/3")) for k in (1, 2, 3)]
+    size, extra = divmod(len(everything), 3)
+    assert [len(p) for p in parts] == [size + (k < extra) for k in range(3)]  # 16: 6, 5, 5
+    assert parts[0] == everything[: len(parts[0])]
+    assert parts[2] == everything[-len(parts[2]) :]
+
+
+def test_shards_are_the_same_in_every_process(default_cells, monkeypatch, tmp_path):
+    """`matrix.list --json --shard` in CI jobs: no per-process hashing decides a shard."""
+    outputs = []
+    for seed in ("1", "2"):
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+        done = cli.invoke("matrix.list", "--json", "--shard", " 2 / 3", results_dir=tmp_path)
+        assert done.returncode == 0, done.stderr
+        outputs.append([cell["id"] for cell in json.loads(done.stdout)])
+    assert outputs[0] == outputs[1] == ids(shard(default_cells, "2/3"))
+
+
+def test_a_bad_shard_flag_exits_2_in_one_line(tmp_path):
+    done = cli.invoke("matrix.list", "--shard", "4/3", results_dir=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: --shard '4/3': use K/N with whole numbers 1 <= K <= N, e.g. --shard 2/3"
+    ]
+
+
+def test_a_shard_of_a_selection(cells):
+    chosen = select(cells, "debian-*")
+    assert ids(shard(chosen, "1/2")) == [D12R, D12B, D13R]
+    assert ids(shard(chosen, "2/2")) == [D13M, D12P]
+    assert ids(shard(chosen, "1/1")) == ids(chosen)
+    assert shard(chosen, None) == chosen
+
+
+@pytest.mark.parametrize("value", ["0/3", "4/3", "3", "a/b", "1/0", "-1/2", "1/2/3", "", "1.0/2"])
+def test_bad_shard_values(cells, value):
+    if value == "":
+        assert shard(cells, value) == tuple(cells)  # no --shard
+        return
+    with pytest.raises(ConfigurationError) as info:
+        shard(cells, value)
+    assert info.value.exit_code == 2
+    (line,) = str(info.value).splitlines()
+    assert line == f"--shard {value!r}: use K/N with whole numbers 1 <= K <= N, e.g. --shard 2/3"
+    with pytest.raises(ConfigurationError):
+        parse_shard(value)
+
+
+def test_more_shards_than_cells(cells):
+    with pytest.raises(ConfigurationError, match=r"--shard 1/8: the selection has 7 cell\(s\)"):
+        shard(cells, "1/8")

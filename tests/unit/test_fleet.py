@@ -1,0 +1,194 @@
+"""harness.fleet without Docker: which engines, how cells are spread over them, one accel probe."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import docker.errors
+import pytest
+
+from harness import fleet as f
+from harness.errors import ConfigurationError, EngineError
+
+
+class Client:
+    """Stands in for docker.DockerClient where the fleet calls it."""
+
+    def __init__(self, name="vm", root="/var/lib/docker"):
+        self.facts = {"ID": "KEY", "Name": name, "DockerRootDir": root}
+
+    def info(self):
+        return self.facts
+
+
+def engines(*names):
+    return [f.Engine(name, Client(root=f"/data/{name}")) for name in names]
+
+
+# --- which engines ----------------------------------------------------------------------------
+
+
+def test_addresses_from_the_flag_or_the_environment(monkeypatch):
+    monkeypatch.setenv(f.ENV, "unix:///b.sock")
+    assert f.addresses(" unix:///a.sock, ssh://ci@host ,tcp://10.0.0.2:2375,default") == [
+        "unix:///a.sock",
+        "ssh://ci@host",
+        "tcp://10.0.0.2:2375",
+        "default",
+    ]
+    assert f.addresses(None) == ["unix:///b.sock"]
+    monkeypatch.delenv(f.ENV)
+    assert f.addresses(None) == []
+
+
+def test_bad_addresses_are_reported_together(monkeypatch):
+    with pytest.raises(ConfigurationError) as info:
+        f.addresses("http://x:2375,no such,defualt,unix:///a,unix:///a")
+    assert info.value.exit_code == 2
+    assert info.value.problems == [
+        "--engines 'http://x:2375': use a unix://, tcp:// or ssh:// URL, or a Docker context's name",
+        "--engines 'no such': not an engine URL nor a Docker context's name",
+        "--engines 'defualt': no such Docker context (did you mean 'default'?); contexts: default",
+        "--engines: unix:///a given more than once",
+    ]
+    monkeypatch.setenv(f.ENV, "ftp://x")
+    with pytest.raises(ConfigurationError, match=r"^HVGATE_ENGINES 'ftp://x': "):
+        f.addresses(None)
+
+
+def test_an_unreachable_engine_is_named(monkeypatch):
+    calls = []
+
+    def client(**kwargs):
+        calls.append(kwargs)
+        raise docker.errors.DockerException("Error while fetching server API version: refused")
+
+    monkeypatch.setattr(f.docker, "DockerClient", client)
+    with pytest.raises(EngineError) as info:
+        f.connect("ssh://ci@build-host")
+    assert info.value.exit_code == 3
+    assert str(info.value) == (
+        "cannot reach the Docker engine ssh://ci@build-host: "
+        "Error while fetching server API version: refused"
+    )
+    assert calls[0]["base_url"] == "ssh://ci@build-host"
+    assert calls[0]["use_ssh_client"] is True  # the ssh command: ~/.ssh/config applies
+    assert calls[0]["timeout"] >= 60
+
+
+def test_one_engine_named_twice_is_refused(monkeypatch):
+    same = Client()
+    monkeypatch.setattr(f, "connect", lambda address: same)
+    with pytest.raises(
+        ConfigurationError, match="default and unix:///var/run/docker.sock are the same"
+    ):
+        f.Fleet.of("default,unix:///var/run/docker.sock")
+
+
+def test_engines_on_one_host_share_a_key_but_not_a_data_root(monkeypatch):
+    clients = {"unix:///a": Client(root="/a"), "unix:///b": Client(root="/b")}
+    monkeypatch.setattr(f, "connect", clients.__getitem__)
+    fleet = f.Fleet.of("unix:///a,unix:///b")
+    assert [e.name for e in fleet.engines] == ["unix:///a", "unix:///b"]
+    assert fleet.several
+    assert fleet.where(fleet.engines[1]) == " on unix:///b"
+
+
+# --- spreading cells --------------------------------------------------------------------------
+
+
+def test_one_engine_works_in_the_callers_thread_in_order():
+    fleet = f.Fleet(engines("only"))
+    seen = []
+
+    def work(engine, item):
+        seen.append((engine.name, item, threading.current_thread() is threading.main_thread()))
+
+    assert fleet.spread(["a", "b", "c"], work) == []
+    assert seen == [("only", x, True) for x in "abc"]
+    assert fleet.where(fleet.engines[0]) == ""
+
+
+def test_every_engine_gets_a_cell_and_the_free_one_takes_the_next():
+    fleet = f.Fleet(engines("slow", "fast"))
+    done: dict[str, list[str]] = {"slow": [], "fast": []}
+    prepared = []
+
+    def work(engine, item):
+        time.sleep(0.3 if engine.name == "slow" else 0.01)
+        done[engine.name].append(item)
+
+    left = fleet.spread(list("abcdef"), work, prepare=lambda e: prepared.append(e.name))
+    assert left == []
+    assert done["slow"] == ["a"]  # its first item, in turn
+    assert done["fast"] == list("bcdef")  # then whichever is free takes the next
+    assert sorted(prepared) == ["fast", "slow"]  # each engine once, before its first cell
+
+
+def test_an_engine_without_cells_is_not_prepared():
+    fleet = f.Fleet(engines("a", "b", "c"))
+    prepared = []
+    fleet.spread(["x"], lambda e, i: None, prepare=lambda e: prepared.append(e.name))
+    assert prepared == ["a"]
+
+
+def test_cells_go_only_where_they_can_run():
+    fleet = f.Fleet(engines("a", "b"))
+    where = {}
+
+    def work(engine, item):
+        where[item] = engine.name
+
+    images = {"a": {"1", "3"}, "b": {"2", "3"}}
+    left = fleet.spread(["1", "2", "3", "4"], work, can_take=lambda e, i: i in images[e.name])
+    assert where["1"] == "a" and where["2"] == "b" and where["3"] in ("a", "b")
+    assert left == ["4"]  # on no engine
+
+
+def test_a_failure_stops_the_others_and_is_raised_here():
+    fleet = f.Fleet(engines("a", "b"))
+    started = []
+
+    def work(engine, item):
+        started.append(item)
+        if engine.name == "a":
+            raise RuntimeError(f"engine a failed on {item}")
+        time.sleep(0.2)
+
+    with pytest.raises(RuntimeError, match="engine a failed on 1"):
+        fleet.spread([str(i) for i in range(1, 20)], work)
+    assert len(started) <= 3  # no engine took many more after the failure
+
+
+# --- one accel probe for all engines ----------------------------------------------------------
+
+
+def test_the_first_probe_decides_for_every_engine():
+    remembered = []
+    choice = f.AccelChoice("auto", None, lambda accel, reason: remembered.append(accel))
+    used = []
+
+    def cell(name):
+        with choice.taken() as (accel, reason):
+            used.append(accel)
+            if accel == "auto":
+                time.sleep(0.1)  # the probe boots a guest
+                choice.settle({"accel": "tcg", "accel_reason": "no KVM"}, name)
+
+    threads = [threading.Thread(target=cell, args=(f"c{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert used == ["auto", "tcg", "tcg", "tcg"]
+    assert remembered == ["tcg"]
+    assert choice.reason == "no KVM (probed in c0)"
+
+
+def test_a_decided_accel_needs_no_probe():
+    choice = f.AccelChoice("kvm", "kvm was asked for", lambda *a: pytest.fail("remembered"))
+    with choice.taken() as taken:
+        assert taken == ("kvm", "kvm was asked for")
+        choice.settle({"accel": "tcg"}, "c0")
+    assert choice.accel == "kvm"
