@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 
 from .errors import EngineError
+from .progress import say
 
 LABEL = "io.hvgate"
 LABEL_RUN = f"{LABEL}.run"
@@ -21,11 +25,13 @@ LABEL_VERSION = f"{LABEL}.version."
 
 def client() -> docker.DockerClient:
     """A client for the engine DOCKER_HOST (or the default socket) names; fails clearly."""
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
     try:
         engine = docker.from_env(timeout=600)
         engine.ping()
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"cannot reach the Docker engine: {exc}") from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        reason = " ".join(str(exc).split())
+        raise EngineError(f"cannot reach the Docker engine at {where}: {reason}") from None
     return engine
 
 
@@ -53,16 +59,30 @@ def remove_labelled(engine: docker.DockerClient, run_id: str | None = None) -> l
     """Removes containers, networks and volumes the tool labelled (of one run, or all)."""
     selector = f"{LABEL_RUN}={run_id}" if run_id else LABEL_RUN
     removed = []
+    # One already gone (its run's own cleanup got there first) is not a failure.
     for container in engine.containers.list(all=True, filters={"label": selector}):
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True, v=True)
             removed.append(f"container {container.name}")
-        except docker.errors.NotFound:
-            pass
     for network in engine.networks.list(filters={"label": selector}):
-        network.remove()
-        removed.append(f"network {network.name}")
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
+            removed.append(f"network {network.name}")
     for volume in engine.volumes.list(filters={"label": selector}):
-        volume.remove(force=True)
-        removed.append(f"volume {volume.name}")
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
+            removed.append(f"volume {volume.name}")
     return removed
+
+
+def cleanup(engine: docker.DockerClient, run_id: str) -> None:
+    """Removes one run's containers, networks and volumes; never raises (an interrupted run
+    still writes its results), and says what it could not do."""
+    try:
+        removed = remove_labelled(engine, run_id)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        say("run", f"could not remove run {run_id}'s containers ({reason}); `invoke matrix.clean`")
+        return
+    if removed:
+        say("run", f"removed {', '.join(removed)}")

@@ -23,6 +23,12 @@ class EngineError(HvgateError):
     exit_code = 3
 
 
+class Busy(HvgateError):
+    """Another run holds the results directory's lock; this one did nothing."""
+
+    exit_code = 3
+
+
 class UnsafeCells(HvgateError):
     """The run finished, and some cells are flaky, broken or inconclusive."""
 

@@ -183,9 +183,9 @@ def run(
 
     Each finished cell is kept on disk at once; `resume` continues the newest interrupted run
     with its own options, without redoing its finished cells."""
-    given = checkpoint.Options(matrix_path, cells, exclude, accel, runs)
+    given = checkpoint.Options(matrix_path, cells, exclude, accel, runs, shard)
     opts = checkpoint.options(RESULTS, resume, given)
-    matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, shard)
+    matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, opts.shard)
     accel, runs = opts.accel, opts.runs
     render_all(chosen)
     fleet = Fleet.of(engines)

@@ -7,6 +7,7 @@ The container is default and unprivileged (see README, "Container privileges"); 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -21,7 +22,8 @@ import docker.errors
 import requests
 
 from . import engine as eng
-from .model import Cell, Matrix
+from . import migrate
+from .model import PEER_SCENARIOS, Cell, Matrix
 from .progress import say
 from .stats import StopRule
 
@@ -60,11 +62,62 @@ def run_cell(
     runs: int | None,
     accel_reason: str | None = None,
 ) -> SmokeRun:
-    """`runs` fixes the count of runs (see StopRule.from_policy); else the policy's test decides."""
+    """`runs` fixes the count of runs (see StopRule.from_policy); else the policy's test decides.
+    Upgrade migrations into the cell (`migrations:` of the matrix) follow its own scenarios."""
+    smoke = _run_container(
+        engine, cell, image, matrix, run_id, guest_tar, accel, log_dir, runs, accel_reason
+    )
+
+    def older(source: Cell, source_image: str) -> tuple[dict[str, Any] | None, str | None]:
+        # The older cell's container is the source; a container of this cell the destination.
+        assert smoke.report is not None
+        done = _run_container(
+            engine,
+            source,
+            source_image,
+            matrix,
+            run_id,
+            guest_tar,
+            smoke.report.get("accel") or accel,
+            log_dir / f"upgrade-from-{source.id}",
+            runs,
+            smoke.report.get("accel_reason"),
+            scenarios=list(PEER_SCENARIOS),
+            peer_image=image,
+            name=f"{source.id}-to-{cell.id}",
+        )
+        return done.report, done.error
+
+    return dataclasses.replace(
+        smoke, report=migrate.upgrades(smoke.report, engine, matrix, cell, older)
+    )
+
+
+def _run_container(
+    engine: docker.DockerClient,
+    cell: Cell,
+    image: str,
+    matrix: Matrix,
+    run_id: str,
+    guest_tar: Path,
+    accel: str,
+    log_dir: Path,
+    runs: int | None,
+    accel_reason: str | None = None,
+    scenarios: list[str] | None = None,
+    peer_image: str | None = None,
+    name: str | None = None,
+) -> SmokeRun:
+    """One smoke runner in a container of `image` (and, for migrations, a destination
+    container of `peer_image`, by default the same)."""
     policy = matrix.policy
     rule = StopRule.from_policy(policy, runs)
     use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
-    scenarios = [s for s in matrix.scenarios if s in cell.scenarios]
+    devices = ["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else []
+    scenarios = scenarios or [s for s in matrix.scenarios if s in cell.scenarios]
+    label = name or cell.id  # of the progress lines
+    name = f"hvgate-{run_id}-{label}"
+    peer = migrate.NO_PEER
     # Generous overall bound: each scenario has its own timeout inside the runner.
     overall = (
         120
@@ -72,16 +125,24 @@ def run_cell(
         + (30 if accel == "auto" else 0)
     )
     try:
+        files = [smoke_tar(), guest_tar.read_bytes()]
+        peer = migrate.start_peer(
+            engine, scenarios, run_id, name, label, peer_image or image, devices, files
+        )
         container = engine.containers.run(
             image,
             ["sleep", "infinity"],
             detach=True,
             init=True,
-            name=f"hvgate-{run_id}-{cell.id}",
+            name=name,
             labels={eng.LABEL_RUN: run_id, eng.LABEL_CELL: cell.id},
-            devices=["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else [],
+            devices=devices,
+            **peer.source_options(),
         )
+    except migrate.PeerFailure as exc:
+        return SmokeRun(cell.id, None, _line(exc), rule=rule)
     except ENGINE_FAILURES as exc:
+        peer.close()
         return SmokeRun(cell.id, None, f"the cell container did not start: {_line(exc)}", rule=rule)
     timed_out = threading.Event()
 
@@ -93,8 +154,8 @@ def run_cell(
     watchdog = threading.Timer(overall, kill)
     watchdog.daemon = True
     try:
-        container.put_archive(REMOTE, smoke_tar())
-        container.put_archive(REMOTE, guest_tar.read_bytes())
+        for tar in files:
+            container.put_archive(REMOTE, tar)
         command = [
             "python3",
             "-m",
@@ -114,7 +175,9 @@ def run_cell(
         if accel_reason:
             command += ["--accel-reason", accel_reason]
         watchdog.start()
-        exec_id = engine.api.exec_create(container.id, command, workdir=REMOTE)["Id"]
+        exec_id = engine.api.exec_create(
+            container.id, command, workdir=REMOTE, environment=peer.environment()
+        )["Id"]
         stdout = b""
         pending = b""
         for out, err in engine.api.exec_start(exec_id, stream=True, demux=True):
@@ -126,7 +189,7 @@ def run_cell(
                 for line in done:
                     text = line.decode(errors="replace")
                     if text and not text.startswith("libvirt: "):
-                        say(cell.id, text)
+                        say(label, text)
         exit_code = engine.api.exec_inspect(exec_id).get("ExitCode")
         if timed_out.is_set():
             return SmokeRun(
@@ -137,19 +200,19 @@ def run_cell(
             report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
         except (ValueError, IndexError):
             tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
-            return SmokeRun(
-                cell.id,
-                None,
-                f"{_no_report(container, exit_code)}: {' | '.join(tail)}",
-                rule=rule,
-            )
+            why = _no_report(container, exit_code)
+            return SmokeRun(cell.id, None, f"{why}: {' | '.join(tail)}" if tail else why, rule=rule)
         return SmokeRun(cell.id, report, log_dir=str(log_dir), rule=rule)
     except ENGINE_FAILURES as exc:
         return SmokeRun(cell.id, None, f"the Docker engine failed: {_line(exc)}", rule=rule)
     finally:
         watchdog.cancel()
+        if peer.container is not None:
+            with contextlib.suppress(*ENGINE_FAILURES):
+                _copy_logs(peer.container, log_dir / "destination")
         with contextlib.suppress(*ENGINE_FAILURES):
             container.remove(force=True, v=True)
+        peer.close()
 
 
 def _line(exc: BaseException) -> str:

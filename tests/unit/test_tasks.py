@@ -27,9 +27,10 @@ def test_client_reports_an_unreachable_engine(monkeypatch):
         raise docker.errors.DockerException("boom")
 
     monkeypatch.setattr(engine.docker, "from_env", from_env)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/nowhere.sock")
     with pytest.raises(EngineError) as info:
         engine.client()
-    assert str(info.value) == "cannot reach the Docker engine: boom"
+    assert str(info.value) == "cannot reach the Docker engine at unix:///run/nowhere.sock: boom"
     assert info.value.exit_code == 3
     assert info.value.__cause__ is None  # no chained traceback to show
     assert len(calls) == 1
@@ -41,7 +42,8 @@ def test_client_reports_a_failed_ping(monkeypatch):
             raise docker.errors.APIError("500 Server Error: engine is shutting down")
 
     monkeypatch.setattr(engine.docker, "from_env", lambda **kwargs: Client())
-    with pytest.raises(EngineError, match="cannot reach the Docker engine: 500 Server Error"):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    with pytest.raises(EngineError, match="Docker engine at the default socket: 500 Server Error"):
         engine.client()
 
 
@@ -205,7 +207,7 @@ def test_list_with_a_file_that_is_not_utf8(root, tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
-    assert line.startswith(f"error: {path}: ")
+    assert line.startswith(f"error: {path}:1: bases: ")
     assert "not UTF-8" in line
 
 

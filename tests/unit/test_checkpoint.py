@@ -1,0 +1,165 @@
+"""harness.lock and harness.checkpoint: one run per results directory, and finished cells kept
+on disk for --resume. No Docker: the run's cells are the unit matrix's, their results made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import checkpoint
+from harness.errors import Busy, ConfigurationError
+from harness.judge import not_run
+from harness.lock import acquire
+from harness.results import Status
+
+TASK = "matrix.test"
+
+
+def start(tmp_path, unit_matrix, opts=None, run_id="20261123T120000Z-aaaa"):
+    matrix, cells = unit_matrix
+    opts = opts or checkpoint.Options("matrix.yaml")
+    return checkpoint.start(
+        tmp_path, opts, matrix, cells, run_id, "2026-11-23T12:00:00+00:00", TASK
+    )
+
+
+# --- the lock --------------------------------------------------------------------------------
+
+
+def test_a_second_run_is_refused_with_who_holds_the_lock(tmp_path):
+    held = acquire(tmp_path, "matrix.run")
+    held.note(run_id="20261123T120000Z-aaaa")
+    with pytest.raises(Busy) as info:
+        acquire(tmp_path, "matrix.test")
+    assert info.value.exit_code == 3
+    message = str(info.value)
+    assert f"pid {os.getpid()}" in message and "run 20261123T120000Z-aaaa" in message
+    assert "HVGATE_RESULTS" in message and "\n" not in message
+    held.release()
+    acquire(tmp_path, "matrix.test").release()  # free again
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    # SIGKILL gives no chance to clean up: the kernel drops the lock with the process.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import sys, time
+                from pathlib import Path
+                from harness.lock import acquire
+                held = acquire(Path({str(tmp_path)!r}), "matrix.run")
+                print("held", flush=True)
+                time.sleep(60)
+            """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    with holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            with pytest.raises(Busy, match=f"pid {holder.pid}"):
+                acquire(tmp_path, "matrix.run")
+        finally:
+            holder.send_signal(signal.SIGKILL)
+    assert holder.returncode == -signal.SIGKILL
+    acquire(tmp_path, "matrix.run").release()
+
+
+# --- options and resume ----------------------------------------------------------------------
+
+
+def test_without_resume_the_given_options_are_used(tmp_path):
+    given = checkpoint.Options("m.yaml", "debian-*", None, "tcg", 3)
+    assert checkpoint.options(tmp_path, False, given) is given
+
+
+def test_resume_without_an_interrupted_run_is_refused(tmp_path):
+    with pytest.raises(ConfigurationError, match="no interrupted run"):
+        checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+
+
+def test_resume_takes_the_newest_unfinished_run_and_its_options(tmp_path, unit_matrix):
+    old = start(
+        tmp_path, unit_matrix, checkpoint.Options("a.yaml", "debian-12*"), "20261123T100000Z-aaaa"
+    )
+    old.close(checkpoint.INTERRUPTED)
+    new = start(
+        tmp_path,
+        unit_matrix,
+        checkpoint.Options("b.yaml", "ubuntu-*", "x", "tcg", 2),
+        "20261123T110000Z-bbbb",
+    )
+    new.lock.release()  # killed: the state stays "running"
+    finished = start(tmp_path, unit_matrix, run_id="20261123T090000Z-cccc")
+    finished.close(checkpoint.FINISHED)
+    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    assert opts.resumed == "20261123T110000Z-bbbb"
+    assert (opts.cells, opts.exclude, opts.accel, opts.runs) == ("ubuntu-*", "x", "tcg", 2)
+    assert opts.matrix == str(Path("b.yaml").resolve())  # resumable from another directory
+
+
+def test_resume_refuses_a_new_selection(tmp_path, unit_matrix):
+    start(tmp_path, unit_matrix).lock.release()
+    with pytest.raises(ConfigurationError, match="leave out --cells, --runs"):
+        checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml", "x*", runs=2))
+
+
+def test_finished_cells_come_back_and_changed_ones_do_not(tmp_path, unit_matrix, cell_by_id):
+    first = start(tmp_path, unit_matrix)
+    kept = not_run(cell_by_id["debian-12-release"], "made up for the test")
+    first.keep(kept)
+    first.keep(not_run(cell_by_id["debian-13-release"], "another"))
+    first.close(checkpoint.INTERRUPTED)
+    # The resumed run's debian-13-release is another cell (its Dockerfile changed): run again.
+    first_prints = json.loads((first.run_dir / "cells" / "debian-13-release.json").read_text())
+    record = {**first_prints, "fingerprint": "0" * 16}
+    (first.run_dir / "cells" / "debian-13-release.json").write_text(json.dumps(record))
+    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    again = start(tmp_path, unit_matrix, opts, run_id="20261123T130000Z-dddd")
+    assert again.run_id == first.run_id and again.started == first.started
+    assert list(again.finished) == ["debian-12-release"]
+    assert again.finished["debian-12-release"] == kept
+    assert again.finished["debian-12-release"].status == Status.INCONCLUSIVE
+    state = json.loads((again.run_dir / "run.json").read_text())
+    assert state["state"] == checkpoint.RUNNING
+    again.close(checkpoint.FINISHED)
+    assert checkpoint.latest_unfinished(tmp_path) is None
+
+
+def test_an_unreadable_cell_file_is_run_again(tmp_path, unit_matrix, cell_by_id):
+    first = start(tmp_path, unit_matrix)
+    first.keep(not_run(cell_by_id["debian-12-release"], "x"))
+    (first.run_dir / "cells" / "debian-12-release.json").write_text('{"fingerp')
+    first.lock.release()
+    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    again = start(tmp_path, unit_matrix, opts)
+    again.lock.release()
+    assert again.finished == {}
+
+
+def test_temporary_files_of_a_killed_writer_are_swept(tmp_path, unit_matrix):
+    run_dir = tmp_path / "runs" / "20261123T120000Z-aaaa"
+    (run_dir / "cells").mkdir(parents=True)
+    stale = [
+        tmp_path / ".latest.json.k3j_9x2a",
+        run_dir / "cells" / ".debian-12-release.json.abcdefgh",
+    ]
+    kept = [tmp_path / "latest.json", tmp_path / ".gitignore"]
+    for path in stale + kept:
+        path.write_text("{")
+    first = start(tmp_path, unit_matrix, run_id="20261123T120000Z-aaaa")
+    first.lock.release()
+    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    start(tmp_path, unit_matrix, opts).lock.release()
+    assert [p.exists() for p in stale] == [False, False]
+    assert all(p.exists() for p in kept)
