@@ -51,8 +51,9 @@ def versions(cell) -> dict[str, tuple[str, str]]:
 def test_matrix_expands_to_its_cells_in_order(unit_matrix):
     matrix, cells = unit_matrix
     assert [cell.id for cell in cells] == UNIT_IDS
-    assert matrix.scenarios == model.SCENARIOS
-    assert all(cell.scenarios == model.SCENARIOS for cell in cells)
+    assert matrix.scenarios == tuple(unit_data_scenarios())
+    assert set(matrix.scenarios) <= set(model.SCENARIOS)
+    assert all(cell.scenarios == matrix.scenarios for cell in cells)
     assert all(cell.template is None for cell in cells)
     assert set(matrix.thresholds) == {"min", "next-min"}
 
@@ -514,3 +515,11 @@ def test_a_staging_source_must_name_a_known_source(matrix_text, problems_of):
 
     (problem,) = problems_of(matrix_text(staged))
     assert "sources.proposed.stages_for: unknown source 'updatez'" in problem
+
+
+def unit_data_scenarios():
+    import yaml
+
+    from tests.unit.conftest import UNIT_MATRIX
+
+    return yaml.safe_load(UNIT_MATRIX.read_text())["scenarios"]
