@@ -82,7 +82,29 @@ def judge_scenarios(report: dict[str, Any], rule: StopRule = DEFAULT_RULE) -> li
                 decision=why,
             )
         )
+    verdicts += not_applicable(report, set(by_name))
+    # In the order the runner was given the scenarios, where it says.
+    order = list(report.get("decisions") or {})
+    verdicts.sort(key=lambda v: order.index(v.name) if v.name in order else len(order))
     return verdicts
+
+
+def not_applicable(report: dict[str, Any], ran: set[str]) -> list[ScenarioResult]:
+    """The scenarios the cell could not run, with why: no runs, so no failure rate."""
+    reasons: dict[str, list[str]] = {}
+    for entry in report.get("not_applicable") or []:
+        if entry["name"] not in ran:
+            reasons.setdefault(entry["name"], []).append(entry["reason"])
+    return [
+        ScenarioResult(
+            name=name,
+            status=Status.NOT_APPLICABLE,
+            runs=0,
+            failures=0,
+            decision="not applicable: " + "; ".join(why),
+        )
+        for name, why in reasons.items()
+    ]
 
 
 def identity(cell: Cell) -> dict[str, Any]:
@@ -147,10 +169,11 @@ def judge_cell(
     scenarios = judge_scenarios(report, smoke.rule or DEFAULT_RULE)
     status = worst([s.status for s in scenarios])
     # The first message says what failed; without one (an undecided clean scenario) the decision.
+    # A not-applicable scenario is no failure: it names the cell's reason only when all are.
     failing = [
         f"{s.name}: {s.messages[0] if s.messages else s.decision}"
         for s in scenarios
-        if s.status != Status.SAFE
+        if s.status not in (Status.SAFE, Status.NOT_APPLICABLE) or status == Status.NOT_APPLICABLE
     ]
     return CellResult(
         **common, status=status, reason="; ".join(failing)[:500] or None, scenarios=scenarios

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Strict grammars for every value that can reach a Dockerfile or a command line.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -58,12 +67,18 @@ Scenario = Literal[
     "reboot",
     "pause-resume",
     "live-snapshot",
+    "snapshot-during-restart",
     "external-snapshot",
     "managed-save",
+    "managed-save-during-restart",
     "disk-hotplug",
+    "detach-under-load",
     "teardown",
+    "live-migration",
 ]
 SCENARIOS: tuple[str, ...] = typing.get_args(Scenario)
+# Scenarios that need a second host of the cell: the smoke stage starts one (harness/migrate.py).
+PEER_SCENARIOS: tuple[str, ...] = ("live-migration",)
 
 
 class Strict(BaseModel):
@@ -196,6 +211,15 @@ class Guest(Strict):
     """The base whose archive provides the guest kernel and busybox."""
 
 
+class Migration(Strict):
+    """An upgrade migration: a guest running in cell `from` migrates live into cell `to`."""
+
+    from_: Name = Field(alias="from")
+    """The cell with the older libvirt and QEMU, where the guest starts."""
+    to: Name
+    """The cell with the newer ones; the result is its scenario `upgrade-migration`."""
+
+
 class Matrix(Strict):
     bases: dict[Name, Base]
     sources: dict[Name, Source]
@@ -205,6 +229,25 @@ class Matrix(Strict):
     thresholds: dict[Name, Threshold] = {}
     guest: Guest = Guest()
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    migrations: tuple[Migration, ...] = ()
+    """Opt-in upgrade migrations between cells (both images must be built)."""
+
+    @field_validator("migrations")
+    @classmethod
+    def _known_cells(
+        cls, pairs: tuple[Migration, ...], info: ValidationInfo
+    ) -> tuple[Migration, ...]:
+        specs = info.data.get("cells") or ()
+        ids = [spec.id or default_cell_id(spec) for spec in specs]
+        for index, pair in enumerate(pairs):
+            for key, value in (("from", pair.from_), ("to", pair.to)):
+                if specs and value not in ids:
+                    close = difflib.get_close_matches(value, ids, n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"[{index}].{key}: unknown cell {value!r}{hint}")
+            if pair.from_ == pair.to:
+                raise ValueError(f"[{index}]: a cell cannot migrate into itself")
+        return pairs
 
 
 # Packages installed for each component; the first one names the component's version.

@@ -17,6 +17,9 @@ class Status(enum.StrEnum):
     INCONCLUSIVE = "inconclusive"  # no decision within max_runs, or not run to the end
     UNAVAILABLE = "unavailable"  # cannot be built or reached here; says why
     ERROR = "error"  # the tool itself failed; never counted against libvirt or QEMU
+    # A scenario the cell cannot run (too old a libvirt, no KVM, ...); says why. Not a failure:
+    # a cell of only such scenarios has this status, and one with others their worst.
+    NOT_APPLICABLE = "not-applicable"
 
 
 # Worst first: a cell's status is the worst of its scenarios'.
@@ -27,6 +30,7 @@ SEVERITY = [
     Status.INCONCLUSIVE,
     Status.UNAVAILABLE,
     Status.SAFE,
+    Status.NOT_APPLICABLE,
 ]
 
 

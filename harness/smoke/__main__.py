@@ -17,9 +17,12 @@ import traceback
 
 import libvirt
 
-from . import daemons
+from . import daemons, migration
 from .guest import DOMAIN, GUEST_DIR, ScenarioFailure
-from .scenarios import SCENARIOS, Session
+from .scenarios import REQUIREMENTS, SCENARIOS, Needs, Session, unmet
+
+# The migrations run against a second host, which the runner's environment names.
+SCENARIOS = {**SCENARIOS, **migration.SCENARIOS}
 
 FORMAT = 1
 VERSION_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
@@ -174,6 +177,12 @@ def choose_accel(requested, session, probe_timeout, given_reason=None):
     return "kvm", f"a KVM guest reached the ready marker in {seconds:.1f} s"
 
 
+def not_applicable(names, facts):
+    """[{name, reason}] for the scenarios whose REQUIREMENTS the cell does not meet."""
+    reasons = [(name, unmet(REQUIREMENTS.get(name, Needs()), facts)) for name in names]
+    return [{"name": name, "reason": why} for name, why in reasons if why]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="smoke", description=__doc__)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -208,6 +217,7 @@ def main(argv=None):
         "kernel": os.uname().release,
         "versions": installed_versions(),
         "runs": [],
+        "not_applicable": [],
         "setup_error": None,
     }
     with open(os.path.join(GUEST_DIR, "kernel-version")) as handle:
@@ -216,14 +226,26 @@ def main(argv=None):
     report["daemon"] = daemon
     session = None
     try:
+        daemons.start_event_loop()
         conn = daemons.start(daemon, timeout=60.0)
         report["libvirt_version"] = dotted(conn.getLibVersion())
         report["qemu_version"] = dotted(conn.getVersion())
-        session = Session(conn, "tcg", args.boot_timeout)
+        session = Session(conn, "tcg", args.boot_timeout, daemon=daemon)
         accel, reason = choose_accel(args.accel, session, args.kvm_probe_timeout, args.accel_reason)
         session.accel = accel
         report.update(accel=accel, accel_reason=reason)
         progress(f"accel: {accel} ({reason})")
+        facts = {
+            "libvirt": report["libvirt_version"],
+            "qemu": report["qemu_version"],
+            "accel": accel,
+            # A second host is there when the host side started a migration peer.
+            "hosts": 2 if os.environ.get(migration.PEER_ENV) else 1,
+        }
+        report["not_applicable"] = not_applicable(names, facts)
+        for entry in report["not_applicable"]:
+            trackers[entry["name"]].decision = "not-applicable"
+            progress(f"{entry['name']}: not applicable: {entry['reason']}")
         repeat(
             names,
             trackers,

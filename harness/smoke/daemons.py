@@ -1,8 +1,11 @@
 """Starts virtlogd and the libvirt daemon in a container without systemd, and opens a connection."""
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 
 import libvirt
@@ -25,7 +28,21 @@ def log_file(name):
     return os.path.join(LOG_DIR, f"{name}.log")
 
 
-def _pidof(name):
+def start_event_loop():
+    """Runs libvirt's default event loop in a thread. Domain events need it, and it must be
+    registered before the first connection opens: connections opened earlier get no events."""
+    libvirt.virEventRegisterDefaultImpl()
+    threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
+
+
+def _run_events():
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            time.sleep(0.1)
+
+
+def pidof(name):
+    """The ids of the processes whose command name is name."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -43,7 +60,7 @@ def start(name, timeout):
     """Starts virtlogd (if not running) and the daemon; returns an open connection."""
     os.makedirs(os.path.join(LOG_DIR, "qemu"), exist_ok=True)
     env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{log_file(name)}")
-    if not _pidof("virtlogd"):
+    if not pidof("virtlogd"):
         subprocess.run(["virtlogd", "-d"], check=True, env=dict(os.environ))
     subprocess.run([name, "-d"], check=True, env=env)
     deadline = time.monotonic() + timeout
@@ -63,13 +80,21 @@ def start(name, timeout):
 
 
 def stop(name, timeout=30.0):
-    for pid in _pidof(name):
-        os.kill(pid, 15)
+    """SIGTERM, as a service manager stops the daemon; waits until it is gone."""
+    for pid in pidof(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pidof(name):
+    while pidof(name):
         if time.monotonic() > deadline:
-            raise ScenarioFailure(f"{name} did not stop within {timeout:.0f} s")
+            raise ScenarioFailure(f"{name} did not stop within {timeout:.0f} s of SIGTERM")
         time.sleep(0.05)
+
+
+def restart(name, timeout=60.0):
+    """Stops and starts the daemon, as `systemctl restart` does; returns a new connection."""
+    stop(name, timeout)
+    return start(name, timeout)
 
 
 def qemu_pids():

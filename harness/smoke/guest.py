@@ -96,10 +96,15 @@ class Console:
         return self.text().splitlines()[-lines:]
 
 
-def disk_xml(filename, target, fmt="qcow2"):
+def disk_xml(filename, target, fmt="qcow2", serial=None, alias=None):
+    # The guest reads the serial (see images/guest/init); a user alias (ua-...) names the
+    # device in libvirt's events.
+    extra = (f"<serial>{serial}</serial>" if serial else "") + (
+        f"<alias name='{alias}'/>" if alias else ""
+    )
     return (
         f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
-        f"<source file='{filename}'/><target dev='{target}' bus='virtio'/></disk>"
+        f"<source file='{filename}'/><target dev='{target}' bus='virtio'/>{extra}</disk>"
     )
 
 
@@ -129,6 +134,25 @@ def domain_xml(accel, disk, console, memory_mib=256):
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def fill(image, mib, pattern=0x5A):
+    """Writes mib MiB of data at the start of a qcow2 image that no QEMU has open."""
+    run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 0 {mib}M", image])
+
+
+def backing_chain(image):
+    """The files of an image's backing chain, the image first (read while QEMU may hold it)."""
+    chain = json.loads(run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", image]))
+    return [entry["filename"] for entry in chain]
+
+
+def check_chain(image):
+    """`qemu-img check` on every image of the chain; returns the files checked."""
+    files = backing_chain(image)
+    for name in files:
+        run(["qemu-img", "check", "-U", "-q", name])
+    return files
 
 
 def fresh_disks():

@@ -1,10 +1,17 @@
-"""The smoke scenarios: each drives libvirt the way a cloud compute node does and checks the guest."""
+"""The smoke scenarios: each drives libvirt the way a cloud compute node does and checks the guest.
+
+REQUIREMENTS says, for every scenario, what a cell needs to run it; a cell without it reports
+the scenario not-applicable, with the reason.
+"""
 
 import contextlib
+import functools
 import glob
 import os
 import re
+import threading
 import time
+from dataclasses import dataclass
 
 import libvirt
 
@@ -14,27 +21,49 @@ from .guest import (
     READY_RE,
     Console,
     ScenarioFailure,
+    check_chain,
     disk_xml,
     domain_xml,
+    fill,
     fresh_disks,
     path,
     qemu_img_info,
     run,
 )
 
+# Data in the guest's own disk layer, so that a block copy of it has something to copy: more
+# than QEMU's mirror buffer (16 MiB), which is copied at once, before the speed limit applies.
+COPY_FILL_MIB = 48
+# The throttled copy then needs 32 s for the rest: still running when the daemon restarts.
+COPY_BANDWIDTH_MIB = 1
+COPY_FLAGS = (
+    libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY
+    | libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT
+    | libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW
+)
+# The guest writes without pause to a disk with this serial (images/guest/init), and reports
+# its passes of 1 MiB: at the 1st, the 17th, the 33rd, ... The detach waits for the 17th.
+WRITE_SERIAL = "hvgate-write"
+LOAD_PASSES = 17
+LOAD_ALIAS = "ua-hvgate-load"
+# A managed save can be over before the runner sees it running; it tries again that often.
+SAVE_ATTEMPTS = 3
+
 
 class Session:
     """One libvirt connection and one guest, shared by the scenarios of a run."""
 
-    def __init__(self, conn, accel, boot_timeout, job_timeout=60.0):
+    def __init__(self, conn, accel, boot_timeout, job_timeout=60.0, daemon=None):
         self.conn = conn
         self.accel = accel
         self.boot_timeout = boot_timeout
         self.job_timeout = job_timeout
+        self.daemon = daemon
         self.console = Console(path("console.log"))
         self.boot_id = None
         self.base = None
         self.disk = None
+        self.filled = None  # the disk the last boot wrote COPY_FILL_MIB into
 
     def domain(self):
         try:
@@ -54,11 +83,16 @@ class Session:
                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             )
 
-    def boot(self, accel=None, timeout=None):
-        """Defines and starts a fresh guest; returns seconds from start to the ready marker."""
+    def boot(self, accel=None, timeout=None, fill_mib=0):
+        """Defines and starts a fresh guest, its disk layer filled with fill_mib MiB of data;
+        returns seconds from start to the ready marker."""
         self.destroy()
         os.makedirs(path(), exist_ok=True)
         self.base, self.disk = fresh_disks()
+        self.filled = None
+        if fill_mib:
+            fill(self.disk, fill_mib)
+            self.filled = self.disk
         offset = self.console.size()
         xml = domain_xml(accel or self.accel, self.disk, self.console.filename)
         dom = self.conn.defineXML(xml)
@@ -70,12 +104,45 @@ class Session:
         self.boot_id = match.group(1)
         return time.monotonic() - started
 
-    def ensure_running(self):
+    def ensure_running(self, filled=False):
+        """The running guest (one whose disk layer holds data, if filled), else a fresh one."""
+        self.reconnect()
         dom = self.domain()
-        if dom is None or not dom.isActive() or self.boot_id is None:
-            self.boot()
+        if (
+            dom is None
+            or not dom.isActive()
+            or self.boot_id is None
+            or (filled and self.filled != self.disk)
+        ):
+            self.boot(fill_mib=COPY_FILL_MIB if filled else 0)
             dom = self.domain()
         return dom
+
+    def reconnect(self):
+        """A live connection: an earlier scenario may have left the daemon stopped or restarted."""
+        if self.daemon is None or self.conn.isAlive():
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+        if daemons.pidof(self.daemon):
+            self.conn = libvirt.open(daemons.URI)
+        else:
+            self.conn = daemons.start(self.daemon, timeout=60.0)
+
+    def restart_daemon(self):
+        """Restarts the libvirt daemon under the running guest; returns the seconds it took."""
+        if self.daemon is None:
+            raise ScenarioFailure("no libvirt daemon is known to restart")
+        old = self.conn
+        started = time.monotonic()
+        self.conn = daemons.restart(self.daemon, timeout=60.0)
+        with contextlib.suppress(libvirt.libvirtError):
+            old.close()
+        return time.monotonic() - started
+
+    def replace_guest(self):
+        """The next scenario boots a fresh guest instead of inheriting this one's state."""
+        self.boot_id = None
 
     def wait_alive(self, timeout=15.0):
         """The guest's heartbeat goes on: a new beat of the same boot appears."""
@@ -161,10 +228,9 @@ def _job_ready(dom, disk):
     return info.get("cur") == info.get("end") and info.get("end", 0) > 0
 
 
-def live_snapshot(session):
-    """nova's _live_snapshot: a shallow block copy of the running disk into a delta image."""
-    dom = session.ensure_running()
-    delta, flat = fresh(path("snapshot.delta"), path("snapshot.qcow2"))
+def _copy_target(session, dom, delta):
+    """nova's delta image for a live snapshot: empty, on the guest's base image. Returns the
+    domain's persistent XML, to define it again after the copy."""
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     # Idempotent: clears a job left behind by an earlier failure.
     with contextlib.suppress(libvirt.libvirtError):
@@ -185,26 +251,29 @@ def live_snapshot(session):
             str(info["virtual-size"]),
         ]
     )
+    return xml
+
+
+def _wait_copy_ready(dom, timeout):
+    deadline = time.monotonic() + timeout
+    while not _job_ready(dom, "vda"):
+        if time.monotonic() > deadline:
+            raise ScenarioFailure(f"the block copy was not ready within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def live_snapshot(session):
+    """nova's _live_snapshot: a shallow block copy of the running disk into a delta image."""
+    dom = session.ensure_running()
+    delta, flat = fresh(path("snapshot.delta"), path("snapshot.qcow2"))
+    xml = _copy_target(session, dom, delta)
     started = time.monotonic()
     # Block copy needs a transient domain; nova undefines it and defines it again afterwards.
     if dom.isPersistent():
         dom.undefine()
     try:
-        dom.blockRebase(
-            "vda",
-            delta,
-            0,
-            libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY
-            | libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT
-            | libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW,
-        )
-        deadline = time.monotonic() + session.job_timeout
-        while not _job_ready(dom, "vda"):
-            if time.monotonic() > deadline:
-                raise ScenarioFailure(
-                    f"the block copy was not ready within {session.job_timeout:.0f} s"
-                )
-            time.sleep(0.05)
+        dom.blockRebase("vda", delta, 0, COPY_FLAGS)
+        _wait_copy_ready(dom, session.job_timeout)
         # Abort, not pivot: the guest keeps its disk and the copy becomes the snapshot.
         dom.blockJobAbort("vda", 0)
     finally:
@@ -218,6 +287,100 @@ def live_snapshot(session):
     expect_state(dom, "running")
     session.wait_alive()
     return {"copy_s": round(copy_s, 2)}
+
+
+def fresh_guest_after_failure(scenario):
+    """A scenario that may leave the guest half-way (a job, a disk, a daemon restart) hands the
+    next one a fresh guest when it fails, so that one failure does not fail the rest."""
+
+    @functools.wraps(scenario)
+    def wrapper(session):
+        try:
+            return scenario(session)
+        except BaseException:
+            session.replace_guest()
+            raise
+
+    return wrapper
+
+
+def _restart_under(session, what):
+    """Restarts the daemon while `what` runs; the domain must be listed again afterwards."""
+    restart_s = session.restart_daemon()
+    dom = session.domain()
+    if dom is None:
+        raise ScenarioFailure(f"the domain is not listed after the daemon restarted during {what}")
+    return dom, restart_s
+
+
+@fresh_guest_after_failure
+def snapshot_during_restart(session):
+    """live_snapshot's block copy, throttled so that it still runs when the daemon restarts:
+    the daemon must find the guest and the job again, and the copy must complete, or end
+    cleanly, with every image of the chains intact."""
+    dom = session.ensure_running(filled=True)
+    session.wait_alive()
+    (delta,) = fresh(path("restart.delta"))
+    xml = _copy_target(session, dom, delta)
+    if dom.isPersistent():
+        dom.undefine()
+    try:
+        dom.blockRebase("vda", delta, COPY_BANDWIDTH_MIB, COPY_FLAGS)
+        before = _wait_copying(dom, session.job_timeout)
+        dom, restart_s = _restart_under(session, "a block copy")
+        expect_state(dom, "running")
+        after = dom.blockJobInfo("vda", 0)
+        if after:
+            # The restarted daemon must be able to steer the job: lift its speed limit.
+            dom.blockJobSetSpeed("vda", 0, 0)
+            _wait_copy_ready(dom, session.job_timeout)
+            dom.blockJobAbort("vda", 0)
+    finally:
+        # Checked below; an error here must not hide the one that brought us here.
+        with contextlib.suppress(libvirt.libvirtError):
+            session.conn.defineXML(xml)
+    live = dom.XMLDesc(0)
+    if "<mirror" in live or session.disk not in live:
+        raise ScenarioFailure("after the copy the guest's disk is not its own, or still mirrored")
+    if dom.blockJobInfo("vda", 0):
+        raise ScenarioFailure("a block job is left on vda after the copy")
+    checked = check_chain(session.disk)
+    details = {
+        "restart_s": round(restart_s, 2),
+        "copied_before_restart": before["cur"],
+        "copy_size": before["end"],
+        "job_after_restart": bool(after),
+        "bandwidth_after_restart": after.get("bandwidth") if after else None,
+        "outcome": "completed" if after else "ended with the restart",
+    }
+    if after:
+        checked += check_chain(delta)
+        # The copy holds what the guest's disk layer held.
+        run(["qemu-img", "compare", "-U", "-q", session.disk, delta])
+    details["checked"] = len(checked)
+    if not dom.isPersistent():
+        raise ScenarioFailure("the domain is not persistent again after the snapshot")
+    session.wait_alive()
+    return details
+
+
+def _wait_copying(dom, timeout):
+    """The copy's job info once it has copied something, while it has not copied everything."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = dom.blockJobInfo("vda", 0)
+        if info and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
+            raise ScenarioFailure(
+                f"the block copy limited to {COPY_BANDWIDTH_MIB} MiB/s was done at once "
+                f"({info['end']} bytes): the speed limit did not hold"
+            )
+        if info and info.get("cur", 0) > 0:
+            return info
+        if not info:
+            raise ScenarioFailure("the block copy ended before it reported progress")
+        if time.monotonic() > deadline:
+            raise ScenarioFailure(f"the block copy copied nothing within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def external_snapshot(session):
@@ -272,6 +435,102 @@ def managed_save(session):
     return {"save_restore_s": round(restore_s, 2), "beat_before": beat, "beat_after": resumed}
 
 
+@fresh_guest_after_failure
+def managed_save_during_restart(session):
+    """The daemon restarts while a managed save runs. Either the save completes (the domain is
+    shut off with its image, and resumes from it) or it is undone (the guest runs on, no image);
+    either way the guest resumes where it was, not booted again, on an intact disk chain."""
+    dom = session.ensure_running()
+    attempts = 0
+    while True:
+        attempts += 1
+        session.wait_alive()
+        beat, boot_id = session.console.last_heartbeat()
+        offset = session.console.size()
+        call = {}
+        saving = threading.Thread(target=_save, args=(dom, call), name="managed-save", daemon=True)
+        started = time.monotonic()
+        saving.start()
+        seen = _wait_saving(dom, saving, session.job_timeout)
+        if seen is not None:
+            break
+        # Over before it was seen: a plain managed save, not what this scenario is about.
+        saving.join(session.job_timeout)
+        _resume(session, dom, beat, boot_id, offset)
+        if attempts == SAVE_ATTEMPTS:
+            # The tool's failure to catch the save running, not libvirt's: a runner error.
+            raise RuntimeError(
+                f"the managed save was over before it was seen running, {attempts} times"
+            )
+    dom, restart_s = _restart_under(session, "a managed save")
+    saving.join(session.job_timeout)
+    if saving.is_alive():
+        raise ScenarioFailure(
+            f"the managed save call did not return within {session.job_timeout:.0f} s "
+            "of the daemon restart"
+        )
+    outcome, resumed = _resume(session, dom, beat, boot_id, offset)
+    checked = check_chain(session.disk)
+    return {
+        "outcome": outcome,
+        "attempts": attempts,
+        "save_seen_s": round(seen, 2),
+        "restart_s": round(restart_s, 2),
+        "total_s": round(time.monotonic() - started, 2),
+        "save_call": call.get("result"),
+        "beat_before": beat,
+        "beat_after": resumed,
+        "checked": len(checked),
+    }
+
+
+def _save(dom, call):
+    try:
+        dom.managedSave(0)
+        call["result"] = "returned"
+    except libvirt.libvirtError as exc:
+        # The connection closes under the call: that is the restart, not a failure.
+        call["result"] = str(exc).strip().splitlines()[0]
+
+
+def _wait_saving(dom, thread, timeout):
+    """Seconds until the domain is paused for the save (libvirt stops the guest, then writes its
+    state), or None if the call is over first. The state needs no job, so this never waits on
+    the save itself."""
+    started = time.monotonic()
+    while thread.is_alive() and time.monotonic() - started < timeout:
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                return time.monotonic() - started
+        time.sleep(0.005)
+    return None
+
+
+def _resume(session, dom, beat, boot_id, offset):
+    """After a managed save that completed ("saved": started from its image) or was undone
+    ("undone": still running, no image): the guest beats on from `beat`, not booted again.
+    Returns the outcome and the first beat after."""
+    state = state_name(dom)
+    if state == "shut off":
+        if dom.hasManagedSaveImage(0) != 1:
+            raise ScenarioFailure("the domain is shut off after the save, without a save image")
+        outcome = "saved"
+        dom.create()
+    elif state == "running":
+        if dom.hasManagedSaveImage(0) != 0:
+            raise ScenarioFailure("the domain runs after the save, yet has a save image")
+        outcome = "undone"
+    else:
+        raise ScenarioFailure(f"the domain is {state} after the managed save")
+    resumed = session.console.wait_heartbeat_after(beat, boot_id, offset, session.boot_timeout)
+    if READY_RE.search(session.console.text(offset)):
+        raise ScenarioFailure("the guest booted again instead of resuming")
+    expect_state(dom, "running")
+    if dom.hasManagedSaveImage(0) != 0:
+        raise ScenarioFailure("the managed save image is still there after start")
+    return outcome, resumed
+
+
 def _wait_for_marker(session, text, offset, timeout, what):
     return session.console.wait_for(re.compile(re.escape(text)), offset, timeout, what)
 
@@ -308,6 +567,66 @@ def disk_hotplug(session):
     detach_s = time.monotonic() - started
     session.wait_alive()
     return {"attach_s": round(attach_s, 2), "detach_s": round(detach_s, 2)}
+
+
+@fresh_guest_after_failure
+def detach_under_load(session):
+    """Detach a disk while the guest writes to it: the device-removed event must arrive, and the
+    guest must see the disk go and live on."""
+    dom = session.ensure_running()
+    (extra,) = fresh(path("load.qcow2"))
+    run(["qemu-img", "create", "-q", "-f", "qcow2", extra, "16M"])
+    xml = disk_xml(extra, "vdb", serial=WRITE_SERIAL, alias=LOAD_ALIAS)
+    offset = session.console.size()
+    dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    _wait_for_marker(
+        session,
+        f"HVGATE-DISK-WRITES vdb {LOAD_PASSES}",
+        offset,
+        session.job_timeout,
+        f"the guest's report of {LOAD_PASSES} writes to vdb",
+    )
+    removed = threading.Event()
+
+    def on_removed(conn, domain, alias, opaque):
+        if alias == LOAD_ALIAS:
+            removed.set()
+
+    timeout = session.job_timeout
+    callback = session.conn.domainEventRegisterAny(
+        dom, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, on_removed, None
+    )
+    try:
+        started = time.monotonic()
+        dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        call_s = time.monotonic() - started
+        if not removed.wait(timeout):
+            raise ScenarioFailure(
+                f"no device-removed event for vdb within {timeout:.0f} s of its detach "
+                "while the guest wrote to it"
+            )
+        detach_s = time.monotonic() - started
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            session.conn.domainEventDeregisterAny(callback)
+    stopped = session.console.wait_for(
+        re.compile(r"HVGATE-DISK-WRITER-STOPPED vdb (\d+)"),
+        offset,
+        timeout,
+        "the guest's report that its writes to vdb stopped",
+    )
+    _wait_for_marker(
+        session, "HVGATE-DISK-REMOVED vdb", offset, timeout, "the guest's report that vdb is gone"
+    )
+    if extra in dom.XMLDesc(0):
+        raise ScenarioFailure("libvirt still lists vdb after its device-removed event")
+    run(["qemu-img", "check", "-q", extra])
+    session.wait_alive()
+    return {
+        "detach_call_s": round(call_s, 2),
+        "detach_s": round(detach_s, 2),
+        "writes": int(stopped.group(1)),
+    }
 
 
 def teardown(session):
@@ -349,8 +668,69 @@ SCENARIOS = {
     "reboot": reboot,
     "pause-resume": pause_resume,
     "live-snapshot": live_snapshot,
+    "snapshot-during-restart": snapshot_during_restart,
     "external-snapshot": external_snapshot,
     "managed-save": managed_save,
+    "managed-save-during-restart": managed_save_during_restart,
     "disk-hotplug": disk_hotplug,
+    "detach-under-load": detach_under_load,
     "teardown": teardown,
 }
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a scenario needs of a cell; without it the scenario is not-applicable there."""
+
+    libvirt: str = ""  # the lowest libvirt version, dotted ("6.0.0"); empty: any
+    qemu: str = ""  # the same for QEMU
+    kvm: bool = False  # a guest under KVM, not TCG
+    hosts: int = 1  # libvirt hosts the scenario drives (2 for a migration)
+    why: str = ""  # what the versions are for
+
+
+REQUIREMENTS = {
+    "boot": Needs(),
+    "reboot": Needs(),
+    "pause-resume": Needs(),
+    "live-snapshot": Needs(),
+    "snapshot-during-restart": Needs(
+        libvirt="5.10.0",
+        qemu="4.2.0",
+        why="libvirt keeps a block job's state across a daemon restart only with -blockdev, "
+        "which it uses from 5.10 on with QEMU 4.2",
+    ),
+    "external-snapshot": Needs(),
+    "managed-save": Needs(),
+    "managed-save-during-restart": Needs(),
+    "disk-hotplug": Needs(),
+    "detach-under-load": Needs(
+        libvirt="3.9.0",
+        why="the disk is named in the device-removed event by a user alias, taken from libvirt 3.9",
+    ),
+    "teardown": Needs(),
+    "live-migration": Needs(hosts=2),
+}
+
+
+def version_tuple(version):
+    return tuple(int(part) for part in re.findall(r"\d+", version or "")[:3])
+
+
+def unmet(needs, facts):
+    """Why a cell cannot run a scenario, in one line, or None when it can. facts: the cell's
+    libvirt and qemu versions (dotted), accel ("kvm" or "tcg") and hosts."""
+    missing = []
+    for component, label in (("libvirt", "libvirt"), ("qemu", "QEMU")):
+        lowest, have = getattr(needs, component), facts.get(component)
+        if lowest and (not have or version_tuple(have) < version_tuple(lowest)):
+            missing.append(f"{label} >= {lowest} (the cell has {have or 'an unknown version'})")
+    if needs.kvm and facts.get("accel") != "kvm":
+        missing.append(
+            f"KVM (the guest runs under {facts.get('accel') or 'an unknown accelerator'})"
+        )
+    if needs.hosts > facts.get("hosts", 1):
+        missing.append(f"{needs.hosts} hosts (the run has {facts.get('hosts', 1)})")
+    if not missing:
+        return None
+    return "needs " + ", ".join(missing) + (f": {needs.why}" if needs.why else "")
