@@ -1,0 +1,258 @@
+"""The shared package cache (stubbed engine): lazy start, fallback, leases, build args, and
+remembered 'unavailable' outcomes. tests/integration/test_package_cache.py uses the real one."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from harness import build, cache
+from harness.errors import EngineError
+from harness.model import Cell
+
+PROXY = "http://192.0.2.7:3142"
+
+
+class StubContainer:
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    def stop(self, timeout: int) -> None:
+        self.stopped += 1
+
+    def remove(self, force: bool) -> None:
+        pass
+
+
+class StubContainers:
+    def __init__(self) -> None:
+        self.container = StubContainer()
+
+    def get(self, name: str) -> StubContainer:
+        assert name == cache.NAME
+        return self.container
+
+
+class StubClient:
+    def __init__(self, engine_id: str = "engine") -> None:
+        self.containers = StubContainers()
+        self.engine_id = engine_id
+
+    def info(self) -> dict[str, str]:
+        return {"ID": self.engine_id, "Name": "host", "DockerRootDir": "/var/lib/docker"}
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(cache, "UNAVAILABLE", tmp_path / "unavailable")
+    monkeypatch.delenv(cache.ENV, raising=False)
+
+
+def test_switched_off_by_flag_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cache.wanted(True)
+    assert not cache.wanted(False)
+    for value in ("off", "0", "no", "False"):
+        monkeypatch.setenv(cache.ENV, value)
+        assert not cache.wanted(True)
+    client = StubClient()
+    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")) as serving:  # type: ignore[arg-type]
+        assert serving is None
+        assert cache.build_args(client) == {}  # type: ignore[arg-type]
+
+
+def test_started_once_on_the_first_build_and_sent_as_a_build_arg(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    starts: list[int] = []
+
+    def start(self: cache.PackageCache) -> str:
+        starts.append(1)
+        return PROXY
+
+    monkeypatch.setattr(cache.PackageCache, "_start", start)
+    monkeypatch.setattr(cache.PackageCache, "_leave", lambda self: None)
+    client = StubClient()
+    assert cache.build_args(client) == {}  # type: ignore[arg-type]  # outside a run
+    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")):  # type: ignore[arg-type]
+        assert starts == []  # a run with nothing to build never starts it
+        threads = [threading.Thread(target=cache.build_args, args=(client,)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert cache.build_args(client) == {"http_proxy": PROXY}  # type: ignore[arg-type]
+    assert starts == [1]
+    assert cache.build_args(client) == {}  # type: ignore[arg-type]
+
+
+def test_a_cache_that_fails_to_start_is_a_warning_and_builds_go_direct(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def start(self: cache.PackageCache) -> str:
+        raise EngineError("its image did not build: E: Unable to locate package apt-cacher-ng")
+
+    monkeypatch.setattr(cache.PackageCache, "_start", start)
+    client = StubClient()
+    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")):  # type: ignore[arg-type]
+        assert cache.build_args(client) == {}  # type: ignore[arg-type]
+        assert cache.build_args(client) == {}  # type: ignore[arg-type]  # asked once only
+    err = capsys.readouterr().err
+    assert err.count("warning: not used, builds download directly") == 1
+    assert "Unable to locate package apt-cacher-ng" in err
+
+
+def lease(pc: cache.PackageCache) -> None:
+    """What _start does about leases, without an engine."""
+    pc._lease = pc._lock_file("users")
+    fcntl.flock(pc._lease, fcntl.LOCK_SH)
+
+
+def test_the_last_run_to_leave_stops_the_container() -> None:
+    client = StubClient()
+    first = cache.PackageCache(client, "base", Path("/tmp"))  # type: ignore[arg-type]
+    second = cache.PackageCache(client, "base", Path("/tmp"))  # type: ignore[arg-type]
+    lease(first)
+    lease(second)
+    assert not first._alone()
+    first.close()
+    assert client.containers.container.stopped == 0  # the second still builds through it
+    assert second._alone()
+    second.close()
+    assert client.containers.container.stopped == 1
+    second.close()  # twice is harmless
+    assert client.containers.container.stopped == 1
+
+
+def test_leases_are_per_engine() -> None:
+    one, other = StubClient("one"), StubClient("other")
+    a = cache.PackageCache(one, "base", Path("/tmp"))  # type: ignore[arg-type]
+    b = cache.PackageCache(other, "base", Path("/tmp"))  # type: ignore[arg-type]
+    lease(a)
+    lease(b)
+    a.close()
+    assert one.containers.container.stopped == 1
+    b.close()
+    assert other.containers.container.stopped == 1
+
+
+UNREACHABLE = [
+    "Err:1 http://archive.invalid/debian x InRelease",
+    "  503  Host not found [IP: 192.0.2.7 3142]",
+]
+DPKG_FAILED = ["E: Sub-process /usr/bin/dpkg returned an error code (1)"]
+
+
+class BuildEngine:
+    """An engine whose cell image is missing and whose build fails at once, recording the call."""
+
+    def __init__(self, log: list[str] = UNREACHABLE) -> None:
+        self.calls: list[dict[str, Any]] = []
+        outer = self
+
+        class Images:
+            def get(self, tag: str) -> Any:
+                raise docker.errors.ImageNotFound(tag)
+
+        class Api:
+            def build(self, **kwargs: Any) -> Any:
+                outer.calls.append(kwargs)
+                lines = [{"stream": line + "\n"} for line in log]
+                return iter([*lines, {"error": "The command returned a non-zero code: 100"}])
+
+        self.images = Images()
+        self.api = Api()
+
+
+def dockerfile_of(call: dict[str, Any]) -> str:
+    with tarfile.open(fileobj=io.BytesIO(call["fileobj"].getvalue())) as tar:
+        member = tar.extractfile("Dockerfile")
+        assert member is not None
+        return member.read().decode()
+
+
+def test_builds_reach_the_cache_by_build_arg_only(
+    monkeypatch: pytest.MonkeyPatch, cell_by_id: dict[str, Cell], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cache.PackageCache, "proxy", lambda self: PROXY)
+    monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
+    cell = cell_by_id["debian-12-release"]
+    engine = BuildEngine()
+    direct = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
+        proxied = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+    # Unreachable through the cache: the archive is asked directly before the cell is unavailable.
+    without, through, retried = engine.calls
+    assert without["buildargs"] == retried["buildargs"] == {}
+    assert through["buildargs"] == {"http_proxy": PROXY}
+    # The same Dockerfile and context, so the same content hash and image tag.
+    assert dockerfile_of(without) == dockerfile_of(through)
+    assert PROXY not in dockerfile_of(through)
+    assert through["tag"] == without["tag"]
+    # The proxy's answer for a host that does not resolve reads as apt's own.
+    assert (
+        direct.reason
+        == proxied.reason
+        == "source unreachable: Could not resolve the archive's host"
+    )
+
+
+def test_an_unavailable_outcome_is_remembered_for_a_while(
+    monkeypatch: pytest.MonkeyPatch, cell_by_id: dict[str, Cell], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cache.PackageCache, "proxy", lambda self: PROXY)
+    monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
+    cell = cell_by_id["debian-12-release"]
+    engine = BuildEngine()
+    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
+        first = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+        again = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+        other_base = build.build_cell(engine, cell, "sha256:new", tmp_path, 60)  # type: ignore[arg-type]
+    # Each build: through the cache, then directly. The same content was not built again; a
+    # new base was.
+    assert len(engine.calls) == 4
+    assert first.status == again.status == other_base.status == "unavailable"
+    assert again.reason == first.reason
+    assert again.log_tail == first.log_tail
+    # Without the cache (--no-cache), and once RETRY_AFTER has passed, the archive is asked again.
+    build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+    assert len(engine.calls) == 5
+    later = cache.time.time() + cache.RETRY_AFTER + 1
+    monkeypatch.setattr(cache.time, "time", lambda: later)
+    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
+        build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+    assert len(engine.calls) == 7
+
+
+def test_a_build_that_fails_for_another_reason_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, cell_by_id: dict[str, Cell], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cache.PackageCache, "proxy", lambda self: PROXY)
+    monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
+    engine = BuildEngine(DPKG_FAILED)
+    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
+        result = build.build_cell(engine, cell_by_id["debian-12-release"], "b", tmp_path, 60)  # type: ignore[arg-type]
+    assert result.status == "failed"
+    assert [call["buildargs"] for call in engine.calls] == [{"http_proxy": PROXY}]
+    assert not list(cache.UNAVAILABLE.glob("*.json"))  # only 'unavailable' is remembered
+
+
+def test_loopback_sources_bypass_the_cache(
+    monkeypatch: pytest.MonkeyPatch, cell_by_id: dict[str, Cell], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cache.PackageCache, "proxy", lambda self: PROXY)
+    monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
+    monkeypatch.setattr(build, "uses_loopback", lambda cell: True)
+    engine = BuildEngine()
+    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
+        build.build_cell(engine, cell_by_id["debian-12-release"], "b", tmp_path, 60)  # type: ignore[arg-type]
+    assert engine.calls[0]["buildargs"] == {}
+    assert engine.calls[0]["network_mode"] == "host"
