@@ -144,8 +144,9 @@ class Session:
         """The next scenario boots a fresh guest instead of inheriting this one's state."""
         self.boot_id = None
 
-    def wait_alive(self, timeout=15.0):
-        """The guest's heartbeat goes on: a new beat of the same boot appears."""
+    def wait_alive(self, timeout=30.0):
+        """The guest's heartbeat goes on: a new beat of the same boot appears. It beats four
+        times a second; the limit allows for a TCG guest on a loaded host, not for a hang."""
         beat, boot = (
             self.console.last_heartbeat() if self.console.heartbeats() else (0, self.boot_id)
         )
