@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -229,16 +230,23 @@ def build_cell(
     say(cell.id, f"building {tag}")
     unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
     loopback = uses_loopback(cell)  # the cache cannot reach the host's loopback
-    ok, lines = docker_build(
-        engine,
-        context,
-        unlabelled,
-        log_path,
-        cell.id,
-        timeout,
-        buildargs=None if loopback else cache.build_args(engine),
-        network_mode="host" if loopback else None,
-    )
+    proxy = {} if loopback else cache.build_args(engine)
+    attempts = [proxy, {}] if proxy else [{}]
+    for attempt, args in enumerate(attempts, 1):
+        ok, lines = docker_build(
+            engine,
+            context,
+            unlabelled,
+            log_path,
+            cell.id,
+            timeout,
+            buildargs=args,
+            network_mode="host" if loopback else None,
+        )
+        if ok or attempt == len(attempts) or diagnose(lines, cell)[0] != "unavailable":
+            break
+        # The archive, or the package cache in front of it, failed: the archive decides.
+        say(cell.id, "an archive failed through the package cache; trying without it")
     if not ok:
         status, reason = diagnose(lines, cell)
         say(cell.id, f"build {status}: {reason}")
@@ -270,7 +278,9 @@ def build_cell(
     )
     if not ok:
         raise EngineError(f"{cell.id}: labelling the image failed: {more[-1] if more else ''}")
-    engine.images.remove(unlabelled, noprune=True)
+    # Only a tag: a concurrent build of the same cell may hold it (409), and that is fine.
+    with contextlib.suppress(docker.errors.APIError):
+        engine.images.remove(unlabelled, noprune=True)
     engine.images.get(tag).tag("hvgate/cell", cell.id)
     image = engine.images.get(tag)
     seconds = time.monotonic() - started

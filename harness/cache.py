@@ -128,6 +128,11 @@ class PackageCache:
         )
         if not ok:
             raise EngineError(f"its image did not build: {lines[-1] if lines else ''} (log: {log})")
+        # Older recipes' images, unless a container (of another run) still uses one.
+        for old in self.client.images.list(name="hvgate/package-cache"):
+            if tag not in old.tags:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.images.remove(str(old.id))
         return tag
 
     def _container(self, image: str) -> Any:
