@@ -244,19 +244,13 @@ class Fleet:
                     with lock:
                         left.append(item)
 
-        threads = [
-            threading.Thread(target=worker, args=(e,), name=f"engine {e.name}", daemon=True)
-            for e in self.engines
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.5)  # wakes up for Ctrl-C and SIGTERM
-        except BaseException:
-            stop.set()
-            raise
+        run_threads(
+            [
+                threading.Thread(target=worker, args=(e,), name=f"engine {e.name}", daemon=True)
+                for e in self.engines
+            ],
+            on_interrupt=stop.set,
+        )
         if failures:
             raise failures[0]
         return left + pending
@@ -305,3 +299,17 @@ class AccelChoice:
             accel, reason = report["accel"], report.get("accel_reason")
             self.remember(accel, reason or "")
             self.accel, self.reason = accel, f"{reason} (probed in {cell_id})"
+
+
+def run_threads(threads: Sequence[threading.Thread], on_interrupt: Callable[[], None]) -> None:
+    """Starts the threads and waits for them all; a Ctrl-C or SIGTERM meanwhile (they reach the
+    main thread only while it is not blocked) calls on_interrupt and goes on up."""
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+    except BaseException:
+        on_interrupt()
+        raise

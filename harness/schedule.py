@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import cache
-from .fleet import Engine, Fleet
+from .fleet import Engine, Fleet, run_threads
 from .model import Matrix
 from .progress import say
 from .render import base_image_tag
@@ -110,15 +110,7 @@ class Overlap:
             threading.Thread(target=self._tester, name=f"test-{n}", daemon=True)
             for n in range(self.jobs)
         ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.5)  # wakes up for Ctrl-C and SIGTERM
-        except BaseException:
-            self._halt()
-            raise
+        run_threads(threads, on_interrupt=self._halt)
         if self.failures:
             raise self.failures[0]
         return [item for n, item in enumerate(self.items) if n not in self.done]
