@@ -224,8 +224,9 @@ def build_cell(
     known = cache.remembered(engine, tag)
     if known:  # the same content found its archive unreachable a moment ago
         say(cell.id, f"unavailable (remembered, not retried for {cache.RETRY_AFTER // 3600} h)")
-        tail = tuple(known["log_tail"])
-        return BuildResult(cell.id, "unavailable", reason=known["reason"], log_tail=tail)
+        tail, log = tuple(known["log_tail"]), known.get("log")
+        log = log if log and Path(log).exists() else None  # a results directory since removed
+        return BuildResult(cell.id, "unavailable", reason=known["reason"], log=log, log_tail=tail)
     started = time.monotonic()
     say(cell.id, f"building {tag}")
     unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"

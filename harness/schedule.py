@@ -72,7 +72,7 @@ def spread(
         if stage is None:  # one stage only (matrix.build): `jobs` of it at a time
             say("run", f"up to {jobs} cells at a time")
             return Overlap(engine, None, work, can_take, jobs, ready).run(items)
-        say("run", f"up to {jobs} builds and {jobs} smoke tests at a time")
+        say("run", f"up to {jobs} images built (or found) and {jobs} smoke tests at a time")
         return Overlap(engine, work, stage, can_take, jobs, ready).run(items)
 
 
