@@ -171,12 +171,14 @@ def coming(data: dict[str, Any]) -> list[dict[str, Any]]:
     cell with the versions that differ, its verdict beside the current one, and whether that is
     a regression (safe now, flaky or broken once it lands)."""
     cells = data["cells"]
-    by_pocket = {(c["distro"], c["release"], c.get("source")): c for c in cells}
+    by_pocket: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+    for c in cells:  # the first cell of a pocket: the plain one, before mixed-source cells
+        by_pocket.setdefault((c["distro"], c["release"], c.get("source")), c)
     entries = []
     for cell in cells:
-        if not cell.get("stages_for"):
-            continue
-        target = by_pocket.get((cell["distro"], cell["release"], cell["stages_for"]))
+        target = by_pocket.get((cell["distro"], cell["release"], cell.get("stages_for")))
+        if not cell.get("stages_for") or target is None:
+            continue  # nothing to compare with: the run has no cell of the pocket gates use
         now = (target or {}).get("versions", {})
         moved = {
             package: (now.get(package), version)
@@ -209,11 +211,7 @@ def coming_lines(data: dict[str, Any]) -> list[str]:
             f"{package} {before or 'none'} → {after}"
             for package, (before, after) in entry["moved"].items()
         )
-        now = (
-            f"now {entry['target_status']} in `{entry['target']}`"
-            if entry["target"]
-            else f"no {entry['pocket']} cell in this run"
-        )
+        now = f"now {entry['target_status']} in `{entry['target']}`"
         flag = "**REGRESSION** " if entry["regression"] else ""
         what = moved or f"not read: {entry['reason'] or 'no versions'}"
         lines.append(f"{flag}`{entry['cell']}` ({entry['status']}; {now}): {what}")
