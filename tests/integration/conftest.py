@@ -83,15 +83,21 @@ apt-get install -y -q --download-only --no-install-recommends -t bookworm-backpo
 
 
 @pytest.fixture(scope="session")
-def backports_debs(engine, tmp_path_factory):
-    """The .debs apt needs for libvirt and QEMU from backports, in a directory of our own."""
+def debian12_base(engine, tmp_path_factory):
+    """hvgate/base:debian-12, bootstrapped if this engine has none yet."""
     from harness.bases import Bases
     from harness.model import Base
 
     debian_12 = Base(distro="debian", release="12", codename="bookworm")
     Bases(engine, {"debian-12": debian_12}, tmp_path_factory.mktemp("logs")).ensure("debian-12")
+    return "hvgate/base:debian-12"
+
+
+@pytest.fixture(scope="session")
+def backports_debs(engine, debian12_base, tmp_path_factory):
+    """The .debs apt needs for libvirt and QEMU from backports, in a directory of our own."""
     container = engine.containers.run(
-        "hvgate/base:debian-12",
+        debian12_base,
         ["sh", "-ec", DOWNLOAD],
         detach=True,
         labels={"io.hvgate.run": "test-private-build"},

@@ -40,9 +40,7 @@ def build_hello(engine, tmp_path, tag):
             engine.images.remove(image.id, force=True)
 
 
-def test_builds_download_through_the_cache(engine, tmp_path):
-    if not engine.images.list(name=BASE):
-        pytest.skip(f"{BASE} is not built on this engine (`invoke matrix.build` makes it)")
+def test_builds_download_through_the_cache(engine, debian12_base, tmp_path):
     with cache.serving(engine, BASE, tmp_path) as serving:
         assert serving is not None
         args = cache.build_args(engine)
@@ -56,9 +54,9 @@ def test_builds_download_through_the_cache(engine, tmp_path):
     assert volume.attrs["Labels"].get(cache.LABEL_CACHE) == "packages"
 
 
-def test_a_cache_that_cannot_start_falls_back_to_direct_downloads(engine, tmp_path, capsys):
-    if not engine.images.list(name=BASE):
-        pytest.skip(f"{BASE} is not built on this engine (`invoke matrix.build` makes it)")
+def test_a_cache_that_cannot_start_falls_back_to_direct_downloads(
+    engine, debian12_base, tmp_path, capsys
+):
     started = time.monotonic()
     with cache.serving(engine, "hvgate/base:no-such-base", tmp_path):
         assert cache.build_args(engine) == {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -274,9 +273,6 @@ def localrc(text):
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.skipif(
-    not shutil.which("bash") or not shutil.which("cmp"), reason="needs bash and cmp"
-)
 def test_local_conf_writes_the_preferences_once(sources, tmp_path):
     plan = plan_of(cell("debian-12-backports", source="backports"), sources=sources)
     pin = plan.pins[0]
