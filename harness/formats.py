@@ -10,6 +10,7 @@ import re
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +398,12 @@ JUNIT_ELEMENTS = {
 }
 
 
+def junit_counts(tally: Mapping[str, int], seconds: float) -> dict[str, str]:
+    """The count attributes of a <testsuite> or <testsuites>."""
+    counts = {k: str(tally[k]) for k in ("tests", "failures", "errors", "skipped")}
+    return {**counts, "time": f"{seconds:.3f}"}
+
+
 def junit(data: dict[str, Any]) -> str:
     """JUnit XML: a test suite per cell, a test case per cell and scenario."""
     names = scenario_names(data) or ["cell"]
@@ -438,22 +445,10 @@ def junit(data: dict[str, Any]) -> str:
                     element.set("type", str(scenario["status"] if scenario else cell["status"]))
                 if text:
                     element.text = xml_text(text)
-        suite.attrib.update(
-            tests=str(tally["tests"]),
-            failures=str(tally["failures"]),
-            errors=str(tally["errors"]),
-            skipped=str(tally["skipped"]),
-            time=f"{seconds:.3f}",
-        )
+        suite.attrib.update(junit_counts(tally, seconds))
         totals.update(tally)
         totals["seconds"] += round(seconds * 1000)
-    root.attrib.update(
-        tests=str(totals["tests"]),
-        failures=str(totals["failures"]),
-        errors=str(totals["errors"]),
-        skipped=str(totals["skipped"]),
-        time=f"{totals['seconds'] / 1000:.3f}",
-    )
+    root.attrib.update(junit_counts(totals, totals["seconds"] / 1000))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
