@@ -12,6 +12,7 @@ DOMAIN = "hvgate-guest"
 
 READY_RE = re.compile(r"HVGATE-READY boot=(\S+)")
 HEARTBEAT_RE = re.compile(r"HVGATE-HEARTBEAT (\d+) boot=(\S+)")
+BEATS_PER_SECOND = 4  # images/guest/init beats every 250 ms
 
 
 class ScenarioFailure(Exception):

@@ -33,7 +33,7 @@ SHARED_DIR = "/var/lib/hvgate/shared"  # the Docker volume, at the same path in 
 COPIED_DIR = path("migrate")  # local to each container: block migration copies the disk here
 DISK_SIZE = "64M"
 MIGRATION_LIMIT = 120.0  # seconds for one migration call; a few are usual, even under TCG
-BEAT_WAIT = 60.0  # seconds for a heartbeat (one a second) on a loaded host
+BEAT_WAIT = 60.0  # seconds for a heartbeat (four a second) on a loaded host
 # The destination's daemon takes TCP without authentication: only ever on the run's private
 # network.
 LISTEN = {"listen_tls": "0", "listen_tcp": "1", "auth_tcp": '"none"'}
