@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -24,6 +27,9 @@ CACHE = Path(__file__).resolve().parent.parent / ".cache"
 HOST_UBUNTU_KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
 KEYRING_CACHE = CACHE / "ubuntu-archive-keyring.gpg"
 DISTRO_INFO = Path("/usr/share/distro-info")
+# A bootstrap takes 15 to 60 s; one stalled on an archive that stopped answering must not hang
+# the run.
+BOOTSTRAP_TIMEOUT = 1800.0
 
 
 def bootstrap_knows(base: Base) -> bool:
@@ -56,6 +62,32 @@ def bootstrap_command(
     if mirror or base.mirror:
         command.append(mirror or base.mirror or "")
     return command
+
+
+def run_bootstrap(command: list[str], log_path: Path, name: str) -> int:
+    """Runs mmdebstrap into its log; on timeout or interrupt its whole process group (apt,
+    its downloads) is killed, so nothing goes on writing after the run has ended."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return process.wait(timeout=BOOTSTRAP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise EngineError(
+                f"base {name}: mmdebstrap did not finish within {BOOTSTRAP_TIMEOUT:.0f} s "
+                f"(log: {log_path})"
+            ) from None
+        except BaseException:
+            _kill_group(process)
+            raise
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 class Bases:
@@ -106,9 +138,8 @@ class Bases:
             tarball = str(Path(tmp) / f"{name}.tar")
             command = bootstrap_command(base, tarball, keyring, mirror)
             say(name, f"mmdebstrap {base.codename} (log: {log_path})")
-            with open(log_path, "w") as log:
-                done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-            if done.returncode != 0:
+            returncode = run_bootstrap(command, log_path, name)
+            if returncode != 0:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
                 hint = ""
                 if any("expired" in line or "Valid-Until" in line for line in tail):
