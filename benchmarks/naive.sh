@@ -67,7 +67,7 @@ virsh -q reset "$dom" >/dev/null
 wait_for HVGATE-READY 2
 echo "naive: pause-resume" >&2
 virsh -q suspend "$dom" >/dev/null
-sleep 2
+sleep 1.3  # as long as hvgate watches a paused guest
 virsh -q resume "$dom" >/dev/null
 echo "naive: live-snapshot" >&2
 qemu-img create -q -f qcow2 -F qcow2 -b base.qcow2 copy.qcow2
