@@ -427,11 +427,27 @@ def whole_matrix(
             removed = remove_cell_images(engine, cells)
             seconds, done = invoke(*run, n, results=results)
             report(
-                f"cold `matrix.run --runs 1`, {what} ({removed} images removed)", f"{seconds:.0f} s"
+                f"cold `matrix.run --runs 1`, {what} ({removed} images removed)",
+                f"{seconds:.0f} s (exit {done.returncode}){smoke_share(results, seconds)}",
             )
     for n, what in runs:
         seconds, done = invoke(*run, n, results=results)
-        report(f"warm `matrix.run --runs 1`, {what}", f"{seconds:.0f} s (exit {done.returncode})")
+        report(
+            f"warm `matrix.run --runs 1`, {what}",
+            f"{seconds:.0f} s (exit {done.returncode}){smoke_share(results, seconds)}",
+        )
+
+
+def smoke_share(results: Path, seconds: float) -> str:
+    """What the run's cells spent in their smoke tests (inside the containers, summed over
+    cells): a warm run should spend its time there, not on Docker."""
+    try:
+        cells = json.loads((results / "latest.json").read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    tested = [c["duration_s"] for c in cells if c.get("duration_s")]
+    smoke = sum(tested)
+    return f"; {len(tested)} smoke tests, {smoke:.0f} s summed ({smoke / seconds:.0%} of the wall time)"
 
 
 def remove_cell_images(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> int:
