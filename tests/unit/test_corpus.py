@@ -137,6 +137,12 @@ BUILD_LOGS = CORPUS / "build-logs"
         ("archive-unreachable.log", "unavailable", "source unreachable: "),
         ("disk-full-apt.log", "failed", "the build ran out of disk space: "),
         ("disk-full-dpkg.log", "failed", "the build ran out of disk space: "),
+        (
+            "option-conflicts-with-base.log",
+            "failed",
+            "add-apt-source: source 'release': bookworm is in the base image's apt sources "
+            "without check-valid-until=no",
+        ),
     ],
 )
 def test_a_real_build_log_is_diagnosed(cell, log, status, reason):
