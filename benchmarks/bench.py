@@ -7,7 +7,8 @@ set into a tarball), a no-op build, boot to the ready marker under libvirt again
 qemu-system-x86_64 boot of the same guest in the same container, one repetition of the
 scenario set under TCG, and the naive way (benchmarks/naive.sh). Whole matrix (not with
 --quick): a no-op `matrix.build`, warm `matrix.run --runs 1` with --jobs 1 and the default,
-and with --cold the same from no cell images (it removes the matrix's cell images first).
+with --cold the same from no cell images (it removes the matrix's cell images first), and the
+naive way on every cell that built, one after the other.
 Then the runs the sequential test needs against a fixed count, and every image's size.
 Everything it starts is labelled io.hvgate.run=bench-*, and removed at the end.
 """
@@ -408,6 +409,7 @@ def per_cell(engine: docker.DockerClient, matrix: Matrix, cell: Cell, rounds: in
 
 def whole_matrix(
     engine: docker.DockerClient,
+    matrix: Matrix,
     cells: tuple[Cell, ...],
     jobs: int,
     cold: bool,
@@ -422,20 +424,55 @@ def whole_matrix(
     report("`invoke matrix.build` with nothing to build", f"{seconds:.2f} s (target < 3 s)")
     runs = [("1", "--jobs 1"), (str(jobs), f"--jobs {jobs} (default)")]
     run = ["matrix.run", *select, "--runs", "1", "--accel", "tcg", "--jobs"]
+    walls = {}
     if cold:
         for n, what in runs:
             removed = remove_cell_images(engine, cells)
             seconds, done = invoke(*run, n, results=results)
+            walls["cold", n] = seconds
             report(
                 f"cold `matrix.run --runs 1`, {what} ({removed} images removed)",
                 f"{seconds:.0f} s (exit {done.returncode}){smoke_share(results, seconds)}",
             )
     for n, what in runs:
         seconds, done = invoke(*run, n, results=results)
+        walls["warm", n] = seconds
         report(
             f"warm `matrix.run --runs 1`, {what}",
             f"{seconds:.0f} s (exit {done.returncode}){smoke_share(results, seconds)}",
         )
+    naive_matrix(engine, matrix, cells, walls, str(jobs))
+
+
+def naive_matrix(
+    engine: docker.DockerClient,
+    matrix: Matrix,
+    cells: tuple[Cell, ...],
+    walls: dict[tuple[str, str], float],
+    jobs: str,
+) -> None:
+    """benchmarks/naive.sh on every cell hvgate built, one after the other: the same work the
+    obvious way (the naive script runs the 8 default scenarios of hvgate's 11)."""
+    built = [c for c in cells if (r := pipeline.existing_images(engine, (c,))[c.id]).ok and r.image]
+    section(f"the naive way on the {len(built)} cells hvgate built, one after the other")
+    guest_tar = build_guest(engine, matrix, LOGS)
+    total, failed = 0.0, []
+    for cell in built:
+        try:
+            steps = naive(engine, cell, guest_tar)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            failed.append(f"{cell.id} ({str(exc)[-120:]})")
+            continue
+        total += steps["build"] + steps["scenarios"]
+    report(
+        "naive: docker build --no-cache + the virsh script, per cell",
+        f"{total:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""),
+    )
+    for (kind, n), seconds in sorted(walls.items()):
+        if n == jobs:
+            report(
+                f"naive / hvgate, {kind} `matrix.run --runs 1 --jobs {n}`", ratio(total, seconds)
+            )
 
 
 def smoke_share(results: Path, seconds: float) -> str:
@@ -558,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
             per_cell(engine, matrix, cell, args.rounds)
         if not args.quick:
             _, matrix_cells = pipeline.selected(MATRIX, args.cells, None)
-            whole_matrix(engine, matrix_cells, args.jobs, args.cold, args.cells)
+            whole_matrix(engine, matrix, matrix_cells, args.jobs, args.cold, args.cells)
         image_sizes(engine, cells)
         sequential(matrix, args.trials)
     finally:
