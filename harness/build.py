@@ -263,7 +263,17 @@ def build_cell(
             log=str(log_path),
             log_tail=tail,
         )
-    versions = {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
+    versions = recorded_versions(lines)
+    if "libvirt-daemon" not in versions:
+        # Every step came from the layer cache (another cell, or another matrix, has the same
+        # Dockerfile), so the build printed nothing: the image keeps what record-versions wrote.
+        output = engine.containers.run(
+            unlabelled,
+            ["sed", "s/^/HVGATE-VERSION /", "/etc/hvgate/versions"],
+            remove=True,
+            labels={eng.LABEL_RUN: "versions"},
+        )
+        versions = recorded_versions(output.decode(errors="replace").splitlines())
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
     labels.update({eng.LABEL_CELL: cell.id, eng.LABEL_HASH: digest})
     # The versions are known only after the build ran dpkg-query, so a two-line build labels it.
@@ -295,6 +305,11 @@ def build_cell(
         log=str(log_path),
         size_bytes=image.attrs.get("Size"),
     )
+
+
+def recorded_versions(lines: list[str]) -> dict[str, str]:
+    """Package -> version, from the lines record-versions prints."""
+    return {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
 
 
 def _versions_from_labels(labels: dict[str, str] | None) -> dict[str, str]:

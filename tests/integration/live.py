@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,14 +33,17 @@ ONE_RUN_DECIDES = {
 }
 
 
-def small_matrix(directory: Path, cells: list[str] = CELLS) -> Path:
+def small_matrix(
+    directory: Path, cells: list[str] = CELLS, policy: dict[str, Any] | None = None
+) -> Path:
     """matrix.yaml cut down to some cells and the scenarios above, with its lock file beside it:
-    the cells render as in the repository's matrix, so their built images are reused."""
+    the cells render as in the repository's matrix, so their built images are reused. `policy`
+    overrides ONE_RUN_DECIDES."""
     data = yaml.safe_load((ROOT / "matrix.yaml").read_text())
     data["cells"] = [c for c in data["cells"] if (c.get("id") or _default_id(c)) in cells]
     data["scenarios"] = SCENARIOS
-    policy = {k: v for k, v in data.get("policy", {}).items() if k.endswith("_timeout")}
-    data["policy"] = {**policy, **ONE_RUN_DECIDES}
+    timeouts = {k: v for k, v in data.get("policy", {}).items() if k.endswith("_timeout")}
+    data["policy"] = {**timeouts, **ONE_RUN_DECIDES, **(policy or {})}
     path = directory / "matrix.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     lock = ROOT / "matrix.lock.json"

@@ -73,3 +73,37 @@ def test_second_build_rebuilds_nothing(run_result, engine, debian12_run):
     assert f"{CELL}" in done.stdout and "cached" in done.stdout
     assert "building" not in done.stderr
     assert engine.images.get(data["cells"][0]["image"]).id == image_id
+
+
+TWINS = """\
+bases:
+  debian-12: {distro: debian, release: "12", codename: bookworm}
+sources:
+  release: {suite: "{codename}"}
+cells:
+  - {base: debian-12, id: twin-a}
+  - {base: debian-12, id: twin-b}
+guest: {base: debian-12}
+"""
+
+
+def test_a_cell_built_wholly_from_the_layer_cache_is_labelled_with_its_versions(
+    engine, debian12_base, tmp_path
+):
+    """Two cells with the same recipe: the second build's every step is cached, so it prints
+    no versions; they are read from the image instead."""
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(TWINS)
+    done = invoke(
+        "matrix.build", "--matrix", str(matrix), "--jobs", "1",
+        results_dir=tmp_path / "results", timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    try:
+        for cell in ("twin-a", "twin-b"):
+            labels = engine.images.get(f"hvgate/cell:{cell}").labels
+            assert labels["io.hvgate.version.libvirt-daemon"].startswith("9.0.0-"), labels
+    finally:
+        for cell in ("twin-a", "twin-b"):
+            for image in engine.images.list(filters={"label": f"io.hvgate.cell={cell}"}):
+                engine.images.remove(image.id, force=True)

@@ -33,6 +33,9 @@ FIRST, SECOND = CELLS
 RUN_TIMEOUT = 1800
 # A cell judged to the end (under load a TCG guest may miss a heartbeat: its verdict is its own).
 VERDICTS = ("safe", "flaky", "broken")
+# Four runs of each scenario (about 25 s a cell): a signal sent once a cell's first boot has
+# passed still finds it running, however quickly the scenarios go.
+LONGER = {"min_runs": 4, "max_runs": 4}
 
 
 def results_of(results: Path, run_id: str) -> dict[str, dict]:
@@ -46,7 +49,7 @@ def state_of(results: Path, run_id: str) -> str:
 
 
 def test_ctrl_c_keeps_finished_cells_and_resume_finishes_the_run(engine, tmp_path):
-    matrix = small_matrix(tmp_path)
+    matrix = small_matrix(tmp_path, policy=LONGER)
     results = tmp_path / "results"
     # One cell at a time, so that the first has finished while the second runs.
     args = ("matrix.run", "--matrix", str(matrix), "--accel", "tcg", "--jobs", "1")
@@ -100,7 +103,7 @@ def test_ctrl_c_keeps_finished_cells_and_resume_finishes_the_run(engine, tmp_pat
 
 
 def test_sigterm_during_a_cell_leaves_nothing_behind(engine, tmp_path):
-    matrix = small_matrix(tmp_path, cells=[FIRST])
+    matrix = small_matrix(tmp_path, cells=[FIRST], policy=LONGER)
     results = tmp_path / "results"
     live = LiveRun("matrix.test", "--matrix", str(matrix), "--accel", "tcg", results_dir=results)
     run_id = live.run_id()
