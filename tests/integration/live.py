@@ -68,6 +68,9 @@ class LiveRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A test suite started in the background inherits SIGINT ignored; the run under
+            # test must take Ctrl-C as a user's terminal sends it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self._threads = [
             threading.Thread(target=self._read_stderr, daemon=True),
