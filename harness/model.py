@@ -179,6 +179,9 @@ class Policy(Strict):
     """A fixed count instead of min_runs and max_runs: each scenario runs exactly this often."""
     boot_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
     scenario_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    """A scenario that has not finished by then fails, whatever it was waiting on."""
+    cell_timeout: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+    """A cell's smoke test starts no scenario after this; the runs it has are judged."""
     build_timeout: Annotated[float, Field(gt=0, le=36000)] = 1800.0
 
     @model_validator(mode="after")

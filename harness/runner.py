@@ -118,10 +118,13 @@ def _run_container(
     label = name or cell.id  # of the progress lines
     name = f"hvgate-{run_id}-{label}"
     peer = migrate.NO_PEER
-    # Generous overall bound: each scenario has its own timeout inside the runner.
+    # The runner starts no scenario past cell_timeout and ends each within scenario_timeout
+    # (killing what hangs); this bound only catches the runner itself failing to stop.
     overall = (
-        120
-        + rule.max_runs * len(scenarios) * policy.scenario_timeout
+        policy.cell_timeout
+        + policy.scenario_timeout
+        + 2 * policy.boot_timeout
+        + 120
         + (30 if accel == "auto" else 0)
     )
     try:
@@ -171,6 +174,8 @@ def _run_container(
             str(policy.boot_timeout),
             "--scenario-timeout",
             str(policy.scenario_timeout),
+            "--cell-timeout",
+            str(policy.cell_timeout),
         ]
         if accel_reason:
             command += ["--accel-reason", accel_reason]
