@@ -6,30 +6,20 @@ repeated until the table decides it; a decided scenario is skipped in later runs
 """
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import traceback
 
-import libvirt
-
-from . import daemons, migration
-from .guest import DOMAIN, GUEST_DIR, ScenarioFailure
-from .scenarios import REQUIREMENTS, SCENARIOS, Needs, Session, unmet
-
-# The migrations run against a second host, which the runner's environment names.
-SCENARIOS = {**SCENARIOS, **migration.SCENARIOS}
+from . import daemons, evidence, migration
+from .guest import GUEST_DIR, ScenarioFailure
+from .scenarios import REQUIREMENTS, Needs, unmet
+from .supervisor import RunnerError, Supervisor
+from .worker import SCENARIOS
 
 FORMAT = 1
 VERSION_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
-
-
-class ScenarioTimeout(ScenarioFailure):
-    pass
 
 
 def progress(message):
@@ -41,53 +31,9 @@ def installed_versions():
         ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *VERSION_PACKAGES],
         capture_output=True,
         text=True,
+        timeout=60,
     ).stdout
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
-
-
-def dotted(number):
-    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
-
-
-def tail(filename, lines=15):
-    try:
-        with open(filename, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(filename) - 16384))
-            return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
-    except OSError:
-        return []
-
-
-def log_tails(session, daemon):
-    return {
-        "daemon": tail(daemons.log_file(daemon)),
-        "qemu": tail(os.path.join(daemons.LOG_DIR, "qemu", f"{DOMAIN}.log")),
-        "console": session.console.tail() if session else [],
-    }
-
-
-def _alarm(signum, frame):
-    raise ScenarioTimeout("the scenario timed out")
-
-
-def run_scenario(name, session, daemon, timeout):
-    started = time.monotonic()
-    result = {"name": name, "status": "pass", "error": None, "details": {}}
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        result["details"] = SCENARIOS[name](session) or {}
-    except ScenarioTimeout:
-        result.update(status="fail", error=f"the scenario did not finish within {timeout:.0f} s")
-    except (ScenarioFailure, libvirt.libvirtError) as exc:
-        result.update(status="fail", error=str(exc).strip())
-    except Exception:  # a bug of the runner, not of libvirt or QEMU
-        result.update(status="error", error=traceback.format_exc(limit=4).strip())
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    result["duration_s"] = round(time.monotonic() - started, 2)
-    result["logs"] = log_tails(session, daemon)
-    return result
 
 
 class Tracker:
@@ -105,6 +51,8 @@ class Tracker:
         self.decision = None
 
     def add(self, status):
+        if status == "not-run":
+            return  # not a run: what it needed was broken by an earlier scenario's failure
         if status == "error":
             # A failure of this runner, not of libvirt or QEMU: more runs would not tell more.
             self.decision = "error"
@@ -124,16 +72,24 @@ class Tracker:
             self.decision = "flaky"
 
 
-def repeat(names, trackers, max_runs, run_one, runs):
-    """Runs the undecided scenarios, in order, once per round, until none is left or max_runs;
-    appends each round's results to `runs` as they come (an interrupted run keeps them)."""
+def repeat(names, trackers, max_runs, run_one, runs, stopped=None, next_round=None):
+    """Runs the undecided scenarios, in order, once per round, until none is left, max_runs, or
+    stopped() gives a reason to end (returned); appends each round's results to `runs` as they
+    come (an interrupted run keeps them)."""
     for run_index in range(max_runs):
         pending = [name for name in names if trackers[name].decision is None]
         if not pending:
-            return
+            return None
+        if next_round:
+            next_round()
         results = []
         runs.append(results)
         for name in pending:
+            why = stopped() if stopped else None
+            if why:
+                if not results:
+                    runs.pop()
+                return why
             result = run_one(name)
             results.append(result)
             trackers[name].add(result["status"])
@@ -144,6 +100,7 @@ def repeat(names, trackers, max_runs, run_one, runs):
                 + (f" {result['error'].splitlines()[0]}" if result["error"] else "")
                 + (f" -> {decided}" if decided else "")
             )
+    return None
 
 
 def crossed(count, accept, reject):
@@ -154,36 +111,13 @@ def crossed(count, accept, reject):
     return None
 
 
-def choose_accel(requested, session, probe_timeout, given_reason=None):
-    """(accel, reason). A present /dev/kvm is no proof: nested guests can hang, so boot one."""
-    if requested == "tcg":
-        return "tcg", given_reason or "TCG was asked for"
-    if not os.path.exists("/dev/kvm"):
-        if requested == "kvm":
-            raise ScenarioFailure("KVM was asked for, but the container has no /dev/kvm")
-        return "tcg", "no /dev/kvm in the container"
-    if requested == "kvm":
-        return "kvm", given_reason or "KVM was asked for"
-    try:
-        session.conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
-        seconds = session.boot(accel="kvm", timeout=probe_timeout)
-    except (ScenarioFailure, libvirt.libvirtError) as exc:
-        reason = str(exc).strip().splitlines()[0]
-        with contextlib.suppress(libvirt.libvirtError):
-            session.destroy()
-        return "tcg", f"KVM probe failed ({reason}); using TCG"
-    session.destroy()
-    session.boot_id = None
-    return "kvm", f"a KVM guest reached the ready marker in {seconds:.1f} s"
-
-
 def not_applicable(names, facts):
     """[{name, reason}] for the scenarios whose REQUIREMENTS the cell does not meet."""
     reasons = [(name, unmet(REQUIREMENTS.get(name, Needs()), facts)) for name in names]
     return [{"name": name, "reason": why} for name, why in reasons if why]
 
 
-def main(argv=None):
+def parser():
     parser = argparse.ArgumentParser(prog="smoke", description=__doc__)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
@@ -195,22 +129,57 @@ def main(argv=None):
     )
     parser.add_argument("--boot-timeout", type=float, default=120.0)
     parser.add_argument("--scenario-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--cell-timeout", type=float, default=3600.0, help="no scenario starts after this"
+    )
     parser.add_argument("--kvm-probe-timeout", type=float, default=20.0)
     parser.add_argument("--accel-reason", help="why the host chose --accel, for the report")
     parser.add_argument("--list", action="store_true", help="print the scenario names and exit")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="only decide the accelerator (boot one guest under KVM) and print it as JSON",
+    )
+    return parser
+
+
+def probe(supervisor, args):
+    """The host's accel probe: one JSON line {format, accel, accel_reason, setup_error}."""
+    answer = {"format": FORMAT, "accel": "tcg", "accel_reason": None, "setup_error": None}
+    try:
+        supervisor.start(args.accel, args.accel_reason)
+        answer.update(accel=supervisor.accel, accel_reason=supervisor.accel_reason)
+    except (ScenarioFailure, RunnerError, subprocess.CalledProcessError) as exc:
+        answer["setup_error"] = str(exc).strip()
+        answer["accel_reason"] = (
+            f"KVM probe failed ({answer['setup_error'].splitlines()[0]}); using TCG"
+        )
+    finally:
+        supervisor.close()
+    json.dump(answer, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.list:
         print("\n".join(SCENARIOS))
         return 0
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        parser.error(f"unknown scenarios: {', '.join(unknown)}")
+        parser().error(f"unknown scenarios: {', '.join(unknown)}")
 
+    daemon = daemons.daemon_name()
+    supervisor = Supervisor(daemon, args.boot_timeout, args.kvm_probe_timeout)
+    if args.probe:
+        return probe(supervisor, args)
     rule = args.stop_rule
     max_runs = len(rule["accept"]) if rule else args.runs
     trackers = {name: Tracker(rule) for name in names}
     started = time.time()
+    deadline = time.monotonic() + args.cell_timeout
     report = {
         "format": FORMAT,
         "started": started,
@@ -219,26 +188,27 @@ def main(argv=None):
         "runs": [],
         "not_applicable": [],
         "setup_error": None,
+        "aborted": None,
+        "daemon": daemon,
     }
     with open(os.path.join(GUEST_DIR, "kernel-version")) as handle:
         report["guest_kernel"] = handle.read().strip()
-    daemon = daemons.daemon_name()
-    report["daemon"] = daemon
-    session = None
+
+    def stopped():
+        if supervisor.aborted:
+            return supervisor.aborted
+        if time.monotonic() > deadline:
+            return f"the cell reached its cell_timeout of {args.cell_timeout:.0f} s"
+        return None
+
     try:
-        daemons.start_event_loop()
-        conn = daemons.start(daemon, timeout=60.0)
-        report["libvirt_version"] = dotted(conn.getLibVersion())
-        report["qemu_version"] = dotted(conn.getVersion())
-        session = Session(conn, "tcg", args.boot_timeout, daemon=daemon)
-        accel, reason = choose_accel(args.accel, session, args.kvm_probe_timeout, args.accel_reason)
-        session.accel = accel
-        report.update(accel=accel, accel_reason=reason)
-        progress(f"accel: {accel} ({reason})")
+        report.update(supervisor.start(args.accel, args.accel_reason))
+        report.update(accel=supervisor.accel, accel_reason=supervisor.accel_reason)
+        progress(f"accel: {supervisor.accel} ({supervisor.accel_reason})")
         facts = {
             "libvirt": report["libvirt_version"],
             "qemu": report["qemu_version"],
-            "accel": accel,
+            "accel": supervisor.accel,
             # A second host is there when the host side started a migration peer.
             "hosts": 2 if os.environ.get(migration.PEER_ENV) else 1,
         }
@@ -246,17 +216,23 @@ def main(argv=None):
         for entry in report["not_applicable"]:
             trackers[entry["name"]].decision = "not-applicable"
             progress(f"{entry['name']}: not applicable: {entry['reason']}")
-        repeat(
+        report["aborted"] = repeat(
             names,
             trackers,
             max_runs,
-            lambda name: run_scenario(name, session, daemon, args.scenario_timeout),
+            lambda name: supervisor.scenario(name, args.scenario_timeout),
             report["runs"],
+            stopped,
+            supervisor.next_round,
         )
-    except (ScenarioFailure, libvirt.libvirtError, subprocess.CalledProcessError) as exc:
+        if report["aborted"]:
+            progress(f"stopped: {report['aborted']}")
+    except (ScenarioFailure, RunnerError, subprocess.CalledProcessError) as exc:
         report["setup_error"] = str(exc).strip()
-        report["setup_logs"] = log_tails(session, daemon)
+        report["setup_logs"] = evidence.log_tails(daemon)
         progress(f"setup failed: {report['setup_error']}")
+    finally:
+        supervisor.close()
     report["decisions"] = {name: tracker.decision for name, tracker in trackers.items()}
     report["duration_s"] = round(time.time() - started, 2)
     json.dump(report, sys.stdout)

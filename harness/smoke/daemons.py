@@ -56,13 +56,26 @@ def pidof(name):
     return pids
 
 
-def start(name, timeout):
-    """Starts virtlogd (if not running) and the daemon; returns an open connection."""
+def launch(name, timeout=30.0):
+    """Starts virtlogd (if not running) and the daemon, which go to the background."""
     os.makedirs(os.path.join(LOG_DIR, "qemu"), exist_ok=True)
     env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{log_file(name)}")
-    if not pidof("virtlogd"):
-        subprocess.run(["virtlogd", "-d"], check=True, env=dict(os.environ))
-    subprocess.run([name, "-d"], check=True, env=env)
+    try:
+        if not pidof("virtlogd"):
+            subprocess.run(["virtlogd", "-d"], check=True, env=dict(os.environ), timeout=timeout)
+        subprocess.run([name, "-d"], check=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise ScenarioFailure(f"{exc.cmd[0]} -d did not return within {timeout:.0f} s") from None
+
+
+def start(name, timeout):
+    """Starts virtlogd (if not running) and the daemon; returns an open connection."""
+    launch(name)
+    return connect(name, timeout)
+
+
+def connect(name, timeout):
+    """A connection to the daemon, waiting for its socket to appear."""
     deadline = time.monotonic() + timeout
     error = None
     while time.monotonic() < deadline:
@@ -110,3 +123,68 @@ def qemu_pids():
         if b"qemu-system" in argv0:
             pids.append(int(entry))
     return pids
+
+
+def kill(pids):
+    """SIGKILL, which also ends a stopped process; waits (briefly) until they are gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}/stat") and state(pid) != "Z" for pid in pids):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def state(pid, tid=None):
+    """A process's (or one of its threads') state letter from /proc: R, S, D, T, Z, ..."""
+    where = f"/proc/{pid}" + (f"/task/{tid}" if tid else "")
+    try:
+        with open(f"{where}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+STATES = {"R": "running", "S": "sleeping", "D": "in uninterruptible wait", "T": "stopped"}
+
+
+def threads(pid):
+    """One line per thread of a process: id, name, state and the kernel function it waits in."""
+    lines = []
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return lines
+    for tid in tids:
+        fields = []
+        for item in ("comm", "wchan"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/{item}") as handle:
+                    fields.append(handle.read().strip() or "-")
+            except OSError:
+                fields.append("?")
+        letter = state(pid, tid)
+        lines.append(f"{pid}/{tid} {fields[0]}: {STATES.get(letter, letter)} in {fields[1]}")
+    return lines
+
+
+def describe(name):
+    """One line on how a daemon's processes are: a stopped or stuck daemon is told apart."""
+    pids = pidof(name)
+    if not pids:
+        return f"{name} is not running"
+    parts = []
+    for pid in pids:
+        letter = state(pid)
+        if letter == "T":
+            parts.append(f"{name} {pid} is stopped")
+            continue
+        waits = [line.rsplit(" in ", 1)[-1] for line in threads(pid)]
+        common = max(set(waits), key=waits.count) if waits else "?"
+        parts.append(
+            f"{name} {pid} is {STATES.get(letter, letter)}, {len(waits)} threads, "
+            f"{waits.count(common)} waiting in {common}"
+        )
+    return "; ".join(parts)

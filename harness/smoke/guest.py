@@ -53,12 +53,16 @@ class Console:
             return 0
 
     def text(self, offset=0):
+        """The complete lines written after offset. QEMU writes the serial port a byte at a
+        time, so the last line may still be on its way: it is left out until its newline
+        comes, or a marker would be read with half its boot id."""
         try:
             with open(self.filename, "rb") as handle:
                 handle.seek(offset)
-                return handle.read().decode("utf-8", "replace")
+                data = handle.read()
         except FileNotFoundError:
             return ""
+        return data[: data.rfind(b"\n") + 1].decode("utf-8", "replace")
 
     def wait_for(self, pattern, offset, timeout, what):
         deadline = time.monotonic() + timeout
@@ -99,7 +103,13 @@ class Console:
         )
 
     def tail(self, lines=15):
-        return self.text().splitlines()[-lines:]
+        """The last lines, the one still being written included (evidence, not markers)."""
+        try:
+            with open(self.filename, "rb") as handle:
+                handle.seek(max(0, self.size() - 16384))
+                return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            return []
 
 
 def disk_xml(filename, target, fmt="qcow2", serial=None, alias=None):

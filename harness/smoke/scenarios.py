@@ -5,7 +5,6 @@ the scenario not-applicable, with the reason.
 """
 
 import contextlib
-import functools
 import glob
 import os
 import re
@@ -292,21 +291,6 @@ def live_snapshot(session):
     return {"copy_s": round(copy_s, 2)}
 
 
-def fresh_guest_after_failure(scenario):
-    """A scenario that may leave the guest half-way (a job, a disk, a daemon restart) hands the
-    next one a fresh guest when it fails, so that one failure does not fail the rest."""
-
-    @functools.wraps(scenario)
-    def wrapper(session):
-        try:
-            return scenario(session)
-        except BaseException:
-            session.replace_guest()
-            raise
-
-    return wrapper
-
-
 def _restart_under(session, what):
     """Restarts the daemon while `what` runs; the domain must be listed again afterwards."""
     restart_s = session.restart_daemon()
@@ -316,7 +300,6 @@ def _restart_under(session, what):
     return dom, restart_s
 
 
-@fresh_guest_after_failure
 def snapshot_during_restart(session):
     """live_snapshot's block copy, throttled so that it still runs when the daemon restarts:
     the daemon must find the guest and the job again, and the copy must complete, or end
@@ -440,7 +423,6 @@ def managed_save(session):
     return {"save_restore_s": round(restore_s, 2), "beat_before": beat, "beat_after": resumed}
 
 
-@fresh_guest_after_failure
 def managed_save_during_restart(session):
     """The daemon restarts while a managed save runs. Either the save completes (the domain is
     shut off with its image, and resumes from it) or it is undone (the guest runs on, no image);
@@ -574,7 +556,6 @@ def disk_hotplug(session):
     return {"attach_s": round(attach_s, 2), "detach_s": round(detach_s, 2)}
 
 
-@fresh_guest_after_failure
 def detach_under_load(session):
     """Detach a disk while the guest writes to it: the device-removed event must arrive, and the
     guest must see the disk go and live on."""

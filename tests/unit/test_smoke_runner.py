@@ -71,6 +71,10 @@ def smoke(monkeypatch):
         guest=importlib.import_module("harness.smoke.guest"),
         scenarios=importlib.import_module("harness.smoke.scenarios"),
         main=importlib.import_module("harness.smoke.__main__"),
+        worker=importlib.import_module("harness.smoke.worker"),
+        supervisor=importlib.import_module("harness.smoke.supervisor"),
+        evidence=importlib.import_module("harness.smoke.evidence"),
+        daemons=importlib.import_module("harness.smoke.daemons"),
     )
     yield modules
     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -81,7 +85,7 @@ def smoke(monkeypatch):
 
 def test_the_smoke_modules_use_the_stub(smoke):
     assert smoke.scenarios.libvirt is sys.modules["libvirt"]
-    assert smoke.main.libvirt.libvirtError is StubLibvirtError
+    assert smoke.worker.libvirt.libvirtError is StubLibvirtError
 
 
 def test_scenarios_match_the_model(smoke):
@@ -202,13 +206,13 @@ def test_console_without_a_file(smoke, tmp_path):
 
 
 def test_dotted_version(smoke):
-    assert smoke.main.dotted(9000000) == "9.0.0"
-    assert smoke.main.dotted(10002003) == "10.2.3"
+    assert smoke.worker.dotted(9000000) == "9.0.0"
+    assert smoke.worker.dotted(10002003) == "10.2.3"
 
 
 def run_fake_scenario(smoke, monkeypatch, behaviour, timeout=5.0):
-    monkeypatch.setitem(smoke.main.SCENARIOS, "boot", behaviour)
-    return smoke.main.run_scenario("boot", None, "virtqemud", timeout)
+    monkeypatch.setitem(smoke.worker.SCENARIOS, "boot", behaviour)
+    return smoke.worker.run_scenario("boot", None, "virtqemud", timeout)
 
 
 def test_run_scenario_pass(smoke, monkeypatch):
