@@ -10,7 +10,7 @@ import re
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,62 @@ def scenario_text(scenario: dict[str, Any] | None) -> str:
     return f"{text} [{interval}]" if interval else text
 
 
+# Who a failed run is counted against (FailureCause.cause in harness/results.py).
+CAUSES = {"libvirt-qemu": "libvirt/QEMU", "harness": "the harness"}
+
+
+def example(cause: dict[str, Any]) -> str:
+    """A cause's class and example message; a traceback's last line already names its class."""
+    name, message = str(cause.get("error_class")), str(cause.get("message") or "")
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
+
+
+def cause_text(cause: dict[str, Any]) -> str:
+    """One failure cause in plain text: 3× libvirt/QEMU [fingerprint] Class: message."""
+    who = CAUSES.get(cause.get("cause", ""), str(cause.get("cause")))
+    return f"{cause.get('count', 0)}× {who} [{cause.get('fingerprint')}] {example(cause)}"
+
+
+def not_run_text(scenario: dict[str, Any]) -> str | None:
+    """Why a scenario could not start in some repetitions, if it could not."""
+    n = int(scenario.get("not_run") or 0)
+    if not n:
+        return None
+    reasons = "; ".join(scenario.get("not_run_reasons") or []) or "no reason given"
+    return f"not run in {n} repetition{'' if n == 1 else 's'}: {reasons}"
+
+
+def failure_summary(cell: dict[str, Any], code: Callable[[object], str] = str) -> str | None:
+    """One line per cell: how many failed runs count against libvirt/QEMU and how many were the
+    harness's own, with their fingerprints (each through `code`, the format's escape), and the
+    repetitions not run; None if none."""
+    scenarios = cell.get("scenarios") or []
+    counted = {
+        "libvirt-qemu": sum(int(s.get("failures") or 0) for s in scenarios),
+        "harness": sum(int(s.get("errors") or 0) for s in scenarios),
+    }
+    not_run = sum(int(s.get("not_run") or 0) for s in scenarios)
+    if not any(counted.values()) and not not_run:
+        return None
+    parts = []
+    for kind, n in counted.items():
+        # Unique, in order; a document from before fingerprints has none.
+        prints = list(
+            dict.fromkeys(
+                code(c.get("fingerprint"))
+                for s in scenarios
+                for c in s.get("failures_by_cause") or []
+                if c.get("cause") == kind
+            )
+        )
+        named = f" (fingerprint{'s' if len(prints) > 1 else ''} {', '.join(prints)})"
+        parts.append(f"{n} from {CAUSES[kind]}" + (named if prints else ""))
+    text = "failures: " + ", ".join(parts)
+    if not_run:
+        text += f"; {not_run} repetition{'' if not_run == 1 else 's'} not run"
+    return text
+
+
 def scenario_title(scenario: dict[str, Any]) -> str:
     """Everything known about one scenario of one cell, one fact a line (a tooltip, a note)."""
     lines = [f"{scenario['name']}: {scenario.get('status')}"]
@@ -102,6 +158,7 @@ def scenario_title(scenario: dict[str, Any]) -> str:
     lines.append(
         f"{runs} run{'' if runs == 1 else 's'}, {scenario.get('failures', 0)} failed,"
         f" {scenario.get('errors', 0)} errors"
+        + (f", {scenario['not_run']} not run" if scenario.get("not_run") else "")
     )
     durations = scenario.get("durations_s") or []
     if durations:
@@ -112,7 +169,13 @@ def scenario_title(scenario: dict[str, Any]) -> str:
         lines.append(rate + (f", 95% interval {interval}" if interval else ""))
     if scenario.get("decision"):
         lines.append(str(scenario["decision"]))
-    lines.extend(scenario.get("messages") or [])
+    causes = scenario.get("failures_by_cause") or []
+    lines.extend(cause_text(c) for c in causes)
+    if why := not_run_text(scenario):
+        lines.append(why)
+    # The full messages too (a traceback's every line), but not again the causes' examples.
+    shown = {c.get("message") for c in causes}
+    lines.extend(m for m in scenario.get("messages") or [] if m not in shown)
     return "\n".join(lines)
 
 
@@ -164,6 +227,21 @@ def notes(data: dict[str, Any]) -> list[str]:
         for scenario in cell.get("scenarios", []):
             if scenario.get("status") != "safe" and scenario.get("decision"):
                 lines.append(f"`{cell['id']}` {scenario['name']}: {scenario['decision']}")
+        if summary := failure_summary(cell, code_md):
+            lines.append(f"`{cell['id']}` {summary}")
+        for scenario in cell.get("scenarios", []):
+            for cause in scenario.get("failures_by_cause") or []:
+                who = CAUSES.get(cause.get("cause", ""), str(cause.get("cause")))
+                lines.append(
+                    f"`{cell['id']}` {scenario['name']} {code_md(cause.get('fingerprint'))}:"
+                    f" {cause.get('count', 0)}× from {who}, e.g. {code_md(example(cause))}"
+                )
+            if n := int(scenario.get("not_run") or 0):
+                reasons = "; ".join(map(code_md, scenario.get("not_run_reasons") or []))
+                lines.append(
+                    f"`{cell['id']}` {scenario['name']}: not run in {n}"
+                    f" repetition{'' if n == 1 else 's'}: {reasons or 'no reason given'}"
+                )
     return lines
 
 
@@ -268,6 +346,15 @@ def cell_md(value: object) -> str:
     return " ".join(str(value).split()).replace("|", "\\|") if value else "–"
 
 
+def code_md(value: object) -> str:
+    """A Markdown code span of any one-line text: fenced by more backticks than it holds."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    # A span that starts or ends with a backtick needs a space inside its fence.
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def step_summary(data: dict[str, Any]) -> str:
     """The Markdown a CI job shows on its summary page."""
     tally = ", ".join(f"{n} {status}" for status, n in counts(data))
@@ -336,6 +423,7 @@ def html_row(
         if cell["status"] != "safe" and not cell.get("scenarios")
         else []
     )
+    failures = failure_summary(cell)
     return {
         "cell": cell,
         "base": base_text(cell),
@@ -364,7 +452,22 @@ def html_row(
         "build_log": href(build.get("log"), base),
         "failing": failing,
         "build_tail": build_tail,
-        "explained": bool(cell.get("reason") or failing or build_tail or change(cell)),
+        "failures": failures,
+        "causes": [
+            {
+                "scenario": s["name"],
+                "fingerprint": c.get("fingerprint"),
+                "count": c.get("count", 0),
+                "who": CAUSES.get(c.get("cause", ""), str(c.get("cause"))),
+                "example": example(c),
+            }
+            for s in cell.get("scenarios", [])
+            for c in s.get("failures_by_cause") or []
+        ],
+        "not_run": [
+            (s["name"], why) for s in cell.get("scenarios", []) if (why := not_run_text(s))
+        ],
+        "explained": bool(cell.get("reason") or failing or build_tail or change(cell) or failures),
     }
 
 
@@ -421,6 +524,7 @@ def junit(data: dict[str, Any]) -> str:
             "accel": cell.get("accel"),
             "image": cell.get("image"),
             "change": change(cell),
+            "failures": failure_summary(cell),
             **{f"threshold.{t}": threshold_mark(cell, t) for t in cell.get("thresholds", {})},
         }
         for key, value in facts.items():

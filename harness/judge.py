@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Any
 
 from .build import BuildResult
+from .fingerprint import fingerprint, headline
 from .model import Cell, Policy, Threshold
-from .results import CellResult, ScenarioResult, Status, worst
+from .results import CellResult, FailureCause, ScenarioResult, Status, worst
 from .runner import SmokeRun
 from .stats import Decision, StopRule, wilson_interval
 
 DEFAULT_RULE = StopRule.from_policy(Policy())
+# A runner's status for a repetition a scenario could not start in.
+NOT_RUN = "not-run"
+# An example message is one line; a long one (a command's stderr) is cut here.
+MESSAGE_LIMIT = 300
 
 
 def scenario_status(decision: Decision, errors: int) -> Status:
@@ -55,31 +61,42 @@ def judge_scenarios(report: dict[str, Any], rule: StopRule = DEFAULT_RULE) -> li
             by_name.setdefault(result["name"], []).append(result)
     verdicts = []
     for name, results in by_name.items():
-        observed = [r["status"] == "fail" for r in results if r["status"] != "error"]
-        errors = len(results) - len(observed)
+        # A repetition the scenario could not start in is no run: not an observation, not an
+        # error; only counted, with its reason.
+        skipped = [r for r in results if r["status"] == NOT_RUN]
+        ran = [r for r in results if r["status"] != NOT_RUN]
+        observed = [r["status"] == "fail" for r in ran if r["status"] != "error"]
+        errors = len(ran) - len(observed)
         failures = sum(observed)
-        failed = [r for r in results if r["status"] != "pass"]
+        failed = [r for r in ran if r["status"] != "pass"]
         decision = rule.walk(observed)
         status = scenario_status(decision, errors)
         why = rule.describe(decision)
         if status == Status.ERROR:
-            why = f"the runner failed in {errors} of {len(results)} runs; {why}"
+            why = f"the runner failed in {errors} of {len(ran)} runs; {why}"
+        if skipped:
+            why += f"; not run in {len(skipped)} repetition" + ("s" if len(skipped) > 1 else "")
         low, high = wilson_interval(failures, len(observed))
         verdicts.append(
             ScenarioResult(
                 name=name,
                 status=status,
-                runs=len(results),
+                runs=len(ran),
                 failures=failures,
                 errors=errors,
-                durations_s=[r["duration_s"] for r in results],
+                durations_s=[r["duration_s"] for r in ran],
                 messages=sorted({r["error"] for r in failed if r["error"]}),
-                details=[r.get("details", {}) for r in results],
+                details=[r.get("details", {}) for r in ran],
                 # The logs of the last failure, else of the last run.
-                logs=(failed or results)[-1].get("logs", {}),
+                logs=(failed or ran or results)[-1].get("logs", {}),
                 failure_rate=round(failures / len(observed), 4) if observed else None,
                 interval=outward(low, high) if observed else None,
                 decision=why,
+                failures_by_cause=causes(name, failed),
+                not_run=len(skipped),
+                not_run_reasons=sorted(
+                    {headline(r.get("error")) or "no reason given" for r in skipped}
+                ),
             )
         )
     verdicts += not_applicable(report, set(by_name))
@@ -87,6 +104,36 @@ def judge_scenarios(report: dict[str, Any], rule: StopRule = DEFAULT_RULE) -> li
     order = list(report.get("decisions") or {})
     verdicts.sort(key=lambda v: order.index(v.name) if v.name in order else len(order))
     return verdicts
+
+
+def causes(name: str, failed: list[dict[str, Any]]) -> list[FailureCause]:
+    """A scenario's failed and errored runs grouped by fingerprint: libvirt/QEMU's first, then
+    the most frequent, then in the order they first happened."""
+    groups: dict[str, FailureCause] = {}
+    for r in failed:
+        harness = r["status"] == "error"
+        # Reports from before error_class say only which side failed.
+        error_class = r.get("error_class") or ("error" if harness else "failure")
+        key = fingerprint(name, error_class, r.get("error"))
+        if key in groups:
+            groups[key] = replace(groups[key], count=groups[key].count + 1)
+        else:
+            groups[key] = FailureCause(
+                fingerprint=key,
+                cause="harness" if harness else "libvirt-qemu",
+                error_class=error_class,
+                message=headline(r.get("error"))[:MESSAGE_LIMIT],
+                count=1,
+            )
+    first = list(groups)
+    return sorted(
+        groups.values(),
+        key=lambda c: (c.cause == "harness", -c.count, first.index(c.fingerprint)),
+    )
+
+
+def first_cause(scenario: ScenarioResult) -> str | None:
+    return scenario.failures_by_cause[0].message if scenario.failures_by_cause else None
 
 
 def not_applicable(report: dict[str, Any], ran: set[str]) -> list[ScenarioResult]:
@@ -168,10 +215,11 @@ def judge_cell(
         return CellResult(**common, status=Status.ERROR, reason=f"setup: {report['setup_error']}")
     scenarios = judge_scenarios(report, smoke.rule or DEFAULT_RULE)
     status = worst([s.status for s in scenarios])
-    # The first message says what failed; without one (an undecided clean scenario) the decision.
-    # A not-applicable scenario is no failure: it names the cell's reason only when all are.
+    # The most frequent cause says what failed (libvirt/QEMU's before the harness's); without
+    # one (an undecided clean scenario) the decision. A not-applicable scenario is no failure:
+    # it names the cell's reason only when all are.
     failing = [
-        f"{s.name}: {s.messages[0] if s.messages else s.decision}"
+        f"{s.name}: {first_cause(s) or s.decision}"
         for s in scenarios
         if s.status not in (Status.SAFE, Status.NOT_APPLICABLE) or status == Status.NOT_APPLICABLE
     ]

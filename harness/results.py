@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 FORMAT = 1
 
@@ -39,6 +39,21 @@ def worst(statuses: list[Status]) -> Status:
 
 
 @dataclass(frozen=True)
+class FailureCause:
+    """The failed runs of one scenario that share a fingerprint (harness/fingerprint.py)."""
+
+    fingerprint: str
+    # "libvirt-qemu": libvirt, QEMU or the guest misbehaved (a `fail`);
+    # "harness": the runner itself failed (an `error`), never counted against them.
+    cause: Literal["libvirt-qemu", "harness"]
+    # ScenarioFailure, libvirtError, KeyError, ...; "failure" or "error" when the report did
+    # not name it (a report from before error_class).
+    error_class: str
+    message: str  # one of these runs' messages: its first line (a traceback's last)
+    count: int
+
+
+@dataclass(frozen=True)
 class ScenarioResult:
     name: str
     status: Status
@@ -52,6 +67,12 @@ class ScenarioResult:
     failure_rate: float | None = None  # failures / runs, runner errors left out
     interval: list[float] | None = None  # 95% Wilson interval [low, high] of the failure rate
     decision: str | None = None  # one line: why this status
+    # The failed and errored runs grouped by cause: libvirt/QEMU's first, the most frequent first.
+    failures_by_cause: list[FailureCause] = field(default_factory=list)
+    # Repetitions the scenario could not start in (an earlier failure broke the daemon or
+    # guest): no run, no failure, no error; left out of runs and of the sequential test.
+    not_run: int = 0
+    not_run_reasons: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,15 @@ class RunResult:
         cells = []
         for cell in data["cells"]:
             scenarios = [
-                ScenarioResult(**{**s, "status": Status(s["status"])})
+                ScenarioResult(
+                    **{
+                        **s,
+                        "status": Status(s["status"]),
+                        "failures_by_cause": [
+                            FailureCause(**c) for c in s.get("failures_by_cause", [])
+                        ],
+                    }
+                )
                 for s in cell.get("scenarios", [])
             ]
             cells.append(

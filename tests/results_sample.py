@@ -7,13 +7,28 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.fingerprint import fingerprint
 from harness.model import SCENARIOS
-from harness.results import CellResult, RunResult, ScenarioResult, Status
+from harness.results import CellResult, FailureCause, RunResult, ScenarioResult, Status
 
 RUN_ID = "20240101T000000Z-abcd"
 
 
 def scenario(name, status=Status.SAFE, runs=2, failures=0, errors=0, messages=()):
+    # The sample's failures share one message, one cause, as the judge would group them.
+    causes = (
+        [
+            FailureCause(
+                fingerprint(name, "ScenarioFailure", messages[0]),
+                "libvirt-qemu",
+                "ScenarioFailure",
+                messages[0],
+                failures,
+            )
+        ]
+        if failures and messages
+        else []
+    )
     return ScenarioResult(
         name=name,
         status=status,
@@ -24,6 +39,7 @@ def scenario(name, status=Status.SAFE, runs=2, failures=0, errors=0, messages=()
         messages=list(messages),
         details=[{"boot_s": 1.5}] * runs,
         logs={"console": ["HVGATE-READY boot=abc", "\x1b[0mHVGATE-BEAT 1"]},
+        failures_by_cause=causes,
     )
 
 

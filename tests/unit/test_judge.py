@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.build import BuildResult
+from harness.fingerprint import fingerprint
 from harness.judge import (
     judge_cell,
     judge_scenarios,
@@ -14,7 +15,7 @@ from harness.judge import (
     version_tuple,
 )
 from harness.model import Threshold
-from harness.results import Status, worst
+from harness.results import FailureCause, RunResult, Status, worst
 from harness.runner import SmokeRun
 from harness.stats import Decision, StopRule
 
@@ -83,8 +84,8 @@ def test_meets(libvirt, qemu, threshold, expected):
     assert meets(libvirt, qemu, threshold) is expected
 
 
-def result(name, status, error=None, duration=1.0, console=None):
-    return {
+def result(name, status, error=None, duration=1.0, console=None, error_class=None):
+    entry = {
         "name": name,
         "status": status,
         "error": error,
@@ -92,6 +93,8 @@ def result(name, status, error=None, duration=1.0, console=None):
         "details": {"run_of": name},
         "logs": {"console": console or [f"{name} {status}"], "daemon": [], "qemu": []},
     }
+    # The runner's reports name the error's class; older ones did not.
+    return {**entry, "error_class": error_class} if error_class else entry
 
 
 REPORT = {
@@ -156,12 +159,145 @@ def test_judge_scenarios():
     assert teardown.failure_rate == 0.0 and teardown.interval == [0.0, 0.6577]
     assert teardown.decision.startswith("the runner failed in 1 of 3 runs; no decision")
 
+    # A report from before error_class and not-run: the status says which side failed.
+    assert boot.failures_by_cause == [] and boot.not_run == 0
+    (cause,) = reboot.failures_by_cause
+    assert (cause.cause, cause.error_class, cause.count) == ("libvirt-qemu", "failure", 2)
+    assert cause.message == "no heartbeat after reboot"
+    assert cause.fingerprint == fingerprint("reboot", "failure", "no heartbeat after reboot")
+    (cause,) = teardown.failures_by_cause
+    assert (cause.cause, cause.error_class, cause.count) == ("harness", "error", 1)
+
 
 def test_a_scenario_that_only_errs_has_no_rate():
     report = {"runs": [[result("boot", "error", "Traceback")]]}
     (boot,) = judge_scenarios(report, SHORT)
     assert boot.status is Status.ERROR
     assert (boot.failure_rate, boot.interval) == (None, None)
+
+
+def test_not_run_is_no_run_no_failure_and_no_error():
+    """A repetition the scenario could not start in is left out of the counts and of the
+    sequential test, and only counted with its reason."""
+    broken_daemon = "the daemon did not come back after managed-save failed"
+    report = {
+        "runs": [
+            [result("boot", "pass")],
+            [result("boot", "pass")],
+            [result("boot", "not-run", broken_daemon, duration=0.0, error_class="RunnerError")],
+            [result("boot", "not-run", broken_daemon + "\nTraceback ...", duration=0.0)],
+        ]
+    }
+    (boot,) = judge_scenarios(report, SHORT)
+    # Two passes decide nothing under SHORT (three do): counted as passes, they would be safe;
+    # counted as errors, it would be an error.
+    assert boot.status is Status.INCONCLUSIVE
+    assert (boot.runs, boot.failures, boot.errors, boot.not_run) == (2, 0, 0, 2)
+    assert boot.not_run_reasons == [broken_daemon]
+    assert boot.durations_s == [1.0, 1.0] and len(boot.details) == 2
+    assert boot.failure_rate == 0.0 and boot.interval == [0.0, 0.6577]  # 0 of 2
+    assert boot.failures_by_cause == [] and boot.messages == []
+    assert boot.decision == (
+        "no decision, stopped before max_runs=3: 0 of 2 runs failed; not run in 2 repetitions"
+    )
+    # The walk sees the observed runs only.
+    assert SHORT.walk([False, False]).status is None
+
+
+def test_a_scenario_that_never_started_has_no_rate():
+    report = {"runs": [[result("reboot", "not-run", "the guest is gone")]]}
+    (reboot,) = judge_scenarios(report, SHORT)
+    assert reboot.status is Status.INCONCLUSIVE
+    assert (reboot.runs, reboot.not_run, reboot.failure_rate, reboot.interval) == (0, 1, None, None)
+    assert reboot.decision.endswith("not run in 1 repetition")
+
+
+def test_failures_grouped_by_cause_and_side():
+    """Failures against libvirt/QEMU apart from the harness's own errors, each cause once with
+    its count, whatever numbers its messages carried."""
+    hang = "no heartbeat after #{} of boot {} within 30 s"
+    report = {
+        "runs": [
+            [result("reboot", "fail", hang.format(12, "6af79a4a"), error_class="ScenarioFailure")],
+            [
+                result(
+                    "reboot",
+                    "error",
+                    "Traceback (most recent call last):\n  x\nKeyError: 'a'",
+                    error_class="KeyError",
+                )
+            ],
+            [
+                result(
+                    "reboot",
+                    "fail",
+                    "the domain is paused, expected running",
+                    error_class="ScenarioFailure",
+                )
+            ],
+            [result("reboot", "fail", hang.format(3, "1234abcd"), error_class="ScenarioFailure")],
+            [result("reboot", "pass")],
+            [
+                result(
+                    "reboot",
+                    "error",
+                    "Traceback (most recent call last):\n  y\nKeyError: 'a'",
+                    error_class="KeyError",
+                )
+            ],
+        ]
+    }
+    rule = StopRule(0.01, 0.5, 0.8, min_runs=1, max_runs=10)
+    (reboot,) = judge_scenarios(report, rule)
+    assert (reboot.runs, reboot.failures, reboot.errors) == (6, 3, 2)
+    assert [(c.cause, c.error_class, c.count, c.message) for c in reboot.failures_by_cause] == [
+        # libvirt/QEMU's first, the most frequent first, the first example kept.
+        ("libvirt-qemu", "ScenarioFailure", 2, hang.format(12, "6af79a4a")),
+        ("libvirt-qemu", "ScenarioFailure", 1, "the domain is paused, expected running"),
+        ("harness", "KeyError", 2, "KeyError: 'a'"),
+    ]
+    first, _, error = reboot.failures_by_cause
+    assert first.fingerprint == fingerprint("reboot", "ScenarioFailure", hang.format(1, "243"))
+    assert error.fingerprint == fingerprint("reboot", "KeyError", "KeyError: 'a'")
+    # Every failed run is in exactly one cause.
+    assert sum(c.count for c in reboot.failures_by_cause) == reboot.failures + reboot.errors
+
+
+def test_causes_survive_the_json_round_trip(cell, thresholds):
+    report = {
+        **REPORT,
+        "runs": [
+            [result("boot", "fail", "boom 1", error_class="libvirtError")],
+            [result("boot", "not-run", "daemon gone")],
+        ],
+    }
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report, rule=SHORT), thresholds)
+    assert verdict.reason == "boot: boom 1"
+    run = RunResult("r", "s", "f", {}, [verdict])
+    again = RunResult.from_json(run.to_json())
+    assert again == run
+    (boot,) = again.cells[0].scenarios
+    assert isinstance(boot.failures_by_cause[0], FailureCause)
+    assert (boot.not_run, boot.not_run_reasons) == (1, ["daemon gone"])
+
+
+def test_results_from_before_causes_are_read():
+    old = RunResult("r", "s", "f", {}, []).to_json()
+    old["cells"] = [
+        {
+            "id": "c",
+            "distro": "debian",
+            "release": "12",
+            "codename": "bookworm",
+            "source": "release",
+            "status": "flaky",
+            "scenarios": [
+                {"name": "boot", "status": "flaky", "runs": 4, "failures": 2, "messages": ["x"]}
+            ],
+        }
+    ]
+    (boot,) = RunResult.from_json(old).cells[0].scenarios
+    assert (boot.failures_by_cause, boot.not_run, boot.not_run_reasons) == ([], 0, [])
 
 
 def test_judge_scenarios_with_the_default_policy():

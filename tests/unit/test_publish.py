@@ -13,6 +13,7 @@ import pytest
 
 from harness import formats
 from harness.errors import ConfigurationError
+from harness.fingerprint import fingerprint
 from harness.model import SCENARIOS
 from harness.publish import (
     RESULTS_SCHEMA_PATH,
@@ -274,6 +275,133 @@ def test_html_shows_the_optional_fields(data, tmp_path):
     assert "managed-save: broken" in page and "broken after 2 runs" in page
     assert f"regression: safe in the previous run, broken now, since run <code>{RUN_ID}" in page
     assert "fix: broken in the previous run, safe now." in page
+
+
+# --- where failures come from ---------------------------------------------------------------
+
+EVIL = "boom `x` | y <script>alert(1)</script> *z*"
+
+
+def with_causes(data):
+    """The flaky cell's reboot with a harness error, a message that needs escaping in every
+    format, and repetitions it could not start in."""
+    cell = data["cells"][0]
+    reboot = next(s for s in cell["scenarios"] if s["name"] == "reboot")
+    reboot["errors"] = 1
+    reboot["failures_by_cause"].append(
+        {
+            "fingerprint": fingerprint("reboot", "KeyError", EVIL),
+            "cause": "harness",
+            "error_class": "KeyError",
+            "message": EVIL,
+            "count": 1,
+        }
+    )
+    reboot["messages"].append("Traceback (most recent call last):\n  x\n" + EVIL)
+    reboot["not_run"] = 2
+    reboot["not_run_reasons"] = ["the daemon did not come back | <b>"]
+    return data
+
+
+def test_markdown_says_which_failures_are_libvirt_qemu_and_which_the_harness(data):
+    plain = formats.markdown(data)
+    text = formats.markdown(with_causes(data))
+    # The table is as wide as before: the split is in the notes below it.
+    assert table(text)[0] == table(plain)[0]
+    libvirt = fingerprint("reboot", "ScenarioFailure", "no heartbeat")
+    harness = fingerprint("reboot", "KeyError", EVIL)
+    assert (
+        f"- `debian-12-release` failures: 1 from libvirt/QEMU (fingerprint `{libvirt}`),"
+        f" 1 from the harness (fingerprint `{harness}`); 2 repetitions not run\n"
+    ) in text
+    assert (
+        f"- `debian-12-release` reboot `{libvirt}`: 1× from libvirt/QEMU,"
+        " e.g. `ScenarioFailure: no heartbeat`\n"
+    ) in text
+    # A code span fenced by more backticks than the message holds: nothing in it is Markdown.
+    assert (
+        f"- `debian-12-release` reboot `{harness}`: 1× from the harness,"
+        f" e.g. ``KeyError: {EVIL}``\n"
+    ) in text
+    assert (
+        "- `debian-12-release` reboot: not run in 2 repetitions:"
+        " `the daemon did not come back | <b>`\n"
+    ) in text
+    # A safe cell says nothing.
+    assert "`ubuntu-24.04-release` failures" not in text
+
+
+def test_a_traceback_is_not_named_twice():
+    cause = {"error_class": "KeyError", "message": "KeyError: 'vda'"}
+    assert formats.example(cause) == "KeyError: 'vda'"
+    assert formats.example({**cause, "message": "no 'vda'"}) == "KeyError: no 'vda'"
+
+
+def test_code_spans_hold_any_text():
+    assert formats.code_md("a") == "`a`"
+    assert formats.code_md("a ``b`` c") == "```a ``b`` c```"
+    assert formats.code_md("`a`") == "`` `a` ``"
+    assert formats.code_md("a\nb  c") == "`a b c`"
+
+
+def test_html_says_which_failures_are_libvirt_qemu_and_which_the_harness(data, tmp_path):
+    page = formats.html(with_causes(data), tmp_path)
+    harness = fingerprint("reboot", "KeyError", EVIL)
+    assert '<p class="failures">failures: 1 from libvirt/QEMU (fingerprint ' in page
+    assert f"1 from the harness (fingerprint {harness}); 2 repetitions not run</p>" in page
+    assert f"<li>reboot <code>{harness}</code>: 1× from the harness, e.g. <code>KeyError:" in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    assert "the daemon did not come back | &lt;b&gt;" in page
+    # The scenario's note: each cause, then the full traceback.
+    assert f"1× the harness [{harness}] KeyError: boom" in page
+    assert "Traceback (most recent call last):" in page
+    # A safe cell with a failure is explained too.
+    data = document(sample_run())
+    safe = data["cells"][2]
+    safe["scenarios"][0]["failures"] = 1
+    assert 'href="#cell-ubuntu-24.04-release"' in formats.html(data, tmp_path)
+
+
+def test_junit_says_which_failures_are_libvirt_qemu_and_which_the_harness(data):
+    text = formats.junit(with_causes(data))
+    xml = junitparser.JUnitXml.fromstring(text)
+    suite = next(s for s in xml if s.name == "debian-12-release")
+    props = {p.name: p.value for p in suite.properties()}
+    assert props["failures"].startswith("failures: 1 from libvirt/QEMU (fingerprint ")
+    assert props["failures"].endswith(
+        "1 from the harness (fingerprint "
+        f"{fingerprint('reboot', 'KeyError', EVIL)}); 2 repetitions not run"
+    )
+    reboot = {c.name: c for c in suite}["reboot"]
+    assert "1× the harness [" in reboot.result[0].text
+    assert "not run in 2 repetitions: the daemon did not come back" in reboot.result[0].text
+    safe = next(s for s in xml if s.name == "ubuntu-24.04-release")
+    assert "failures" not in {p.name for p in safe.properties()}
+
+
+def test_documents_from_before_causes_render(data, tmp_path):
+    """Without failures_by_cause and not_run, the split is still there, from the counts."""
+    for c in data["cells"]:
+        for s in c.get("scenarios", []):
+            for key in ("failures_by_cause", "not_run", "not_run_reasons"):
+                del s[key]
+    text = formats.markdown(data)
+    assert "- `debian-12-release` failures: 1 from libvirt/QEMU, 0 from the harness\n" in text
+    assert "failures: 2 from libvirt/QEMU, 0 from the harness" in formats.junit(data)
+    assert "failures: 1 from libvirt/QEMU, 0 from the harness" in formats.html(data, tmp_path)
+    assert RunResult.from_json(data).cells[0].scenarios[1].failures_by_cause == []
+
+
+def test_the_committed_results_render(tmp_path, monkeypatch):
+    """results/latest.json, whatever run wrote it, is read and rendered as it is."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    latest = ROOT / "results" / "latest.json"
+    run = RunResult.from_json(read_results(latest))
+    text = report(input_path=latest, output_dir=tmp_path)["markdown"].read_text()
+    for cell in run.cells:
+        failures = sum(s.failures for s in cell.scenarios)
+        if failures:
+            assert f"- `{cell.id}` failures: {failures} from libvirt/QEMU" in text
 
 
 # --- writing and reading results/ -------------------------------------------------------------
