@@ -223,6 +223,10 @@ def judge_cell(
         for s in scenarios
         if s.status not in (Status.SAFE, Status.NOT_APPLICABLE) or status == Status.NOT_APPLICABLE
     ]
+    if report.get("aborted"):
+        # The runner ended the cell early (it could not renew the daemon, or the cell's time ran
+        # out): what ran is judged, and the cell says why the rest did not.
+        failing.insert(0, f"stopped early: {report['aborted']}")
     return CellResult(
         **common, status=status, reason="; ".join(failing)[:500] or None, scenarios=scenarios
     )

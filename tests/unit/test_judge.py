@@ -388,6 +388,15 @@ def test_setup_error_is_an_error(cell, thresholds):
     assert verdict.reason == "setup: virtqemud did not start"
 
 
+def test_a_cell_the_runner_stopped_early_says_why_and_judges_what_ran(cell, thresholds):
+    passing = {"name": "boot", "status": "pass", "error": None, "duration_s": 1.0}
+    why = "the cell reached its cell_timeout of 3600 s"
+    report = {**REPORT, "runs": [[passing]], "aborted": why, "decisions": {"boot": None}}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report, rule=SHORT), thresholds)
+    assert verdict.status is Status.INCONCLUSIVE  # one clean run of three: undecided
+    assert verdict.reason.startswith(f"stopped early: {why}; boot: ")
+
+
 def test_judge_cell_from_a_report(cell, thresholds):
     smoke = SmokeRun(cell.id, REPORT, log_dir="/logs/x", rule=SHORT)
     verdict = judge_cell(cell, BUILT, smoke, thresholds)
