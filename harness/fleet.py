@@ -4,14 +4,14 @@ to each engine that lacks them, and cells handed to whichever engine is free."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import docker
 import docker.errors
@@ -197,12 +197,13 @@ class Fleet:
         work: Callable[[Engine, T], None],
         prepare: Callable[[Engine], object] | None = None,
         can_take: Callable[[Engine, T], bool] | None = None,
+        stop: Stop | None = None,
     ) -> list[T]:
         """Runs work(engine, item) for every item and returns those no engine could take.
 
         Each engine first gets one item in turn (so that every engine is used when there are
-        enough items), then takes the next item whenever it is free. The first failure stops
-        the others from taking more, and is raised here once they are done."""
+        enough items), then takes the next item whenever it is free. The first failure (or
+        `stop`) stops the others from taking more; a failure is raised here once they are done."""
         pending = list(items)
         left: list[T] = []
         if not self.several:
@@ -216,7 +217,7 @@ class Fleet:
                     left.append(item)
             return left
         lock = threading.Lock()
-        stop = threading.Event()
+        stop = stop or Stop()
         failures: list[BaseException] = []
 
         def take(engine: Engine) -> T | None:
@@ -231,7 +232,7 @@ class Fleet:
         def worker(engine: Engine) -> None:
             item = firsts[engine.name]
             try:
-                if prepare and item is not None:
+                if prepare and item is not None and not stop.is_set():
                     prepare(engine)
                 while item is not None and not stop.is_set():
                     work(engine, item)
@@ -249,7 +250,7 @@ class Fleet:
                 threading.Thread(target=worker, args=(e,), name=f"engine {e.name}", daemon=True)
                 for e in self.engines
             ],
-            on_interrupt=stop.set,
+            stop,
         )
         if failures:
             raise failures[0]
@@ -279,37 +280,56 @@ def copy_image(source: Engine, target: Engine, tag: str) -> None:
 
 
 class AccelChoice:
-    """The accel every cell uses. While it is still 'auto', one cell at a time probes, and the
-    first probe decides for the rest, so engines running at once do not all probe."""
+    """The accel of every cell of a run: the one given, or while that is 'auto', what one probe
+    finds. The first smoke test to need it runs the probe (a short, bounded step) and the others,
+    on any engine, wait for its answer instead of probing again."""
 
-    def __init__(self, accel: str, reason: str | None, remember: Callable[[str, str], None]):
+    def __init__(self, accel: str, reason: str | None):
         self.accel, self.reason = accel, reason
-        self.remember = remember
-        self._probe = threading.Lock()
+        self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[tuple[str, str | None]]:
-        # Once decided it never goes back to 'auto', so only the undecided wait.
-        with self._probe if self.accel == "auto" else contextlib.nullcontext():
-            yield self.accel, self.reason
-
-    def settle(self, report: dict[str, Any] | None, cell_id: str) -> None:
-        """Inside taken(): one probe per host boot; the other cells use what it found."""
-        if self.accel == "auto" and report and report.get("accel"):
-            accel, reason = report["accel"], report.get("accel_reason")
-            self.remember(accel, reason or "")
-            self.accel, self.reason = accel, f"{reason} (probed in {cell_id})"
+    def decide(self, probe: Callable[[], tuple[str, str]]) -> tuple[str, str | None]:
+        with self._lock:
+            if self.accel == "auto":
+                self.accel, self.reason = probe()
+            return self.accel, self.reason
 
 
-def run_threads(threads: Sequence[threading.Thread], on_interrupt: Callable[[], None]) -> None:
+class Stop(threading.Event):
+    """Set once an interrupt (or a failure) has begun: nothing new starts after it, since every
+    build, probe and container checks it first. It keeps the worker threads started under it,
+    so that the interrupt's cleanup can wait for them and then remove what they left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[threading.Thread] = []
+
+    def join(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds in all for the worker threads; whether they all ended."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            if thread.is_alive():  # one never started (Ctrl-C came first) cannot be joined
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self.threads)
+
+
+def run_threads(
+    threads: Sequence[threading.Thread],
+    stop: Stop,
+    wake: Callable[[], None] | None = None,
+) -> None:
     """Starts the threads and waits for them all; a Ctrl-C or SIGTERM meanwhile (they reach the
-    main thread only while it is not blocked) calls on_interrupt and goes on up."""
-    for thread in threads:
-        thread.start()
+    main thread only while it is not blocked) sets `stop`, calls `wake` (for threads waiting on
+    a condition) and goes on up, leaving the threads to the caller's cleanup (Stop.join)."""
+    stop.threads.extend(threads)
     try:
+        for thread in threads:
+            thread.start()
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.5)
     except BaseException:
-        on_interrupt()
+        stop.set()
+        if wake is not None:
+            wake()
         raise

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import FINISHED
 from .errors import ConfigurationError
 from .progress import say
 from .publish import RESULTS, read_results
@@ -78,12 +79,15 @@ def append(path: Path, data: dict[str, Any]) -> None:
 
 
 def backfill(results_dir: Path) -> None:
-    """Starts a missing history from the runs already kept under results/runs/, oldest first."""
+    """Starts a missing history from the runs already kept under results/runs/, oldest first:
+    those that finished (a run cut short is kept in the history once --resume finishes it)."""
     path = history_path(results_dir)
     if path.exists():
         return
     runs = []
     for results in (results_dir / "runs").glob("*/results.json"):
+        if not finished(results.parent):
+            continue
         try:
             data = json.loads(results.read_text())
             runs.append((data["started"], data["run_id"], data))
@@ -91,6 +95,17 @@ def backfill(results_dir: Path) -> None:
             say("history", f"{results}: not a results file; left out of the history")
     for _, _, data in sorted(runs, key=lambda run: (run[0], run[1])):
         append(path, data)
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether a kept run ran to its end: its run.json says so, or it has none (a merge)."""
+    try:
+        state = json.loads((run_dir / "run.json").read_text()).get("state")
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(state == FINISHED)
 
 
 def change(before: str | None, now: str) -> str | None:
@@ -139,15 +154,19 @@ def record(
     run: RunResult,
     publish: Callable[[RunResult], dict[str, Path]],
     results_dir: Path = RESULTS,
+    keep: bool = True,
 ) -> tuple[RunResult, dict[str, Path]]:
     """Annotates the run from the history, publishes it, then appends it to the history (after
-    publishing, so a run whose results could not be written is not counted)."""
+    publishing, so a run whose results could not be written is not counted). With keep=False
+    (a run cut short, which --resume continues under the same id) nothing is appended: the run
+    enters the history once, when it has finished."""
     backfill(results_dir)
     path = history_path(results_dir)
     annotated = annotate(run, read(path))
     paths = publish(annotated)
-    append(path, annotated.to_json())
-    paths["history"] = path
+    if keep:
+        append(path, annotated.to_json())
+        paths["history"] = path
     return annotated, paths
 
 

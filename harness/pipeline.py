@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
 import secrets
-import threading
 from pathlib import Path
 
 import docker
@@ -24,11 +24,12 @@ from .build import (
     cell_context,
 )
 from .errors import EngineError, Interrupted, UnsafeCells
-from .fleet import AccelChoice, Engine, Fleet
+from .fleet import AccelChoice, Engine, Fleet, Stop
 from .formats import coming
 from .judge import judge_cell, not_run
 from .load import load
 from .model import Cell, Matrix
+from .probe import probe_accel
 from .progress import say
 from .publish import RESULTS, publish
 from .render import base_image_tag, render_all, write_atomic
@@ -41,6 +42,9 @@ from .select import shard as take_shard
 
 LOGS = RESULTS / "logs"
 ACCEL_CACHE = CACHE / "accel-probe.json"
+# How long an interrupt waits for worker threads, once the run's containers are gone: a smoke
+# test then ends in seconds; a build may go on, but starts nothing of the run's.
+GRACE = 15.0
 
 
 def selected(
@@ -198,8 +202,10 @@ def run(
     builds: dict[str, BuildResult] = {}
     say("run", f"{run_id}: {len(chosen)} cells: {', '.join(c.id for c in chosen)}")
     guests: dict[str, Path] = {}
-    choice = AccelChoice(*initial_accel(accel or matrix.accel), remember_accel)
-    halted = threading.Event()  # set on Ctrl-C: other engines' cells are no longer kept
+    choice = AccelChoice(*initial_accel(accel or matrix.accel))
+    # Set on Ctrl-C (or a worker's failure): no build, probe or container starts after it.
+    stop = Stop()
+    log_root = RESULTS / "runs" / run_id / "logs"
 
     def prepare(engine: Engine) -> None:
         guests[engine.name] = fleet.guest(engine, matrix, LOGS)
@@ -213,31 +219,49 @@ def run(
             return fleet.build(engine, matrix, cell, LOGS)
         return existing_images(engine.client, (cell,))[cell.id]
 
+    def probe(engine: Engine, cell: Cell, image: str) -> tuple[str, str]:
+        """The run's one KVM probe (`--accel auto`, not yet known since this host booted), in a
+        container of the first image to be smoke-tested; kept for the host's later runs."""
+        say("run", f"KVM probe in a container of {cell.id}'s image{fleet.where(engine)}")
+        found = probe_accel(
+            engine.client, image, guests[engine.name], matrix.policy, run_id, log_root, stop
+        )
+        say("run", f"accel: {found.accel} ({found.reason})")
+        if found.lasting and not stop.is_set():  # an interrupted probe found nothing
+            remember_accel(found.accel, found.reason)
+        return found.accel, f"{found.reason} (probed with {cell.id}'s image)"
+
     def one(engine: Engine, cell: Cell, result: BuildResult | None = None) -> None:
         """Smoke-tests and judges the cell's image (built first unless given) on the engine."""
         result = result or image(engine, cell)
+        if stop.is_set():
+            # Built after the interrupt (maybe without its package cache, which is stopped then):
+            # not kept, and no smoke test, which would start after the cleanup.
+            return
         builds[cell.id] = result
-        if not result.ok or result.image is None:
+        tag = result.image
+        if not result.ok or tag is None:
             results[cell.id] = judge_cell(cell, result, None, matrix.thresholds)
             progress.keep(results[cell.id])
             return
-        with choice.taken() as (current, reason):
-            say(cell.id, f"smoke test ({current}){fleet.where(engine)}")
-            smoke = run_cell(
-                engine.client,
-                cell,
-                result.image,
-                matrix,
-                run_id,
-                guests[engine.name],
-                current,
-                RESULTS / "runs" / run_id / "logs" / cell.id,
-                runs or matrix.policy.runs,
-                reason,
-            )
-            choice.settle(smoke.report, cell.id)
+        # The first smoke test runs the probe; the others wait for it (bounded), then all go.
+        current, reason = choice.decide(lambda: probe(engine, cell, tag))
+        say(cell.id, f"smoke test ({current}){fleet.where(engine)}")
+        smoke = run_cell(
+            engine.client,
+            cell,
+            tag,
+            matrix,
+            run_id,
+            guests[engine.name],
+            current,
+            log_root / cell.id,
+            runs or matrix.policy.runs,
+            reason,
+            stop=stop,
+        )
         verdict = fleet.mark(judge_cell(cell, result, smoke, matrix.thresholds), engine)
-        if halted.is_set():
+        if stop.is_set():  # cut short by the interrupt: not a verdict
             return
         results[cell.id] = verdict
         progress.keep(verdict)
@@ -249,7 +273,7 @@ def run(
                 eng.cleanup(engine.client, run_id)
         # `matrix.test` on several engines: a cell goes to an engine that has its image.
         can_take = built_on if fleet.several and not do_build else None
-        # Builds feed smoke tests, --jobs of each at a time; the first test's accel probe decides.
+        # Builds feed smoke tests, --jobs of each at a time.
         for cell in schedule.spread(
             fleet,
             todo,
@@ -258,15 +282,19 @@ def run(
             can_take,
             jobs=jobs,
             stage=image,
-            ready=lambda: choice.accel != "auto",
             serve=schedule.package_cache(matrix, LOGS, package_cache and do_build),
+            stop=stop,
         ):
             one(fleet.engines[0], cell)  # on no engine: judged as not built
     except KeyboardInterrupt:
-        halted.set()
+        stop.set()
         with checkpoint.shielded():  # a second Ctrl-C does not cut the cleanup short
             say("run", "interrupted: removing containers, keeping finished results")
-            for engine in fleet.engines:
+            for engine in fleet.engines:  # running smoke tests end once their container is gone
+                eng.cleanup(engine.client, run_id)
+            if not stop.join(GRACE):
+                say("run", f"not waiting longer than {GRACE:.0f} s for a build to end")
+            for engine in fleet.engines:  # what a worker started between the check and the stop
                 eng.cleanup(engine.client, run_id)
             _finish(run_id, started, chosen, results, builds, interrupted=True)
             progress.close(checkpoint.INTERRUPTED)
@@ -303,9 +331,11 @@ def _finish(
     cells = [results.get(c.id) or not_run(c, reason) for c in chosen]
     host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
     run_result = RunResult(run_id, started, now_iso(), host, cells)
-    # The history annotates the run before it is published and keeps it once it is.
-    run_result, paths = history.record(run_result, publish)
-    return run_result, paths
+    # The history annotates the run before it is published and keeps it once it is. A run cut
+    # short is published under its own id only, for `--resume`: its partial table never replaces
+    # the last complete latest.*, nor enters the history (the resumed run does, once finished).
+    publish_run = functools.partial(publish, results_dir=RESULTS, latest=not interrupted)
+    return history.record(run_result, publish_run, RESULTS, keep=not interrupted)
 
 
 def check_outcome(run_result: RunResult) -> None:

@@ -37,15 +37,17 @@ def formats(data: dict[str, Any], directory: Path, stem: str) -> dict[str, tuple
     return {kind: (directory / f"{stem}{SUFFIXES[kind]}", text) for kind, text in texts.items()}
 
 
-def publish(run: RunResult, results_dir: Path = RESULTS) -> dict[str, Path]:
-    """Writes the run's JSON and its formats under runs/RUN_ID/ and as latest.*."""
+def publish(run: RunResult, results_dir: Path = RESULTS, latest: bool = True) -> dict[str, Path]:
+    """Writes the run's JSON and its formats under runs/RUN_ID/ and, unless told not to (a run
+    cut short: its partial table must not replace the last complete one), as latest.*."""
     text = json.dumps(run.to_json(), indent=1, sort_keys=False) + "\n"
     data = json.loads(text)  # the formats see exactly what the file holds
     run_dir = results_dir / "runs" / run.run_id
     outputs = {"json": (run_dir / "results.json", text)}
     outputs.update(formats(data, run_dir, "results"))
-    outputs["latest_json"] = (results_dir / "latest.json", text)
-    outputs.update({f"latest_{k}": v for k, v in formats(data, results_dir, "latest").items()})
+    if latest:
+        outputs["latest_json"] = (results_dir / "latest.json", text)
+        outputs.update({f"latest_{k}": v for k, v in formats(data, results_dir, "latest").items()})
     for path, content in outputs.values():
         write_atomic(path, content)
     append_step_summary(data)

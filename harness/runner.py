@@ -61,11 +61,23 @@ def run_cell(
     log_dir: Path,
     runs: int | None,
     accel_reason: str | None = None,
+    stop: threading.Event | None = None,
 ) -> SmokeRun:
     """`runs` fixes the count of runs (see StopRule.from_policy); else the policy's test decides.
-    Upgrade migrations into the cell (`migrations:` of the matrix) follow its own scenarios."""
+    Upgrade migrations into the cell (`migrations:` of the matrix) follow its own scenarios.
+    Once `stop` is set (an interrupt), no container is started."""
     smoke = _run_container(
-        engine, cell, image, matrix, run_id, guest_tar, accel, log_dir, runs, accel_reason
+        engine,
+        cell,
+        image,
+        matrix,
+        run_id,
+        guest_tar,
+        accel,
+        log_dir,
+        runs,
+        accel_reason,
+        stop=stop,
     )
 
     def older(source: Cell, source_image: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -85,6 +97,7 @@ def run_cell(
             scenarios=list(PEER_SCENARIOS),
             peer_image=image,
             name=f"{source.id}-to-{cell.id}",
+            stop=stop,
         )
         return done.report, done.error
 
@@ -107,11 +120,15 @@ def _run_container(
     scenarios: list[str] | None = None,
     peer_image: str | None = None,
     name: str | None = None,
+    stop: threading.Event | None = None,
 ) -> SmokeRun:
     """One smoke runner in a container of `image` (and, for migrations, a destination
-    container of `peer_image`, by default the same)."""
+    container of `peer_image`, by default the same); none once `stop` is set."""
     policy = matrix.policy
     rule = StopRule.from_policy(policy, runs)
+    if stop is not None and stop.is_set():
+        # The interrupt's cleanup may already have run: a container started now would outlive it.
+        return SmokeRun(cell.id, None, "interrupted before the smoke test started", rule=rule)
     use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
     devices = ["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else []
     scenarios = scenarios or [s for s in matrix.scenarios if s in cell.scenarios]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import cache
-from .fleet import Engine, Fleet, run_threads
+from .fleet import Engine, Fleet, Stop, run_threads
 from .model import Matrix
 from .progress import say
 from .render import base_image_tag
@@ -41,18 +41,19 @@ def spread(
     *,
     jobs: int | None = None,
     stage: Callable[[Engine, T], Any] | None = None,
-    ready: Callable[[], bool] | None = None,
     serve: Serve | None = None,
+    stop: Stop | None = None,
 ) -> list[T]:
     """Runs work(engine, item[, stage(engine, item)]) for every item; returns those no engine
     could take (as Fleet.spread does).
 
     With one engine and jobs > 1, `stage` (the build) runs for up to `jobs` items at a time in
     the items' order, and `work` (the smoke test) for up to `jobs` built items at a time, in the
-    order they were built. Until `ready()` holds (the accel probe has decided), the smoke tests
-    run one at a time. Several engines take one item at a time each, as Fleet.spread does. The
-    first failure stops the others from taking more, and is raised once they are done."""
+    order they were built. Several engines take one item at a time each, as Fleet.spread does.
+    The first failure stops the others from taking more, and is raised once they are done.
+    Once `stop` is set (an interrupt), no thread takes another item."""
     jobs = jobs or default_jobs()
+    stop = stop or Stop()
 
     def whole(engine: Engine, item: T) -> None:
         if stage is None:
@@ -65,15 +66,15 @@ def spread(
             for engine in fleet.engines:
                 stack.enter_context(serve(engine))
         if fleet.several or jobs <= 1:
-            return fleet.spread(items, whole, prepare, can_take)
+            return fleet.spread(items, whole, prepare, can_take, stop)
         engine = fleet.engines[0]
         if prepare:
             prepare(engine)
         if stage is None:  # one stage only (matrix.build): `jobs` of it at a time
             say("run", f"up to {jobs} cells at a time")
-            return Overlap(engine, None, work, can_take, jobs, ready).run(items)
+            return Overlap(engine, None, work, can_take, jobs, stop).run(items)
         say("run", f"up to {jobs} images built (or found) and {jobs} smoke tests at a time")
-        return Overlap(engine, work, stage, can_take, jobs, ready).run(items)
+        return Overlap(engine, work, stage, can_take, jobs, stop).run(items)
 
 
 class Overlap:
@@ -86,13 +87,11 @@ class Overlap:
         stage: Callable[[Engine, Any], Any],
         can_take: Callable[[Engine, Any], bool] | None,
         jobs: int,
-        ready: Callable[[], bool] | None,
+        stop: Stop,
     ):
         self.engine, self.work, self.stage, self.can_take = engine, work, stage, can_take
-        self.jobs, self.ready = jobs, ready
+        self.jobs, self.stop = jobs, stop
         self.cond = threading.Condition()
-        self.serial = threading.Lock()
-        self.stop = threading.Event()
         self.failures: list[BaseException] = []
         self.todo: collections.deque[int] = collections.deque()
         self.built: collections.deque[tuple[int, Any]] = collections.deque()
@@ -110,7 +109,7 @@ class Overlap:
             threading.Thread(target=self._tester, name=f"test-{n}", daemon=True)
             for n in range(self.jobs)
         ]
-        run_threads(threads, on_interrupt=self._halt)
+        run_threads(threads, self.stop, wake=self._halt)
         if self.failures:
             raise self.failures[0]
         return [item for n, item in enumerate(self.items) if n not in self.done]
@@ -135,6 +134,8 @@ class Overlap:
                 item = self.items[n]
                 if self.can_take is not None and not self.can_take(self.engine, item):
                     continue  # left for the caller, as Fleet.spread leaves it
+                if self.stop.is_set():
+                    return  # stopped while this builder was waiting for the engine's answer
                 staged = self.stage(self.engine, item)
                 with self.cond:
                     self.built.append((n, staged))
@@ -151,23 +152,13 @@ class Overlap:
             while True:
                 with self.cond:
                     while not self.built and self.builders and not self.stop.is_set():
-                        self.cond.wait()
+                        self.cond.wait(1.0)  # a stop set without notifying is seen too
                     if self.stop.is_set() or not self.built:
                         return
                     n, staged = self.built.popleft()
-                self._gated(n, staged)
+                if self.work is not None:
+                    self.work(self.engine, self.items[n], staged)
                 with self.cond:
                     self.done.add(n)
         except BaseException as exc:
             self._fail(exc)
-
-    def _gated(self, n: int, staged: Any) -> None:
-        """One smoke test at a time until ready(): the first one's accel probe decides for all."""
-        if self.work is None:
-            return
-        if self.ready is not None and not self.ready():
-            with self.serial:
-                if not self.ready():
-                    self.work(self.engine, self.items[n], staged)
-                    return
-        self.work(self.engine, self.items[n], staged)

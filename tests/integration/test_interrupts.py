@@ -1,11 +1,13 @@
-"""Interrupts of real runs: Ctrl-C and SIGTERM leave nothing of the run behind and keep every
-finished cell; --resume finishes the run without redoing them; a second run at once is refused;
-SIGKILL at any moment never leaves an unreadable results file."""
+"""Interrupts of real runs: Ctrl-C and SIGTERM leave nothing of the run behind, start nothing
+after them, keep every finished cell and leave the last complete latest.* as it was; --resume
+finishes the run without redoing them; a second run at once is refused; SIGKILL at any moment
+never leaves an unreadable results file."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from harness import checkpoint
+from harness.publish import publish
 from harness.results import RunResult
 from tests.cli import invoke
 from tests.integration.live import (
@@ -26,6 +29,7 @@ from tests.integration.live import (
     small_matrix,
     wait_for_container,
 )
+from tests.results_sample import sample_run
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +40,7 @@ VERDICTS = ("safe", "flaky", "broken")
 # Four runs of each scenario (about 25 s a cell): a signal sent once a cell's first boot has
 # passed still finds it running, however quickly the scenarios go.
 LONGER = {"min_runs": 4, "max_runs": 4}
+SMOKE_TEST = re.compile(r"\]\s+(\S+)\s+smoke test ")
 
 
 def results_of(results: Path, run_id: str) -> dict[str, dict]:
@@ -48,11 +53,23 @@ def state_of(results: Path, run_id: str) -> str:
     return json.loads((results / "runs" / run_id / "run.json").read_text())["state"]
 
 
+def complete_latest(results: Path) -> dict[str, bytes]:
+    """A complete run's latest.* (as a user's last good table), to check that an interrupted run
+    leaves it as it was."""
+    publish(sample_run(results), results)
+    return latest_files(results)
+
+
+def latest_files(results: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(results.glob("latest*"))}
+
+
 def test_ctrl_c_keeps_finished_cells_and_resume_finishes_the_run(engine, tmp_path):
     matrix = small_matrix(tmp_path, policy=LONGER)
     results = tmp_path / "results"
     # One cell at a time, so that the first has finished while the second runs.
     args = ("matrix.run", "--matrix", str(matrix), "--accel", "tcg", "--jobs", "1")
+    table = complete_latest(results)
     live = LiveRun(*args, results_dir=results)
     run_id = live.run_id()
 
@@ -81,6 +98,7 @@ def test_ctrl_c_keeps_finished_cells_and_resume_finishes_the_run(engine, tmp_pat
     assert state_of(results, run_id) == checkpoint.INTERRUPTED
     assert (results / "runs" / run_id / "cells" / f"{FIRST}.json").is_file()
     assert not (results / "runs" / run_id / "cells" / f"{SECOND}.json").exists()
+    assert latest_files(results) == table  # the partial run replaced nothing
 
     # --resume: the same run, the first cell as it was, only the second one run again.
     done = invoke("matrix.run", "--resume", results_dir=results, timeout=RUN_TIMEOUT)
@@ -105,6 +123,7 @@ def test_ctrl_c_keeps_finished_cells_and_resume_finishes_the_run(engine, tmp_pat
 def test_sigterm_during_a_cell_leaves_nothing_behind(engine, tmp_path):
     matrix = small_matrix(tmp_path, cells=[FIRST], policy=LONGER)
     results = tmp_path / "results"
+    table = complete_latest(results)
     live = LiveRun("matrix.test", "--matrix", str(matrix), "--accel", "tcg", results_dir=results)
     run_id = live.run_id()
     wait_for_container(engine, live, run_id, FIRST, timeout=RUN_TIMEOUT)
@@ -115,6 +134,32 @@ def test_sigterm_during_a_cell_leaves_nothing_behind(engine, tmp_path):
     cell = results_of(results, run_id)[FIRST]
     assert cell["status"] == "inconclusive", cell
     assert state_of(results, run_id) == checkpoint.INTERRUPTED
+    assert latest_files(results) == table
+
+
+def test_ctrl_c_while_cells_wait_starts_nothing_after_it(engine, tmp_path):
+    """--jobs 2 and three cells: Ctrl-C while two are smoke-tested and the third waits for a
+    slot. Nothing of the run may start after it, nor be left once the process has exited."""
+    matrix = small_matrix(tmp_path, cells=[*CELLS, "debian-12-backports"], policy=LONGER)
+    results = tmp_path / "results"
+    table = complete_latest(results)
+    args = ("matrix.run", "--matrix", str(matrix), "--accel", "tcg", "--jobs", "2")
+    live = LiveRun(*args, results_dir=results)
+    run_id = live.run_id()
+    live.wait_for(r"\bboot: pass", timeout=RUN_TIMEOUT)
+    tested = {m.group(1) for m in map(SMOKE_TEST.search, live.lines) if m}
+    assert len(tested) <= 2, live.output()  # at least one cell is still waiting
+    seen = len(live.lines)
+    live.signal(signal.SIGINT)
+    assert live.finish(timeout=300) == 130, live.output()
+    assert not [line for line in live.lines[seen:] if SMOKE_TEST.search(line)], live.output()
+    assert leftovers(engine, run_id) == []
+    time.sleep(5)  # a worker that started something late would have it by now
+    assert leftovers(engine, run_id) == []
+    cells = results_of(results, run_id)
+    assert {cells[cell]["status"] for cell in cells} == {"inconclusive"}
+    assert state_of(results, run_id) == checkpoint.INTERRUPTED
+    assert latest_files(results) == table
 
 
 # --- SIGKILL at random moments -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 
@@ -164,31 +165,71 @@ def test_a_failure_stops_the_others_and_is_raised_here():
 # --- one accel probe for all engines ----------------------------------------------------------
 
 
-def test_the_first_probe_decides_for_every_engine():
-    remembered = []
-    choice = f.AccelChoice("auto", None, lambda accel, reason: remembered.append(accel))
+def test_the_first_cell_probes_and_the_others_wait_for_its_answer():
+    probes = []
+
+    def probe():
+        probes.append(threading.current_thread().name)
+        time.sleep(0.1)  # the others arrive meanwhile
+        return "tcg", "KVM probe failed (timed out); using TCG"
+
+    choice = f.AccelChoice("auto", None)
     used = []
-
-    def cell(name):
-        with choice.taken() as (accel, reason):
-            used.append(accel)
-            if accel == "auto":
-                time.sleep(0.1)  # the probe boots a guest
-                choice.settle({"accel": "tcg", "accel_reason": "no KVM"}, name)
-
-    threads = [threading.Thread(target=cell, args=(f"c{i}",)) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda: used.append(choice.decide(probe)), name=f"c{i}")
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert used == ["auto", "tcg", "tcg", "tcg"]
-    assert remembered == ["tcg"]
-    assert choice.reason == "no KVM (probed in c0)"
+    assert len(probes) == 1
+    assert used == [("tcg", "KVM probe failed (timed out); using TCG")] * 4
 
 
 def test_a_decided_accel_needs_no_probe():
-    choice = f.AccelChoice("kvm", "kvm was asked for", lambda *a: pytest.fail("remembered"))
-    with choice.taken() as taken:
-        assert taken == ("kvm", "kvm was asked for")
-        choice.settle({"accel": "tcg"}, "c0")
-    assert choice.accel == "kvm"
+    choice = f.AccelChoice("kvm", "kvm was asked for")
+    assert choice.decide(lambda: pytest.fail("probed")) == ("kvm", "kvm was asked for")
+
+
+def test_a_probe_that_raised_is_tried_again_by_the_next_cell():
+    choice = f.AccelChoice("auto", None)
+
+    def broken():
+        raise RuntimeError("the engine went away")
+
+    with pytest.raises(RuntimeError):
+        choice.decide(broken)
+    assert choice.decide(lambda: ("kvm", "booted")) == ("kvm", "booted")
+
+
+# --- stopping ---------------------------------------------------------------------------------
+
+
+def test_an_interrupt_sets_stop_and_leaves_the_threads_to_the_cleanup():
+    stop = f.Stop()
+    woken = []
+    release = threading.Event()
+
+    def worker():
+        _thread.interrupt_main()  # Ctrl-C, as the main thread waits for its workers
+        release.wait(10)
+
+    with pytest.raises(KeyboardInterrupt):
+        f.run_threads(
+            [threading.Thread(target=worker, daemon=True)], stop, wake=lambda: woken.append(1)
+        )
+    assert stop.is_set() and woken == [1]
+    assert not stop.join(0.1)  # still busy: the cleanup removes its container, then waits
+    release.set()
+    assert stop.join(10)
+
+
+def test_a_stopped_fleet_takes_no_more_cells():
+    fleet = f.Fleet(engines("a", "b"))
+    stop = f.Stop()
+    stop.set()
+    prepared, done = [], []
+    left = fleet.spread(list("xyz"), lambda e, i: done.append(i), prepared.append, stop=stop)
+    assert (prepared, done) == ([], [])
+    assert sorted(left) == list("xyz")

@@ -210,6 +210,38 @@ def test_record_starts_the_history_from_the_runs_already_kept(tmp_path):
     }
 
 
+def test_a_run_cut_short_is_published_under_its_id_only(tmp_path):
+    """An interrupted run: its partial table is kept for --resume, and replaces neither the last
+    complete latest.* nor enters the history (it does once it has finished)."""
+    results = tmp_path / "results"
+    history.record(run("r1", cell("a", "safe")), lambda r: publish(r, results), results)
+    before = (results / "latest.json").read_text()
+    cut = run("r2", cell("a", "inconclusive"))
+    annotated, paths = history.record(
+        cut, lambda r: publish(r, results, latest=False), results, keep=False
+    )
+    assert (results / "latest.json").read_text() == before
+    assert not any(name.startswith("latest") for name in paths) and "history" not in paths
+    assert json.loads(paths["json"].read_text())["run_id"] == "r2"
+    assert annotated.cells[0].history["previous"] == "safe"
+    assert statuses(history.history_path(results)) == [("r1", "a", "safe")]
+
+
+def test_the_history_starts_from_the_finished_runs_only(tmp_path):
+    results = tmp_path / "results"
+    for r, state in [
+        (run("r1", cell("a", "safe")), "finished"),
+        (run("r2", cell("a", "inconclusive")), "interrupted"),
+        (run("r3", cell("a", "inconclusive")), "running"),  # killed, or being resumed now
+        (run("r4", cell("a", "broken")), None),  # a merge: no run.json
+    ]:
+        publish(r, results)
+        if state:
+            (results / "runs" / r.run_id / "run.json").write_text(json.dumps({"state": state}))
+    history.backfill(results)
+    assert statuses(history.history_path(results)) == [("r1", "a", "safe"), ("r4", "a", "broken")]
+
+
 # --- matrix.diff --------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Parallel scheduling: builds feed smoke tests, --jobs of each; the accel probe comes first."""
+"""Parallel scheduling: builds feed smoke tests, --jobs of each; nothing starts once stopped."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import schedule
-from harness.fleet import Engine, Fleet
+from harness.fleet import Engine, Fleet, Stop
 
 WAIT = 10.0  # generous: a test fails by deadlock detection, never by a slow machine
 
@@ -103,31 +103,57 @@ def test_jobs_bound_each_pool() -> None:
     assert 1 < tests.most <= 3
 
 
-def test_smoke_tests_run_alone_until_the_accel_probe_decides() -> None:
-    decided = threading.Event()
-    tests = Counter()
-    concurrent_before: list[int] = []
+def test_every_smoke_test_slot_starts_at_once() -> None:
+    """No smoke test waits for another: the accel is decided before the first one starts."""
+    together = threading.Barrier(3, timeout=WAIT)  # broken (and raising) if one waits for another
 
     def work(engine: Engine, item: int, image: int) -> None:
-        with tests.inside():
-            if not decided.is_set():
-                concurrent_before.append(tests.now)
-                time.sleep(0.1)  # the others had time to start, were they allowed to
-                if item == 2:  # the third cell's probe settles the accel
-                    decided.set()
-            else:
-                time.sleep(0.05)
+        together.wait()
 
-    schedule.spread(
-        one_engine(),
-        list(range(8)),
-        work,
-        jobs=4,
-        stage=lambda engine, item: item,
-        ready=decided.is_set,
-    )
-    assert concurrent_before and max(concurrent_before) == 1
-    assert tests.most > 1  # once decided, several at a time
+    assert schedule.spread(one_engine(), [0, 1, 2], work, jobs=3, stage=lambda e, i: i) == []
+
+
+def test_once_stopped_nothing_new_is_built_or_tested() -> None:
+    stop = Stop()
+    staged: list[int] = []
+    tested: list[int] = []
+    second_started = threading.Event()
+
+    def stage(engine: Engine, item: int) -> int:
+        if item >= 2:  # the builders are busy with 2 and 3 when the interrupt comes
+            assert stop.wait(WAIT)
+        staged.append(item)
+        return item
+
+    def work(engine: Engine, item: int, image: int) -> None:
+        tested.append(item)
+        if item == 0:  # Ctrl-C while 0 and 1 are smoke-tested
+            assert second_started.wait(WAIT)
+            stop.set()
+        else:
+            second_started.set()
+            assert stop.wait(WAIT)
+
+    left = schedule.spread(one_engine(), list(range(10)), work, jobs=2, stage=stage, stop=stop)
+    assert sorted(tested) == [0, 1]
+    assert sorted(staged) == [0, 1, 2, 3]  # in hand when stopped; nothing taken after
+    assert left == list(range(2, 10))
+    assert len(stop.threads) == 4 and stop.join(WAIT)  # the cleanup can wait for them
+
+
+def test_several_engines_take_nothing_once_stopped() -> None:
+    fleet = Fleet([Engine(n, client=object()) for n in ("one", "two")])  # type: ignore[arg-type]
+    stop = Stop()
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def work(engine: Engine, item: str, image: str) -> None:
+        with lock:
+            ran.append(item)
+        stop.set()
+
+    schedule.spread(fleet, list("abcdef"), work, jobs=2, stage=lambda e, i: i, stop=stop)
+    assert 1 <= len(ran) <= 2  # each engine's first cell at most
 
 
 def test_one_stage_only_runs_in_parallel() -> None:
