@@ -14,11 +14,17 @@ from invoke.collection import Collection
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from harness import pipeline
-from harness.errors import HvgateError
-from harness.fleet import addresses
-from harness.publish import markdown
-from harness.select import parse_shard
+from harness.core.errors import HvgateError, UnsafeCells
+from harness.core.paths import RESULTS
+from harness.matrix.schema import write_schema
+from harness.matrix.select import parse_shard
+from harness.run import pipeline
+from harness.run.fleet import addresses
+from harness.stages.publish import markdown, report, write_results_schema
+from harness.tools import bisect
+from harness.tools.diff import diff, load_run
+from harness.tools.merge import merge_files
+from harness.tools.pin import pin
 
 MATRIX = "matrix.yaml"
 SELECT_HELP = {
@@ -231,9 +237,6 @@ def run_task(
 @reported
 def merge_task(c, results, out=None, matrix=MATRIX):
     """Merge the results of several runs or shards into one result set and publish it."""
-    from harness.merge import merge_files
-    from harness.publish import RESULTS
-
     _, cells = pipeline.selected(matrix, None, None)
     run, paths = merge_files(results, Path(out) if out else RESULTS, [c.id for c in cells])
     print(markdown(run.to_json()))
@@ -268,8 +271,6 @@ def resolve_task(c, matrix=MATRIX, cells=None, exclude=None, check=False):
 @reported
 def report_task(c, run=None, input=None, output=None):
     """Render the Markdown, HTML and JUnit results again from a stored results JSON; runs nothing."""
-    from harness.publish import report
-
     for path in report(run_id=run, input_path=input, output_dir=output).values():
         print(path)
 
@@ -286,9 +287,6 @@ def report_task(c, run=None, input=None, output=None):
 @reported
 def pin_task(c, run=None, input=None, out=None, matrix=MATRIX):
     """Write apt preferences, devstack local.conf and JSON pins of each base and source's newest safe versions."""
-    from harness.errors import UnsafeCells
-    from harness.pin import pin
-
     plan, paths = pin(run, input, out, matrix)
     for line in plan.refused + plan.superseded:
         print(line)
@@ -308,8 +306,6 @@ def pin_task(c, run=None, input=None, out=None, matrix=MATRIX):
 @reported
 def diff_task(c, a, b):
     """Compare two runs: cells added or removed, status and version changes, one line each."""
-    from harness.history import diff, load_run
-
     lines = diff(load_run(a), load_run(b))
     print("\n".join(lines) if lines else "no differences")
 
@@ -328,8 +324,6 @@ def diff_task(c, a, b):
 @reported
 def bisect_task(c, scenario, base, matrix=MATRIX, component="libvirt", versions=None, builds=None):
     """Find the first version (or build) at which a scenario goes from safe to failing."""
-    from harness import bisect
-
     last_safe, first_failing, steps = bisect.run(
         matrix, scenario, base, component, versions, builds
     )
@@ -360,9 +354,6 @@ def clean_task(c):
 @reported
 def schema_task(c, check=False):
     """Write matrix.schema.json and results.schema.json, generated from the models and result types."""
-    from harness.publish import write_results_schema
-    from harness.schema import write_schema
-
     # Both run, so a check reports either file.
     changed = write_schema(check=check) | write_results_schema(check=check)
     if check and changed:

@@ -40,12 +40,15 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
 
-from harness import cache, pipeline, runner, schedule  # noqa: E402
-from harness import engine as eng  # noqa: E402
-from harness.build import build_guest, cell_context  # noqa: E402
-from harness.model import Cell, Matrix  # noqa: E402
-from harness.render import base_image_tag, packages, render  # noqa: E402
-from harness.stats import StopRule  # noqa: E402
+from harness.core.model import Cell, Matrix  # noqa: E402
+from harness.core.stats import StopRule  # noqa: E402
+from harness.engine import client as eng  # noqa: E402
+from harness.engine import package_cache  # noqa: E402
+from harness.engine.bases import base_image_tag  # noqa: E402
+from harness.run import pipeline, schedule  # noqa: E402
+from harness.stages import smoke as smoke_stage  # noqa: E402
+from harness.stages.build import build_guest, cell_context  # noqa: E402
+from harness.stages.render import packages, render  # noqa: E402
 
 MATRIX = str(ROOT / "matrix.yaml")
 TOKEN = secrets.token_hex(3)
@@ -121,8 +124,10 @@ def build_uncached(
 
 def cache_volume(engine: docker.DockerClient) -> str:
     """What the shared package cache holds: every .deb once."""
-    script = f"du -sm {cache.MOUNT} | cut -f1; find {cache.MOUNT} -name '*.deb' | wc -l"
-    output = engine.containers.get(cache.NAME).exec_run(["sh", "-c", script]).output
+    script = (
+        f"du -sm {package_cache.MOUNT} | cut -f1; find {package_cache.MOUNT} -name '*.deb' | wc -l"
+    )
+    output = engine.containers.get(package_cache.NAME).exec_run(["sh", "-c", script]).output
     assert isinstance(output, bytes)
     size, debs = output.decode().split()
     return f"{size} MiB, {debs} .debs"
@@ -171,7 +176,7 @@ def cold_cell(engine: docker.DockerClient, matrix: Matrix, cell: Cell) -> dict[s
     results: dict[str, float] = {}
     tag = f"hvgate/bench-{TOKEN}:{cell.id}"
     base = base_image_tag(matrix.guest.base)
-    with cache.serving(engine, base, LOGS) as serving:
+    with package_cache.serving(engine, base, LOGS) as serving:
         proxy = serving.proxy() if serving else None
         try:
             results["direct"] = build_uncached(engine, context, tag, {})
@@ -279,8 +284,8 @@ def cell_container(engine: docker.DockerClient, image: str, guest_tar: Path) -> 
         image, ["sleep", "infinity"], detach=True, init=True, labels=LABEL
     )
     try:
-        container.put_archive(runner.REMOTE, runner.smoke_tar())
-        container.put_archive(runner.REMOTE, guest_tar.read_bytes())
+        container.put_archive(smoke_stage.REMOTE, smoke_stage.smoke_tar())
+        container.put_archive(smoke_stage.REMOTE, guest_tar.read_bytes())
         yield container
     finally:
         container.remove(force=True, v=True)
@@ -290,7 +295,7 @@ def boot(engine: docker.DockerClient, cell: Cell, image: str, guest_tar: Path, r
     section(f"boot to the ready marker in {cell.id}, TCG, median of {rounds}")
     with cell_container(engine, image, guest_tar) as container:
         done = container.exec_run(
-            ["python3", "-c", BOOT_SCRIPT, str(rounds)], workdir=runner.REMOTE, demux=True
+            ["python3", "-c", BOOT_SCRIPT, str(rounds)], workdir=smoke_stage.REMOTE, demux=True
         )
     out, err = done.output
     if done.exit_code != 0:
@@ -314,7 +319,7 @@ def scenarios(
 ) -> tuple[float, dict[str, float]]:
     section(f"one repetition of the scenario set in {cell.id}, TCG")
     seconds, smoke = timed(
-        lambda: runner.run_cell(
+        lambda: smoke_stage.run_cell(
             engine, cell, image, matrix, f"bench-{TOKEN}", guest_tar, "tcg", LOGS / cell.id, 1
         )
     )

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.fingerprint import fingerprint
-from harness.model import SCENARIOS
-from harness.results import CellResult, FailureCause, RunResult, ScenarioResult, Status
+from harness.core.fingerprint import fingerprint
+from harness.core.model import SCENARIOS
+from harness.core.results import CellResult, FailureCause, RunResult, ScenarioResult, Status
 
 RUN_ID = "20240101T000000Z-abcd"
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.pipeline import selected
-from harness.render import ROOT, render
+from harness.core.paths import ROOT
+from harness.run.pipeline import selected
+from harness.stages.render import render
 
 GOLDEN = Path(__file__).parent / "golden"
 _, CELLS = selected(str(ROOT / "matrix.yaml"), None, None)

@@ -1,6 +1,6 @@
 """The committed matrix.schema.json is the one the models generate."""
 
-from harness.schema import SCHEMA_PATH, schema_text
+from harness.matrix.schema import SCHEMA_PATH, schema_text
 
 
 def test_committed_schema_is_current():

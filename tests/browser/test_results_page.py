@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.formats import COLOURS, rank
-from harness.publish import publish, report
+from harness.stages.formats import COLOURS, rank
+from harness.stages.publish import publish, report
 from tests.results_sample import sample_run, with_optional_fields, write_logs
 
 ROOT = Path(__file__).resolve().parents[2]

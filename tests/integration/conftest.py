@@ -85,8 +85,8 @@ apt-get install -y -q --download-only --no-install-recommends -t bookworm-backpo
 @pytest.fixture(scope="session")
 def debian12_base(engine, tmp_path_factory):
     """hvgate/base:debian-12, bootstrapped if this engine has none yet."""
-    from harness.bases import Bases
-    from harness.model import Base
+    from harness.core.model import Base
+    from harness.engine.bases import Bases
 
     debian_12 = Base(distro="debian", release="12", codename="bookworm")
     Bases(engine, {"debian-12": debian_12}, tmp_path_factory.mktemp("logs")).ensure("debian-12")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from harness.model import CellSpec, default_cell_id
+from harness.core.model import CellSpec, default_cell_id
 from tests.cli import ROOT
 
 CELLS = ["debian-12-release", "debian-13-release"]

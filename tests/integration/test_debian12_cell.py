@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness.load import load
-from harness.render import ROOT
+from harness.core.paths import ROOT
+from harness.matrix.load import load
 from tests.cli import invoke
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import checkpoint
-from harness.publish import publish
-from harness.results import RunResult
+from harness.core.results import RunResult
+from harness.run import checkpoint
+from harness.stages.publish import publish
 from tests.cli import invoke
 from tests.integration.live import (
     CELLS,

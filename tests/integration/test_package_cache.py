@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from harness import cache
-from harness import engine as eng
-from harness.build import docker_build
+from harness.engine import client as eng
+from harness.engine import package_cache as cache
+from harness.engine.image_build import docker_build
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from harness.render import CONTEXT, base_image_tag
+from harness.core.paths import CONTEXT
+from harness.engine.bases import base_image_tag
 from tests.cli import invoke
 
 pytestmark = pytest.mark.integration

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import engine as eng
-from harness.build import build_guest
-from harness.judge import judge_scenarios
-from harness.load import load
-from harness.migrate import cell_image
-from harness.results import Status
-from harness.runner import REMOTE, smoke_tar
-from harness.stats import StopRule
+from harness.core.results import Status
+from harness.core.stats import StopRule
+from harness.engine import client as eng
+from harness.matrix.load import load
+from harness.stages.build import build_guest
+from harness.stages.judge import judge_scenarios
+from harness.stages.peer import cell_image
+from harness.stages.smoke import REMOTE, smoke_tar
 from tests.cli import ROOT, invoke
 
 pytestmark = pytest.mark.integration

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.judge import outward
-from harness.load import load
-from harness.stats import StopRule, wilson_interval
+from harness.core.stats import StopRule, wilson_interval
+from harness.matrix.load import load
+from harness.stages.judge import outward
 from tests.cli import ROOT, invoke
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.errors import ConfigurationError
-from harness.load import parse
-from harness.model import Cell, Matrix
+from harness.core.errors import ConfigurationError
+from harness.core.model import Cell, Matrix
+from harness.matrix.load import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_MATRIX = Path(__file__).resolve().parent / "data" / "matrix.yaml"

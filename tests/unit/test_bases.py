@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import bases
-from harness.errors import EngineError
+from harness.core.errors import EngineError
+from harness.engine import bases
 
 
 def test_the_exit_code_and_output_reach_the_caller(tmp_path: Path) -> None:

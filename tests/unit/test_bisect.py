@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.bisect import Candidate, Step, bisect
-from harness.errors import ConfigurationError, UnsafeCells
+from harness.core.errors import ConfigurationError, UnsafeCells
+from harness.tools.bisect import Candidate, Step, bisect
 
 
 def search(statuses):

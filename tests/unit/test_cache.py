@@ -13,9 +13,10 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import build, cache
-from harness.errors import EngineError
-from harness.model import Cell
+from harness.core.errors import EngineError
+from harness.core.model import Cell
+from harness.engine import package_cache as cache
+from harness.stages import build
 
 PROXY = "http://192.0.2.7:3142"
 

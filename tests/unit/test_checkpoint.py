@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import checkpoint
-from harness.errors import Busy, ConfigurationError
-from harness.judge import not_run
-from harness.lock import acquire
-from harness.results import Status
+from harness.core.errors import Busy, ConfigurationError
+from harness.core.results import Status
+from harness.run import checkpoint
+from harness.run.run_lock import acquire
+from harness.stages.judge import not_run
 
 TASK = "matrix.test"
 
@@ -55,7 +55,7 @@ def test_the_lock_dies_with_its_process(tmp_path):
             textwrap.dedent(f"""
                 import sys, time
                 from pathlib import Path
-                from harness.lock import acquire
+                from harness.run.run_lock import acquire
                 held = acquire(Path({str(tmp_path)!r}), "matrix.run")
                 print("held", flush=True)
                 time.sleep(60)

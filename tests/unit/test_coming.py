@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import UnsafeCells
-from harness.formats import coming, html, markdown
-from harness.pipeline import check_outcome
-from harness.results import RunResult
+from harness.core.errors import UnsafeCells
+from harness.core.results import RunResult
+from harness.run.pipeline import check_outcome
+from harness.stages.formats import coming, html, markdown
 
 QEMU_NOW, QEMU_NEXT = "1:8.2.2+ds-0ubuntu1.18", "1:8.2.2+ds-0ubuntu1.19"
 

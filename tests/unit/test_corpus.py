@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import diagnose
-from harness.errors import ConfigurationError
-from harness.load import load
-from harness.model import Base, Source
-from harness.render import RENDERED, render
+from harness.core.apt_log import diagnose
+from harness.core.errors import ConfigurationError
+from harness.core.model import Base, Source
+from harness.core.paths import RENDERED
+from harness.matrix.load import load
+from harness.stages.render import render
 from tests.cli import invoke
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import requests
 import urllib3
 
-from harness.build import docker_build
+from harness.engine.image_build import docker_build
 
 
 class SilentEngine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.fingerprint import fingerprint, headline, normalise
+from harness.core.fingerprint import fingerprint, headline, normalise
 
 
 @pytest.mark.parametrize(

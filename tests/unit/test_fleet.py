@@ -9,8 +9,8 @@ import time
 import docker.errors
 import pytest
 
-from harness import fleet as f
-from harness.errors import ConfigurationError, EngineError
+from harness.core.errors import ConfigurationError, EngineError
+from harness.run import fleet as f
 
 
 class Client:

@@ -8,10 +8,11 @@ import os
 
 import pytest
 
-from harness import history
-from harness.errors import ConfigurationError
-from harness.publish import publish
-from harness.results import CellResult, RunResult, Status
+from harness.core.errors import ConfigurationError
+from harness.core.results import CellResult, RunResult, Status
+from harness.run import history
+from harness.stages.publish import publish
+from harness.tools import diff as diff_tool
 from tests import cli
 
 
@@ -266,32 +267,32 @@ def two_runs(tmp_path):
 
 
 def test_diff_one_line_per_difference(two_runs):
-    old = history.load_run("r1", two_runs)
-    new = history.load_run("r2", two_runs)
-    assert history.diff(old, new) == [
+    old = diff_tool.load_run("r1", two_runs)
+    new = diff_tool.load_run("r2", two_runs)
+    assert diff_tool.diff(old, new) == [
         "status   a: safe -> flaky (regression)",
         "version  a: libvirt-daemon 9.0.0-4 -> 9.0.0-5",
         "status   b: broken -> safe (fix)",
         "added    c: safe (libvirt-daemon 11.3.0-1)",
         "removed  gone: was safe",
     ]
-    assert history.diff(new, new) == []
+    assert diff_tool.diff(new, new) == []
 
 
 def test_load_run_by_file_latest_and_history(two_runs):
-    by_file = history.load_run(str(two_runs / "runs" / "r1" / "results.json"), two_runs)
-    assert by_file == history.load_run("r1", two_runs)
-    assert history.load_run("latest", two_runs)["run_id"] == "r2"
+    by_file = diff_tool.load_run(str(two_runs / "runs" / "r1" / "results.json"), two_runs)
+    assert by_file == diff_tool.load_run("r1", two_runs)
+    assert diff_tool.load_run("latest", two_runs)["run_id"] == "r2"
     # A run whose results directory is gone is still in the history.
     (two_runs / "runs" / "r1" / "results.json").unlink()
-    from_history = history.load_run("r1", two_runs)
+    from_history = diff_tool.load_run("r1", two_runs)
     assert from_history == by_file
 
 
 @pytest.mark.parametrize("ref", ["nope", "../runs", "", "r1/results.json"])
 def test_load_run_refuses_an_unknown_run(two_runs, ref):
     with pytest.raises(ConfigurationError) as info:
-        history.load_run(ref, two_runs)
+        diff_tool.load_run(ref, two_runs)
     assert info.value.exit_code == 2
     assert "no such run" in str(info.value) and "\n" not in str(info.value)
 
@@ -308,7 +309,7 @@ def test_load_run_refuses_a_file_that_is_not_a_run(tmp_path, text, says):
     path = tmp_path / "bad.json"
     path.write_text(text)
     with pytest.raises(ConfigurationError, match=says) as info:
-        history.load_run(str(path), tmp_path)
+        diff_tool.load_run(str(path), tmp_path)
     assert str(info.value).startswith(str(path))
 
 

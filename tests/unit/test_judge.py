@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness.build import BuildResult
-from harness.fingerprint import fingerprint
-from harness.judge import (
+from harness.core.fingerprint import fingerprint
+from harness.core.model import Threshold
+from harness.core.results import BuildResult, FailureCause, RunResult, SmokeRun, Status, worst
+from harness.core.stats import Decision, StopRule
+from harness.stages.judge import (
     judge_cell,
     judge_scenarios,
     meets,
@@ -14,10 +16,6 @@ from harness.judge import (
     scenario_status,
     version_tuple,
 )
-from harness.model import Threshold
-from harness.results import FailureCause, RunResult, Status, worst
-from harness.runner import SmokeRun
-from harness.stats import Decision, StopRule
 
 # alpha = beta = 0.2, p0 = 0.01, p1 = 0.5: a failure adds ln 50 = 3.91, a pass ln(0.5/0.99) =
 # -0.68, the band is +-ln 4 = 1.39: 3 passes accept "safe", a failure at run 1 rejects it, and

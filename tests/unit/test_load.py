@@ -7,9 +7,9 @@ import typing
 
 import pytest
 
-from harness import model
-from harness.errors import ConfigurationError
-from harness.load import MAX_BYTES, load, parse
+from harness.core import model
+from harness.core.errors import ConfigurationError
+from harness.matrix.load import MAX_BYTES, load, parse
 
 # The cells of tests/unit/data/matrix.yaml, in its order.
 UNIT_IDS = [
@@ -496,8 +496,8 @@ def test_threshold_must_be_a_version(matrix_text, problems_of):
 def test_uri_source_needs_a_suite():
     import pytest as _pytest
 
-    from harness.errors import ConfigurationError
-    from harness.load import parse
+    from harness.core.errors import ConfigurationError
+    from harness.matrix.load import parse
 
     text = """
 bases: {debian-12: {distro: debian, release: "12", codename: bookworm}}

@@ -10,10 +10,10 @@ import re
 
 import pytest
 
-from harness import merge as m
-from harness.errors import ConfigurationError
-from harness.publish import publish
-from harness.results import RunResult
+from harness.core.errors import ConfigurationError
+from harness.core.results import RunResult
+from harness.stages.publish import publish
+from harness.tools import merge as m
 from tests import cli
 from tests.results_sample import document, sample_run
 

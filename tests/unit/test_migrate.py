@@ -16,10 +16,11 @@ import docker.errors
 import pytest
 
 import harness
-from harness import migrate, runner
-from harness.errors import ConfigurationError
-from harness.load import parse
-from harness.model import PEER_SCENARIOS, SCENARIOS, Migration
+from harness.core.errors import ConfigurationError
+from harness.core.model import PEER_SCENARIOS, SCENARIOS, Migration
+from harness.matrix.load import parse
+from harness.stages import peer as migrate
+from harness.stages import smoke as runner
 
 PAIR = {"from": "debian-12-release", "to": "debian-13-release"}
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from debian.deb822 import Deb822
 
-from harness import pin as pins
-from harness.errors import ConfigurationError
-from harness.publish import publish
-from harness.results import CellResult, RunResult, ScenarioResult, Status
+from harness.core.errors import ConfigurationError
+from harness.core.results import CellResult, RunResult, ScenarioResult, Status
+from harness.stages.publish import publish
+from harness.tools import pin as pins
 from tests import cli
 
 BOOKWORM = {"distro": "debian", "release": "12", "codename": "bookworm"}

@@ -14,14 +14,13 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import checkpoint, history, pipeline, runner
-from harness.build import BuildResult
-from harness.errors import EngineError, Interrupted
-from harness.fleet import Engine, Fleet
-from harness.judge import identity
-from harness.probe import Found
-from harness.results import CellResult, Status
-from harness.runner import SmokeRun
+from harness.core.errors import EngineError, Interrupted
+from harness.core.results import BuildResult, CellResult, SmokeRun, Status
+from harness.run import checkpoint, history, pipeline
+from harness.run.fleet import Engine, Fleet
+from harness.run.probe import Found
+from harness.stages import smoke as runner
+from harness.stages.judge import identity
 
 WAIT = 10.0
 LATEST = ("latest.json", "latest.md", "latest.html", "latest.junit.xml")
@@ -97,7 +96,7 @@ def fake(tmp_path, monkeypatch, unit_matrix) -> Fake:
     monkeypatch.setattr(pipeline, "Fleet", SimpleNamespace(of=lambda engines=None: fleet))
     monkeypatch.setattr(pipeline, "RESULTS", results)
     monkeypatch.setattr(pipeline, "LOGS", results / "logs")
-    monkeypatch.setattr(pipeline, "ACCEL_CACHE", tmp_path / "cache" / "accel-probe.json")
+    monkeypatch.setattr(pipeline, "PROBED_ACCEL", tmp_path / "cache" / "accel-probe.json")
     monkeypatch.setattr(pipeline, "selected", lambda *args, **kwargs: (matrix, chosen))
     monkeypatch.setattr(pipeline, "render_all", lambda cells: {})
     monkeypatch.setattr(pipeline, "kvm_device_available", lambda: True)
@@ -137,7 +136,7 @@ def test_the_probe_runs_once_before_any_smoke_test_then_all_start_at_once(fake):
         assert reason == f"{fake.found.reason} (probed with {probed}'s image)"
     assert {c.accel for c in result.cells} == {"kvm"}
     # Kept for the host's boot: the next run probes nothing.
-    cached = json.loads(pipeline.ACCEL_CACHE.read_text())
+    cached = json.loads(pipeline.PROBED_ACCEL.read_text())
     assert cached == {
         "boot_id": pipeline.host_boot_id(),
         "accel": "kvm",
@@ -157,7 +156,7 @@ def test_a_probe_without_a_clear_answer_means_tcg_and_is_not_kept(fake):
     run(jobs=2)
     assert [e for e in fake.events if e.startswith("probe")] and len(fake.smoked) == 3
     assert {accel for _, accel, _ in fake.smoked} == {"tcg"}
-    assert not pipeline.ACCEL_CACHE.exists()
+    assert not pipeline.PROBED_ACCEL.exists()
 
 
 @pytest.mark.parametrize("accel", ["tcg", "kvm"])

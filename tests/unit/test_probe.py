@@ -11,8 +11,9 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness import engine as eng
-from harness import probe, runner
+from harness.engine import client as eng
+from harness.run import probe
+from harness.stages import smoke as runner
 
 RUN = "20261123T120000Z-aaaa"
 KVM = {"format": 1, "accel": "kvm", "accel_reason": "booted in 1.2 s", "setup_error": None}

@@ -11,18 +11,18 @@ import jsonschema
 import junitparser
 import pytest
 
-from harness import formats
-from harness.errors import ConfigurationError
-from harness.fingerprint import fingerprint
-from harness.model import SCENARIOS
-from harness.publish import (
+from harness.core.errors import ConfigurationError
+from harness.core.fingerprint import fingerprint
+from harness.core.model import SCENARIOS
+from harness.core.results import FORMAT, RunResult, Status
+from harness.stages import formats
+from harness.stages.publish import (
     RESULTS_SCHEMA_PATH,
     publish,
     read_results,
     report,
     results_schema_text,
 )
-from harness.results import FORMAT, RunResult, Status
 from tests import cli
 from tests.results_sample import RUN_ID, document, sample_run, with_optional_fields
 

@@ -8,24 +8,21 @@ import subprocess
 
 import pytest
 
-from harness.debs import repositories
-from harness.errors import ConfigurationError
-from harness.render import render
-from harness.resolve import (
+from harness.core.errors import ConfigurationError
+from harness.matrix.debs import repositories
+from harness.matrix.lockfile import (
     Lock,
     LockedCell,
     LockEntry,
-    _variants,
     apply_lock,
     changes,
     fingerprint,
     merged,
-    parse_madison,
-    parse_simulation,
     read_lock,
-    uses_loopback,
     write_lock,
 )
+from harness.stages.render import render
+from harness.stages.resolve import _variants, parse_madison, parse_simulation, uses_loopback
 
 MADISON = """\
 libvirt-daemon | 11.3.0-2~bpo12+1 | http://mirror.invalid/debian bookworm-backports/main amd64 Packages
@@ -262,7 +259,7 @@ def test_loopback_sources_need_the_host_network(cells_of, matrix_text):
 
 
 def test_a_vanished_locked_version_is_named_in_the_build_failure(cell_by_id, tmp_path):
-    from harness.build import diagnose
+    from harness.core.apt_log import diagnose
 
     cell = cell_by_id["debian-12-release"]
     (locked,) = apply_lock([cell], Lock(cells={cell.id: entry_for(cell)}), tmp_path)

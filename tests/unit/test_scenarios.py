@@ -9,13 +9,11 @@ import time
 
 import pytest
 
-from harness.build import BuildResult
-from harness.errors import UnsafeCells
-from harness.judge import judge_cell, judge_scenarios
-from harness.pipeline import check_outcome
-from harness.results import CellResult, RunResult, Status, worst
-from harness.runner import SmokeRun
-from harness.stats import StopRule
+from harness.core.errors import UnsafeCells
+from harness.core.results import BuildResult, CellResult, RunResult, SmokeRun, Status, worst
+from harness.core.stats import StopRule
+from harness.run.pipeline import check_outcome
+from harness.stages.judge import judge_cell, judge_scenarios
 from tests.unit import test_smoke_runner
 
 smoke = test_smoke_runner.smoke  # the fixture: harness.smoke imported against a stub libvirt

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import schedule
-from harness.fleet import Engine, Fleet, Stop
+from harness.run import schedule
+from harness.run.fleet import Engine, Fleet, Stop
 
 WAIT = 10.0  # generous: a test fails by deadlock detection, never by a slow machine
 

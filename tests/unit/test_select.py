@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.errors import ConfigurationError
-from harness.select import parse_shard, select, shard, split_patterns
+from harness.core.errors import ConfigurationError
+from harness.matrix.select import parse_shard, select, shard, split_patterns
 from tests import cli
 
 
@@ -106,7 +106,7 @@ def test_excluding_everything_is_an_error(cells):
 @pytest.fixture(scope="module")
 def default_cells(root):
     """The cells of the repository's matrix.yaml, as every task selects them."""
-    from harness.pipeline import selected
+    from harness.run.pipeline import selected
 
     return selected(str(root / "matrix.yaml"), None, None)[1]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import model
-from harness.stats import StopRule
+from harness.core import model
+from harness.core.stats import StopRule
 
 SMOKE_DIR = Path(harness.__file__).resolve().parent / "smoke"
 
@@ -289,7 +289,7 @@ def test_smoke_code_is_python_310_stdlib_and_libvirt(path):
 
 def test_host_side_never_imports_the_smoke_runner(root):
     code = (
-        "import sys, tasks, harness.pipeline, harness.schema\n"
+        "import sys, tasks, harness.run.pipeline, harness.matrix.schema\n"
         "print(sorted(m for m in sys.modules if m.startswith('harness.smoke') or m == 'libvirt'))"
     )
     done = subprocess.run(

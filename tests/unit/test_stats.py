@@ -8,8 +8,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from harness.model import Policy
-from harness.stats import Sprt, StopRule, wilson_interval
+from harness.core.model import Policy
+from harness.core.stats import Sprt, StopRule, wilson_interval
 
 # --- Wilson score interval ------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ import docker.errors
 import pytest
 from invoke.exceptions import Exit
 
-from harness import engine
-from harness.errors import ConfigurationError, EngineError, HvgateError, UnsafeCells
+from harness.core.errors import ConfigurationError, EngineError, HvgateError, UnsafeCells
+from harness.engine import client as engine
 from tests import cli
 
 # --- the Docker client, stubbed at its call site ---------------------------------------------

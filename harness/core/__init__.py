@@ -1,0 +1,1 @@
+"""Plain data and pure helpers: imports nothing else of harness, and no Docker."""

@@ -1,0 +1,167 @@
+"""The one Status enum, the result types every output format is rendered from (via their JSON),
+and what the build and smoke stages hand to judge."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .stats import StopRule
+
+FORMAT = 1
+
+
+class Status(enum.StrEnum):
+    # The first three are decisions of the sequential test in harness/core/stats.py.
+    SAFE = "safe"  # the failure rate is at most the policy's safe rate
+    FLAKY = "flaky"  # it fails sometimes: neither safe nor broken
+    BROKEN = "broken"  # it (almost) never passes
+    INCONCLUSIVE = "inconclusive"  # no decision within max_runs, or not run to the end
+    UNAVAILABLE = "unavailable"  # cannot be built or reached here; says why
+    ERROR = "error"  # the tool itself failed; never counted against libvirt or QEMU
+    # A scenario the cell cannot run (too old a libvirt, no KVM, ...); says why. Not a failure:
+    # a cell of only such scenarios has this status, and one with others their worst.
+    NOT_APPLICABLE = "not-applicable"
+
+
+# Worst first: a cell's status is the worst of its scenarios'.
+SEVERITY = [
+    Status.ERROR,
+    Status.BROKEN,
+    Status.FLAKY,
+    Status.INCONCLUSIVE,
+    Status.UNAVAILABLE,
+    Status.SAFE,
+    Status.NOT_APPLICABLE,
+]
+
+
+def worst(statuses: list[Status]) -> Status:
+    return min(statuses, key=SEVERITY.index) if statuses else Status.INCONCLUSIVE
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    cell_id: str
+    status: str  # built | cached | failed | unavailable
+    image: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    reason: str | None = None
+    log: str | None = None
+    log_tail: tuple[str, ...] = ()
+    size_bytes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("built", "cached")
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    cell_id: str
+    report: dict[str, Any] | None  # the runner's JSON document, or None when the tool failed
+    error: str | None = None
+    log_dir: str | None = None
+    rule: StopRule | None = None  # the sequential test the runner was given
+
+
+@dataclass(frozen=True)
+class FailureCause:
+    """The failed runs of one scenario that share a fingerprint (harness/fingerprint.py)."""
+
+    fingerprint: str
+    # "libvirt-qemu": libvirt, QEMU or the guest misbehaved (a `fail`);
+    # "harness": the runner itself failed (an `error`), never counted against them.
+    cause: Literal["libvirt-qemu", "harness"]
+    # ScenarioFailure, libvirtError, KeyError, ...; "failure" or "error" when the report did
+    # not name it (a report from before error_class).
+    error_class: str
+    message: str  # one of these runs' messages: its first line (a traceback's last)
+    count: int
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    name: str
+    status: Status
+    runs: int
+    failures: int
+    errors: int = 0
+    durations_s: list[float] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    logs: dict[str, list[str]] = field(default_factory=dict)
+    failure_rate: float | None = None  # failures / runs, runner errors left out
+    interval: list[float] | None = None  # 95% Wilson interval [low, high] of the failure rate
+    decision: str | None = None  # one line: why this status
+    # The failed and errored runs grouped by cause: libvirt/QEMU's first, the most frequent first.
+    failures_by_cause: list[FailureCause] = field(default_factory=list)
+    # Repetitions the scenario could not start in (an earlier failure broke the daemon or
+    # guest): no run, no failure, no error; left out of runs and of the sequential test.
+    not_run: int = 0
+    not_run_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    id: str
+    distro: str
+    release: str
+    codename: str
+    source: str
+    status: Status
+    reason: str | None = None
+    image: str | None = None
+    build: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    libvirt_version: str | None = None
+    qemu_version: str | None = None
+    accel: str | None = None
+    accel_reason: str | None = None
+    kernel: str | None = None
+    guest_kernel: str | None = None
+    daemon: str | None = None
+    thresholds: dict[str, bool] = field(default_factory=dict)
+    scenarios: list[ScenarioResult] = field(default_factory=list)
+    log_dir: str | None = None
+    duration_s: float | None = None
+    # since, first_seen, last_seen (run ids), previous (status), change: regression | fix | None
+    history: dict[str, Any] = field(default_factory=dict)
+    # The source whose pocket this cell's versions reach next (a -proposed cell: "updates").
+    stages_for: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    started: str
+    finished: str
+    host: dict[str, Any]
+    cells: list[CellResult]
+    format: int = FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> RunResult:
+        cells = []
+        for cell in data["cells"]:
+            scenarios = [
+                ScenarioResult(
+                    **{
+                        **s,
+                        "status": Status(s["status"]),
+                        "failures_by_cause": [
+                            FailureCause(**c) for c in s.get("failures_by_cause", [])
+                        ],
+                    }
+                )
+                for s in cell.get("scenarios", [])
+            ]
+            cells.append(
+                CellResult(**{**cell, "status": Status(cell["status"]), "scenarios": scenarios})
+            )
+        return RunResult(**{**data, "cells": cells})

@@ -1,0 +1,272 @@
+"""What makes a re-run cheap: one package cache that every build shares (apt-cacher-ng in a
+container the tool starts and stops, its downloads kept in a labelled volume between runs), and
+the remembered outcome of cells whose archive could not be reached."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests
+
+from ..core.errors import EngineError
+from ..core.files import write_atomic
+from ..core.paths import HOST_STATE, IMAGES
+from ..core.progress import say
+from ..core.text import one_line
+from . import client as eng
+from .image_build import content_hash, docker_build
+
+RECIPE = IMAGES / "package-cache"
+NAME = "hvgate-package-cache"  # the container's and the volume's
+LABEL_CACHE = f"{eng.LABEL}.cache"
+PORT = 3142
+MOUNT = "/var/cache/apt-cacher-ng"
+ENV = "HVGATE_PACKAGE_CACHE"
+OFF = ("0", "off", "no", "false")
+UNAVAILABLE = HOST_STATE / "unavailable"
+# Long enough that runs of one working day reuse the answer, short enough that a nightly
+# run asks the archive again.
+RETRY_AFTER = 6 * 3600
+FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+def wanted(flag: bool = True) -> bool:
+    """Whether builds use the package cache: not with --no-cache, nor with HVGATE_PACKAGE_CACHE=off."""
+    return flag and os.environ.get(ENV, "on").strip().lower() not in OFF
+
+
+class PackageCache:
+    """The package cache of one engine for one run, started when the first build asks for it.
+
+    Several runs (of other checkouts or results directories) may share the container: each
+    holds a shared lock on a lease file while it uses it, and the last one to leave stops it."""
+
+    def __init__(self, client: docker.DockerClient, base_image: str, log_dir: Path):
+        self.client = client
+        self.base_image = base_image
+        self.log_dir = log_dir
+        self._lock = threading.Lock()
+        self._asked = False
+        self._proxy: str | None = None
+        self._lease: IO[bytes] | None = None
+        self._key: str | None = None
+
+    def proxy(self) -> str | None:
+        """The proxy URL builds reach the cache by, or None when it could not be started."""
+        with self._lock:
+            if not self._asked:
+                self._asked = True
+                try:
+                    self._proxy = self._start()
+                except (EngineError, *FAILURES) as exc:
+                    reason = one_line(exc, 200)
+                    say("package-cache", f"warning: not used, builds download directly: {reason}")
+                    self._leave()
+            return self._proxy
+
+    def close(self) -> None:
+        with self._lock:
+            self._leave()
+
+    # --- start and stop, under the engine's lock -----------------------------------------------
+
+    def _lock_file(self, what: str) -> IO[bytes]:
+        """A lock file of this engine, the same for every checkout on this host."""
+        if self._key is None:
+            info = self.client.info()
+            engine_id = "\0".join(str(info.get(k)) for k in ("ID", "Name", "DockerRootDir"))
+            self._key = hashlib.sha256(engine_id.encode()).hexdigest()[:12]
+        directory = Path(tempfile.gettempdir()) / "hvgate-package-cache"
+        directory.mkdir(exist_ok=True)
+        return open(directory / f"{self._key}.{what}", "ab")
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[None]:
+        """Held while the container is started or stopped: a start never meets a stop."""
+        with self._lock_file("state") as state:
+            fcntl.flock(state, fcntl.LOCK_EX)
+            yield
+
+    def _start(self) -> str:
+        started = time.monotonic()
+        with self._state():
+            self._lease = self._lock_file("users")
+            fcntl.flock(self._lease, fcntl.LOCK_SH)
+            image = self._image()
+            container = self._container(image)
+            address = container.attrs["NetworkSettings"].get("IPAddress")
+            if not address:
+                raise EngineError("the cache container has no address on the default network")
+            self._probe(image, address)
+        proxy = f"http://{address}:{PORT}"
+        say("package-cache", f"serving at {proxy} ({time.monotonic() - started:.1f} s to start)")
+        return proxy
+
+    def _image(self) -> str:
+        """hvgate/package-cache:HASH, built once from the base image and the recipe."""
+        context = eng.tar_of(eng.files_under(RECIPE, "."))
+        base_id = str(self.client.images.get(self.base_image).id)
+        tag = f"hvgate/package-cache:{content_hash(context, base_id)}"
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            self.client.images.get(tag)
+            return tag
+        say("package-cache", f"building {tag}")
+        log = self.log_dir / "package-cache-build.log"
+        ok, lines = docker_build(
+            self.client, context, tag, log, "package-cache", 600, {"BASE_IMAGE": self.base_image}
+        )
+        if not ok:
+            raise EngineError(f"its image did not build: {lines[-1] if lines else ''} (log: {log})")
+        # Older recipes' images, unless a container (of another run) still uses one.
+        for old in self.client.images.list(name="hvgate/package-cache"):
+            if tag not in old.tags:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.images.remove(str(old.id))
+        return tag
+
+    def _container(self, image: str) -> Any:
+        """The running cache container: one another run started (replaced when it runs an
+        older image and nobody else uses it), else a new one."""
+        try:
+            container = self.client.containers.get(NAME)
+            current = container.attrs.get("Image") == self.client.images.get(image).id
+            if container.status == "running" and (current or not self._alone()):
+                return container
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        try:
+            self.client.volumes.get(NAME)
+        except docker.errors.NotFound:
+            self.client.volumes.create(NAME, labels={LABEL_CACHE: "packages"})
+        container = self.client.containers.run(
+            image,
+            detach=True,
+            name=NAME,
+            # The run label lets `matrix.clean` remove a container a killed run left behind;
+            # the volume has no run label, so the downloads survive that.
+            labels={LABEL_CACHE: "packages", eng.LABEL_RUN: "package-cache"},
+            volumes={NAME: {"bind": MOUNT, "mode": "rw"}},
+        )
+        container.reload()  # the address is known once it has started
+        return container
+
+    def _alone(self) -> bool:
+        """Whether no other run holds a lease (asked under the state lock, so none can start)."""
+        assert self._lease is not None
+        try:
+            fcntl.flock(self._lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(self._lease, fcntl.LOCK_SH)
+        return True
+
+    def _probe(self, image: str, address: str) -> None:
+        """Waits until a container on the default network (where builds run) reaches the cache."""
+        script = (
+            f"for i in $(seq 100); do (exec 3<>/dev/tcp/{address}/{PORT}) 2>/dev/null && exit 0;"
+            " sleep 0.1; done; exit 1"
+        )
+        try:
+            self.client.containers.run(
+                image,
+                ["bash", "-c", script],
+                remove=True,
+                labels={eng.LABEL_RUN: "package-cache"},
+            )
+        except docker.errors.ContainerError:
+            raise EngineError(
+                f"the cache at {address}:{PORT} is not reachable from a container"
+            ) from None
+
+    def _leave(self) -> None:
+        """Gives up this run's lease; the last user stops and removes the container."""
+        if self._lease is None:
+            return
+        lease, self._lease = self._lease, None
+        with self._state(), lease:
+            try:
+                fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another run still builds through it
+            try:
+                container = self.client.containers.get(NAME)
+                container.stop(timeout=10)
+                container.remove(force=True)
+                say("package-cache", "stopped")
+            except docker.errors.NotFound:
+                pass
+            except FAILURES as exc:
+                say("package-cache", f"warning: could not stop {NAME}: {str(exc)[:200]}")
+
+
+_SERVING: dict[int, PackageCache] = {}
+
+
+@contextlib.contextmanager
+def serving(
+    client: docker.DockerClient, base_image: str, log_dir: Path, enabled: bool = True
+) -> Iterator[PackageCache | None]:
+    """Within it, builds on this engine go through the package cache (started on first use)
+    and reuse remembered 'unavailable' outcomes; stopped at the end unless others use it."""
+    if not wanted(enabled):
+        yield None
+        return
+    cache = PackageCache(client, base_image, log_dir)
+    _SERVING[id(client)] = cache
+    try:
+        yield cache
+    finally:
+        _SERVING.pop(id(client), None)
+        cache.close()
+
+
+def build_args(client: docker.DockerClient) -> dict[str, str]:
+    """Build args that send a build's apt through the cache: `http_proxy` is one of Docker's
+    predefined args, which the Dockerfile need not declare and which never invalidate the layer
+    cache, so the rendered Dockerfile and the image's content hash are the same without it."""
+    cache = _SERVING.get(id(client))
+    proxy = cache.proxy() if cache else None
+    return {"http_proxy": proxy} if proxy else {}
+
+
+# --- remembered outcomes -------------------------------------------------------------------------
+
+
+def _outcome_path(tag: str) -> Path:
+    return UNAVAILABLE / (tag.replace("/", "_").replace(":", "_") + ".json")
+
+
+def remembered(client: docker.DockerClient, tag: str) -> dict[str, Any] | None:
+    """The 'unavailable' outcome of the build of this very content, if it is recent enough."""
+    if id(client) not in _SERVING:
+        return None
+    try:
+        outcome = json.loads(_outcome_path(tag).read_text())
+        if 0 <= time.time() - float(outcome["when"]) < RETRY_AFTER:
+            return dict(outcome)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def remember(
+    client: docker.DockerClient, tag: str, reason: str, log: str | None, log_tail: tuple[str, ...]
+) -> None:
+    """Keeps an 'unavailable' outcome: a re-run within RETRY_AFTER does not ask the archive again."""
+    if id(client) not in _SERVING:
+        return
+    outcome = {"when": time.time(), "reason": reason, "log": log, "log_tail": list(log_tail)}
+    write_atomic(_outcome_path(tag), json.dumps(outcome))

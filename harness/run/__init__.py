@@ -1,0 +1,1 @@
+"""Orchestration: the pipeline of one run, its schedule over engines, checkpoints and history."""

@@ -1,0 +1,237 @@
+"""Builds the guest artifact and one image per cell, content-addressed so unchanged cells are reused."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from ..core.apt_log import diagnose, without_hosts
+from ..core.errors import EngineError, HvgateError
+from ..core.model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
+from ..core.paths import CONTEXT, HOST_STATE, IMAGES
+from ..core.progress import say
+from ..core.results import BuildResult
+from ..engine import client as eng
+from ..engine import package_cache
+from ..engine.bases import Bases
+from ..engine.image_build import content_hash, docker_build
+from ..matrix import debs
+from .render import render
+from .resolve import uses_loopback
+
+GUEST_DIR = IMAGES / "guest"
+VERSION_LINE = re.compile(r"^HVGATE-VERSION (\S+)\t(\S+)$")
+
+
+def cell_context(cell: Cell) -> bytes:
+    """The build context: the rendered Dockerfile, the context scripts and any .deb repository;
+    its hash names the image, so a changed .deb rebuilds the cell."""
+    files = [("Dockerfile", render(cell).encode(), 0o644)] + eng.files_under(CONTEXT, "context")
+    return eng.tar_of(files + debs.repositories(cell.sources))
+
+
+def image_tag(cell_id: str, digest: str) -> str:
+    return f"hvgate/cell:{cell_id}-{digest}"
+
+
+def built_image(
+    engine: docker.DockerClient, cell: Cell, context: bytes, base_id: str
+) -> BuildResult | None:
+    """The cell's image if one with this content hash was built and labelled, else None."""
+    tag = image_tag(cell.id, content_hash(context, base_id))
+    try:
+        image = engine.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return None
+    versions = _versions_from_labels(image.labels)
+    if not versions:
+        return None
+    return BuildResult(cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"))
+
+
+def build_cell(
+    engine: docker.DockerClient, cell: Cell, base_id: str, log_dir: Path, timeout: float
+) -> BuildResult:
+    context = cell_context(cell)
+    cached = built_image(engine, cell, context, base_id)
+    if cached:
+        say(cell.id, f"unchanged: {cached.image}")
+        return cached
+    digest = content_hash(context, base_id)
+    tag = image_tag(cell.id, digest)
+    log_path = log_dir / cell.id / "build.log"
+    known = package_cache.remembered(engine, tag)
+    if known:  # the same content found its archive unreachable a moment ago
+        say(
+            cell.id,
+            f"unavailable (remembered, not retried for {package_cache.RETRY_AFTER // 3600} h)",
+        )
+        tail, log = tuple(known["log_tail"]), known.get("log")
+        log = log if log and Path(log).exists() else None  # a results directory since removed
+        return BuildResult(cell.id, "unavailable", reason=known["reason"], log=log, log_tail=tail)
+    started = time.monotonic()
+    say(cell.id, f"building {tag}")
+    unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
+    loopback = uses_loopback(cell)  # the package cache cannot reach the host's loopback
+    proxy = {} if loopback else package_cache.build_args(engine)
+    attempts = [proxy, {}] if proxy else [{}]
+    for attempt, args in enumerate(attempts, 1):
+        ok, lines = docker_build(
+            engine,
+            context,
+            unlabelled,
+            log_path,
+            cell.id,
+            timeout,
+            buildargs=args,
+            network_mode="host" if loopback else None,
+        )
+        if ok or attempt == len(attempts) or diagnose(lines, cell)[0] != "unavailable":
+            break
+        # The archive, or the package cache in front of it, failed: the archive decides.
+        say(cell.id, "an archive failed through the package cache; trying without it")
+    if not ok:
+        status, reason = diagnose(lines, cell)
+        say(cell.id, f"build {status}: {reason}")
+        tail = tuple(without_hosts(line) for line in lines[-20:])
+        if status == "unavailable":
+            package_cache.remember(engine, tag, reason, str(log_path), tail)
+        return BuildResult(
+            cell.id,
+            status,
+            None,
+            seconds=time.monotonic() - started,
+            reason=reason,
+            log=str(log_path),
+            log_tail=tail,
+        )
+    versions = recorded_versions(lines)
+    if "libvirt-daemon" not in versions:
+        # Every step came from the layer cache (another cell, or another matrix, has the same
+        # Dockerfile), so the build printed nothing: the image keeps what record-versions wrote.
+        output = engine.containers.run(
+            unlabelled,
+            ["sed", "s/^/HVGATE-VERSION /", "/etc/hvgate/versions"],
+            remove=True,
+            labels={eng.LABEL_RUN: "versions"},
+        )
+        versions = recorded_versions(output.decode(errors="replace").splitlines())
+    labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
+    labels.update({eng.LABEL_CELL: cell.id, eng.LABEL_HASH: digest})
+    # The versions are known only after the build ran dpkg-query, so a two-line build labels it.
+    bad = [v for v in versions.values() if not DEB_VERSION_RE.fullmatch(v)]
+    if bad or "libvirt-daemon" not in versions:
+        raise EngineError(f"{cell.id}: the image reported no usable versions: {versions}")
+    label_line = " ".join(f'"{k}"="{v}"' for k, v in sorted(labels.items()))
+    label_context = eng.tar_of(
+        [("Dockerfile", f"FROM {unlabelled}\nLABEL {label_line}\n".encode(), 0o644)]
+    )
+    ok, more = docker_build(
+        engine, label_context, tag, log_path.with_name("label.log"), cell.id, 120
+    )
+    if not ok:
+        raise EngineError(f"{cell.id}: labelling the image failed: {more[-1] if more else ''}")
+    # Only a tag: a concurrent build of the same cell may hold it (409), and that is fine.
+    with contextlib.suppress(docker.errors.APIError):
+        engine.images.remove(unlabelled, noprune=True)
+    engine.images.get(tag).tag("hvgate/cell", cell.id)
+    image = engine.images.get(tag)
+    seconds = time.monotonic() - started
+    say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return BuildResult(
+        cell.id,
+        "built",
+        tag,
+        versions,
+        seconds=seconds,
+        log=str(log_path),
+        size_bytes=image.attrs.get("Size"),
+    )
+
+
+def recorded_versions(lines: list[str]) -> dict[str, str]:
+    """Package -> version, from the lines record-versions prints."""
+    return {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
+
+
+def _versions_from_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    labels = labels or {}
+    versions = {
+        pkg: labels[f"{eng.LABEL_VERSION}{pkg}"]
+        for pkg in VERSION_LABEL_PACKAGES
+        if f"{eng.LABEL_VERSION}{pkg}" in labels
+    }
+    return versions if "libvirt-daemon" in versions else {}
+
+
+def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> Path:
+    """Builds the guest (kernel + initramfs) once and keeps it as a tar to copy into cells."""
+    base_id = Bases(engine, matrix.bases, log_dir).ensure(matrix.guest.base)
+    context = eng.tar_of(eng.files_under(GUEST_DIR, "."))
+    digest = content_hash(context, base_id)
+    kept = HOST_STATE / f"guest-{digest}.tar"
+    if kept.exists():
+        return kept
+    tag = f"hvgate/guest:{digest}"
+    say("guest", f"building {tag}")
+    ok, lines = docker_build(
+        engine,
+        context,
+        tag,
+        log_dir / "guest-build.log",
+        "guest",
+        1800,
+        buildargs={
+            "BASE_IMAGE": f"hvgate/base:{matrix.guest.base}",
+            **package_cache.build_args(engine),
+        },
+    )
+    if not ok:
+        raise EngineError(
+            f"the guest did not build: {lines[-1] if lines else ''} (log: {log_dir / 'guest-build.log'})"
+        )
+    container = engine.containers.create(tag, ["true"], labels={eng.LABEL_RUN: "guest-build"})
+    try:
+        stream, _ = container.get_archive("/guest")
+        data = b"".join(stream)
+    finally:
+        container.remove(force=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = set(tar.getnames())
+    if not {"guest/vmlinuz", "guest/initramfs.img", "guest/kernel-version"} <= names:
+        raise EngineError(f"the guest image lacks a kernel or initramfs: {sorted(names)}")
+    HOST_STATE.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_suffix(f".{os.getpid()}.part")  # runs of other results dirs may race
+    tmp.write_bytes(data)
+    tmp.replace(kept)
+    return kept
+
+
+def build_cells(
+    engine: docker.DockerClient, matrix: Matrix, cells: tuple[Cell, ...], log_dir: Path
+) -> dict[str, BuildResult]:
+    """Builds every selected cell; a failing base or build is a result, and the others go on."""
+    results: dict[str, BuildResult] = {}
+    base_ids: dict[str, str | HvgateError] = {}
+    bases = Bases(engine, matrix.bases, log_dir)
+    for cell in cells:
+        if cell.base_name not in base_ids:
+            try:
+                base_ids[cell.base_name] = bases.ensure(cell.base_name)
+            except HvgateError as exc:
+                say(cell.base_name, f"base unavailable: {exc}")
+                base_ids[cell.base_name] = exc
+        base_id = base_ids[cell.base_name]
+        if isinstance(base_id, HvgateError):
+            results[cell.id] = BuildResult(cell.id, "unavailable", reason=f"base image: {base_id}")
+            continue
+        results[cell.id] = build_cell(engine, cell, base_id, log_dir, matrix.policy.build_timeout)
+    return results

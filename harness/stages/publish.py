@@ -1,0 +1,161 @@
+"""Writes a run's results under results/: the JSON document and every format rendered from it
+(Markdown, HTML, JUnit XML, the CI step summary); reads stored documents back for `matrix.report`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from ..core.errors import ConfigurationError
+from ..core.files import write_atomic
+from ..core.paths import RESULTS, ROOT
+from ..core.results import FORMAT, RunResult
+from .formats import html, junit, markdown, step_summary
+
+__all__ = ["RESULTS", "markdown", "publish", "read_results", "report"]
+
+RESULTS_SCHEMA_PATH = ROOT / "results.schema.json"
+ADAPTER = pydantic.TypeAdapter(RunResult)
+
+# Each format's file name after the document's stem: latest.json -> latest.md, latest.html, ...
+SUFFIXES = {"markdown": ".md", "html": ".html", "junit": ".junit.xml"}
+
+
+def formats(data: dict[str, Any], directory: Path, stem: str) -> dict[str, tuple[Path, str]]:
+    """Every format of one document, rendered before anything is written."""
+    texts = {
+        "markdown": markdown(data),
+        "html": html(data, directory),
+        "junit": junit(data),
+    }
+    return {kind: (directory / f"{stem}{SUFFIXES[kind]}", text) for kind, text in texts.items()}
+
+
+def publish(run: RunResult, results_dir: Path = RESULTS, latest: bool = True) -> dict[str, Path]:
+    """Writes the run's JSON and its formats under runs/RUN_ID/ and, unless told not to (a run
+    cut short: its partial table must not replace the last complete one), as latest.*."""
+    text = json.dumps(run.to_json(), indent=1, sort_keys=False) + "\n"
+    data = json.loads(text)  # the formats see exactly what the file holds
+    run_dir = results_dir / "runs" / run.run_id
+    outputs = {"json": (run_dir / "results.json", text)}
+    outputs.update(formats(data, run_dir, "results"))
+    if latest:
+        outputs["latest_json"] = (results_dir / "latest.json", text)
+        outputs.update({f"latest_{k}": v for k, v in formats(data, results_dir, "latest").items()})
+    for path, content in outputs.values():
+        write_atomic(path, content)
+    append_step_summary(data)
+    return {kind: path for kind, (path, _) in outputs.items()}
+
+
+def report(
+    run_id: str | None = None,
+    input_path: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    results_dir: Path = RESULTS,
+) -> dict[str, Path]:
+    """Renders every format again from a stored document, next to it (or in output_dir).
+
+    Nothing runs; the document itself is not rewritten.
+    """
+    data, path = stored_results(run_id, input_path, results_dir)
+    directory = Path(output_dir) if output_dir else path.parent
+    outputs = formats(data, directory, path.stem if path.suffix == ".json" else path.name)
+    for target, content in outputs.values():
+        write_atomic(target, content)
+    append_step_summary(data)
+    return {kind: target for kind, (target, _) in outputs.items()}
+
+
+def stored_results(
+    run_id: str | None, input_path: str | Path | None, results_dir: Path = RESULTS
+) -> tuple[dict[str, Any], Path]:
+    """A stored run's document and its path: --run RUN_ID, --input FILE, else latest.json."""
+    if run_id and input_path:
+        raise ConfigurationError("--run and --input: give one of them")
+    if run_id:
+        if not run_id.strip() or Path(run_id).name != run_id:
+            raise ConfigurationError(f"--run {run_id!r}: not a run id (see results/runs/)")
+        path = results_dir / "runs" / run_id / "results.json"
+        if not path.is_file():
+            raise ConfigurationError(f"--run {run_id}: no results at {path}")
+    else:
+        path = Path(input_path) if input_path else results_dir / "latest.json"
+    return read_results(path), path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A stored results document, checked against this version's format; ConfigurationError
+    (one line naming the file and the problem) when it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigurationError(f"{path}: no such results file") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{path}: not UTF-8 text, not a results document") from None
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
+    if not isinstance(data, dict) or "cells" not in data:
+        raise ConfigurationError(f"{path}: not an hvgate results document (no `cells`)")
+    if data.get("format") != FORMAT:
+        raise ConfigurationError(
+            f"{path}: results format {data.get('format')!r}; this hvgate reads format {FORMAT}"
+        )
+    try:
+        ADAPTER.validate_python(data)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigurationError(
+            f"{path}: {location(first['loc'])}: {first['msg']}{more}"
+        ) from None
+    return data
+
+
+def location(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a JSON path: cells[3].scenarios[0].status."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(document)"
+
+
+def append_step_summary(data: dict[str, Any]) -> None:
+    """GitHub Actions shows what a step appends to $GITHUB_STEP_SUMMARY on the run's page."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as summary:
+            summary.write(step_summary(data))
+
+
+def results_schema_text() -> str:
+    """The JSON Schema of the results document, generated from the result types."""
+    schema = ADAPTER.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hvgate results document"
+    schema["description"] = (
+        f"A run's results (results/latest.json), format {FORMAT}. "
+        "Readers refuse a document of another format."
+    )
+    schema["properties"]["format"] = {"const": FORMAT, "title": "Format", "type": "integer"}
+    schema["required"] = sorted({*schema.get("required", []), "format"})
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write_results_schema(check: bool = False) -> bool:
+    """Returns whether the committed schema differs from the result types (and writes it
+    unless check)."""
+    text = results_schema_text()
+    current = RESULTS_SCHEMA_PATH.read_text() if RESULTS_SCHEMA_PATH.exists() else ""
+    if check:
+        return current != text
+    return write_atomic(RESULTS_SCHEMA_PATH, text)

@@ -1,0 +1,262 @@
+"""Smoke stage, host side: runs harness/smoke inside a cell container and returns its JSON report.
+
+The container is default and unprivileged (see README, "Container privileges"); it gets
+/dev/kvm only when KVM may be used, and an init process so QEMU's exits are reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from ..core.model import PEER_SCENARIOS, Cell, Matrix
+from ..core.progress import say
+from ..core.results import SmokeRun
+from ..core.stats import StopRule
+from ..core.text import one_line
+from ..engine import client as eng
+from .peer import NO_PEER, PeerFailure, start_peer, upgrades
+
+SMOKE_DIR = Path(__file__).resolve().parents[1] / "smoke"
+REMOTE = "/opt/hvgate"
+# The engine refused (API errors) or went away (the connection failed): the cell is in error.
+ENGINE_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def smoke_tar() -> bytes:
+    return eng.tar_of(eng.files_under(SMOKE_DIR, "smoke"))
+
+
+def kvm_device_available() -> bool:
+    return os.path.exists("/dev/kvm")
+
+
+def run_cell(
+    engine: docker.DockerClient,
+    cell: Cell,
+    image: str,
+    matrix: Matrix,
+    run_id: str,
+    guest_tar: Path,
+    accel: str,
+    log_dir: Path,
+    runs: int | None,
+    accel_reason: str | None = None,
+    stop: threading.Event | None = None,
+) -> SmokeRun:
+    """`runs` fixes the count of runs (see StopRule.from_policy); else the policy's test decides.
+    Upgrade migrations into the cell (`migrations:` of the matrix) follow its own scenarios.
+    Once `stop` is set (an interrupt), no container is started."""
+    smoke = _run_container(
+        engine,
+        cell,
+        image,
+        matrix,
+        run_id,
+        guest_tar,
+        accel,
+        log_dir,
+        runs,
+        accel_reason,
+        stop=stop,
+    )
+
+    def older(source: Cell, source_image: str) -> tuple[dict[str, Any] | None, str | None]:
+        # The older cell's container is the source; a container of this cell the destination.
+        assert smoke.report is not None
+        done = _run_container(
+            engine,
+            source,
+            source_image,
+            matrix,
+            run_id,
+            guest_tar,
+            smoke.report.get("accel") or accel,
+            log_dir / f"upgrade-from-{source.id}",
+            runs,
+            smoke.report.get("accel_reason"),
+            scenarios=list(PEER_SCENARIOS),
+            peer_image=image,
+            name=f"{source.id}-to-{cell.id}",
+            stop=stop,
+        )
+        return done.report, done.error
+
+    return dataclasses.replace(smoke, report=upgrades(smoke.report, engine, matrix, cell, older))
+
+
+def _run_container(
+    engine: docker.DockerClient,
+    cell: Cell,
+    image: str,
+    matrix: Matrix,
+    run_id: str,
+    guest_tar: Path,
+    accel: str,
+    log_dir: Path,
+    runs: int | None,
+    accel_reason: str | None = None,
+    scenarios: list[str] | None = None,
+    peer_image: str | None = None,
+    name: str | None = None,
+    stop: threading.Event | None = None,
+) -> SmokeRun:
+    """One smoke runner in a container of `image` (and, for migrations, a destination
+    container of `peer_image`, by default the same); none once `stop` is set."""
+    policy = matrix.policy
+    rule = StopRule.from_policy(policy, runs)
+    if stop is not None and stop.is_set():
+        # The interrupt's cleanup may already have run: a container started now would outlive it.
+        return SmokeRun(cell.id, None, "interrupted before the smoke test started", rule=rule)
+    use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
+    devices = ["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else []
+    scenarios = scenarios or [s for s in matrix.scenarios if s in cell.scenarios]
+    label = name or cell.id  # of the progress lines
+    name = f"hvgate-{run_id}-{label}"
+    peer = NO_PEER
+    # The runner starts no scenario past cell_timeout and ends each within scenario_timeout
+    # (killing what hangs); this bound only catches the runner itself failing to stop.
+    overall = (
+        policy.cell_timeout
+        + policy.scenario_timeout
+        + 2 * policy.boot_timeout
+        + 120
+        + (30 if accel == "auto" else 0)
+    )
+    try:
+        files = [smoke_tar(), guest_tar.read_bytes()]
+        peer = start_peer(
+            engine, scenarios, run_id, name, label, peer_image or image, devices, files
+        )
+        container = engine.containers.run(
+            image,
+            ["sleep", "infinity"],
+            detach=True,
+            init=True,
+            name=name,
+            labels={eng.LABEL_RUN: run_id, eng.LABEL_CELL: cell.id},
+            devices=devices,
+            **peer.source_options(),
+        )
+    except PeerFailure as exc:
+        return SmokeRun(cell.id, None, one_line(exc), rule=rule)
+    except ENGINE_FAILURES as exc:
+        peer.close()
+        return SmokeRun(
+            cell.id, None, f"the cell container did not start: {one_line(exc)}", rule=rule
+        )
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        with contextlib.suppress(docker.errors.APIError):
+            container.kill()
+
+    watchdog = threading.Timer(overall, kill)
+    watchdog.daemon = True
+    try:
+        for tar in files:
+            container.put_archive(REMOTE, tar)
+        command = [
+            "python3",
+            "-m",
+            "smoke",
+            "--scenarios",
+            ",".join(scenarios),
+            "--accel",
+            accel,
+            # The host's sequential test as a table: the runner cannot import harness.core.stats.
+            "--stop-rule",
+            json.dumps(rule.to_json(), separators=(",", ":")),
+            "--boot-timeout",
+            str(policy.boot_timeout),
+            "--scenario-timeout",
+            str(policy.scenario_timeout),
+            "--cell-timeout",
+            str(policy.cell_timeout),
+        ]
+        if accel_reason:
+            command += ["--accel-reason", accel_reason]
+        watchdog.start()
+        exec_id = engine.api.exec_create(
+            container.id, command, workdir=REMOTE, environment=peer.environment()
+        )["Id"]
+        stdout = b""
+        pending = b""
+        for out, err in engine.api.exec_start(exec_id, stream=True, demux=True):
+            if out:
+                stdout += out
+            if err:
+                pending += err
+                *done, pending = pending.split(b"\n")
+                for line in done:
+                    text = line.decode(errors="replace")
+                    if text and not text.startswith("libvirt: "):
+                        say(label, text)
+        exit_code = engine.api.exec_inspect(exec_id).get("ExitCode")
+        if timed_out.is_set():
+            return SmokeRun(
+                cell.id, None, f"the smoke run did not finish within {overall:.0f} s", rule=rule
+            )
+        _copy_logs(container, log_dir)
+        try:
+            report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
+            why = _no_report(container, exit_code)
+            return SmokeRun(cell.id, None, f"{why}: {' | '.join(tail)}" if tail else why, rule=rule)
+        return SmokeRun(cell.id, report, log_dir=str(log_dir), rule=rule)
+    except ENGINE_FAILURES as exc:
+        return SmokeRun(cell.id, None, f"the Docker engine failed: {one_line(exc)}", rule=rule)
+    finally:
+        watchdog.cancel()
+        if peer.container is not None:
+            with contextlib.suppress(*ENGINE_FAILURES):
+                _copy_logs(peer.container, log_dir / "destination")
+        with contextlib.suppress(*ENGINE_FAILURES):
+            container.remove(force=True, v=True)
+        peer.close()
+
+
+def _no_report(container: Any, exit_code: int | None) -> str:
+    """Why the runner left no report: its container stopped (killed, out of memory), or it ended."""
+    try:
+        container.reload()
+        state = container.attrs.get("State", {})
+    except ENGINE_FAILURES:
+        return "the cell container vanished before the smoke runner reported"
+    if not state.get("Running", True):
+        oom = ", out of memory" if state.get("OOMKilled") else ""
+        return (
+            f"the cell container stopped (exit code {state.get('ExitCode')}{oom}) "
+            "before the smoke runner reported"
+        )
+    return f"the smoke runner exited {exit_code} without a report"
+
+
+def _copy_logs(container: Any, log_dir: Path) -> None:
+    """Keeps the daemon, QEMU and console logs of the cell next to its results."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for remote in ("/var/log/libvirt", "/var/lib/hvgate/console.log"):
+        try:
+            stream, _ = container.get_archive(remote)
+        except docker.errors.NotFound:
+            continue
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    source = tar.extractfile(member)
+                    if source is None:
+                        continue
+                    (log_dir / member.name.replace("/", "-")).write_bytes(source.read())

@@ -1,0 +1,1 @@
+"""Tasks that work on stored results: merge, pin, bisect, diff."""
