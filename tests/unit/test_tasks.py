@@ -1,4 +1,4 @@
-"""tasks.py and harness.engine: user mistakes and engine failures become one clear message and an exit code."""
+"""tasks.py and harness.engine.client: user mistakes and engine failures become one clear message and an exit code."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""harness.select: shell patterns choose cells by id, the same way for every task."""
+"""harness.matrix.select: shell patterns choose cells by id, the same way for every task."""
 
 from __future__ import annotations
 

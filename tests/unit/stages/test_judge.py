@@ -1,4 +1,4 @@
-"""harness.judge: scenario and cell verdicts from build results and smoke reports."""
+"""harness.stages.judge: scenario and cell verdicts from build results and smoke reports."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""harness.stats: Wilson intervals against published values, SPRT boundaries worked out by hand."""
+"""harness.core.stats: Wilson intervals against published values, SPRT boundaries worked out by hand."""
 
 from __future__ import annotations
 

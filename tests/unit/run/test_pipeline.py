@@ -1,4 +1,4 @@
-"""harness.pipeline.run without Docker: the KVM probe as a short step before every smoke test,
+"""harness.run.pipeline.run without Docker: the KVM probe as a short step before every smoke test,
 nothing started once an interrupt has begun, and latest.* replaced by complete runs only."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""harness.load: a matrix loads into cells; every bad input is a ConfigurationError naming file, line and path."""
+"""harness.matrix.load: a matrix loads into cells; every bad input is a ConfigurationError naming file, line and path."""
 
 from __future__ import annotations
 

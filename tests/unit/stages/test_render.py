@@ -1,4 +1,4 @@
-"""harness.render: Dockerfiles as a pure function of a cell, template overrides, and atomic writes."""
+"""harness.stages.render: Dockerfiles as a pure function of a cell, and template overrides."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import shlex
 
 import pytest
 
-from harness.core import files
 from harness.core.errors import ConfigurationError
-from harness.core.files import write_atomic
 from harness.core.model import COMPONENT_PACKAGES
 from harness.stages.render import (
     BASE_TEMPLATE,
@@ -392,36 +390,6 @@ def test_template_syntax_error_is_a_configuration_error(overrides, by_id):
     env = make_environment([overrides, TEMPLATES])
     with pytest.raises(ConfigurationError, match="broken.Dockerfile.j2"):
         render(with_template(by_id["debian-12-release"], "broken.Dockerfile.j2"), env)
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def test_write_atomic(tmp_path):
-    path = tmp_path / "cells" / "x" / "Dockerfile"
-    assert write_atomic(path, "FROM a\n") is True
-    assert path.read_text() == "FROM a\n"
-    stat = path.stat()
-    assert write_atomic(path, "FROM a\n") is False
-    assert path.stat().st_mtime_ns == stat.st_mtime_ns
-    assert path.stat().st_ino == stat.st_ino
-    assert write_atomic(path, "FROM b\n") is True
-    assert path.read_text() == "FROM b\n"
-    assert os.listdir(path.parent) == ["Dockerfile"]
-
-
-def test_write_atomic_failure_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    path = tmp_path / "Dockerfile"
-    path.write_text("old\n")
-
-    def refuse(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(files.os, "replace", refuse)
-    with pytest.raises(OSError):
-        write_atomic(path, "new\n")
-    assert path.read_text() == "old\n"
-    assert os.listdir(tmp_path) == ["Dockerfile"]
 
 
 def test_render_all_writes_one_dockerfile_per_cell(tmp_path, unit_matrix):

@@ -14,7 +14,7 @@ from harness.core.results import BuildResult, CellResult, RunResult, SmokeRun, S
 from harness.core.stats import StopRule
 from harness.run.pipeline import check_outcome
 from harness.stages.judge import judge_cell, judge_scenarios
-from tests.unit import test_smoke_runner
+from tests.unit.smoke import test_smoke_runner
 
 smoke = test_smoke_runner.smoke  # the fixture: harness.smoke imported against a stub libvirt
 

@@ -1,4 +1,4 @@
-"""harness.pin: each base and source's newest safe versions as apt preferences, a devstack
+"""harness.tools.pin: each base and source's newest safe versions as apt preferences, a devstack
 local.conf fragment and JSON; everything else refused, one line each."""
 
 from __future__ import annotations

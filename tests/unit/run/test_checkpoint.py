@@ -1,22 +1,16 @@
-"""harness.lock and harness.checkpoint: one run per results directory, and finished cells kept
-on disk for --resume. No Docker: the run's cells are the unit matrix's, their results made here."""
+"""harness.run.checkpoint: finished cells kept on disk for --resume. No Docker: the run's cells
+are the unit matrix's, their results made here."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from harness.core.errors import Busy, ConfigurationError
+from harness.core.errors import ConfigurationError
 from harness.core.results import Status
 from harness.run import checkpoint
-from harness.run.run_lock import acquire
 from harness.stages.judge import not_run
 
 TASK = "matrix.test"
@@ -28,51 +22,6 @@ def start(tmp_path, unit_matrix, opts=None, run_id="20261123T120000Z-aaaa"):
     return checkpoint.start(
         tmp_path, opts, matrix, cells, run_id, "2026-11-23T12:00:00+00:00", TASK
     )
-
-
-# --- the lock --------------------------------------------------------------------------------
-
-
-def test_a_second_run_is_refused_with_who_holds_the_lock(tmp_path):
-    held = acquire(tmp_path, "matrix.run")
-    held.note(run_id="20261123T120000Z-aaaa")
-    with pytest.raises(Busy) as info:
-        acquire(tmp_path, "matrix.test")
-    assert info.value.exit_code == 3
-    message = str(info.value)
-    assert f"pid {os.getpid()}" in message and "run 20261123T120000Z-aaaa" in message
-    assert "HVGATE_RESULTS" in message and "\n" not in message
-    held.release()
-    acquire(tmp_path, "matrix.test").release()  # free again
-
-
-def test_the_lock_dies_with_its_process(tmp_path):
-    # SIGKILL gives no chance to clean up: the kernel drops the lock with the process.
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-                import sys, time
-                from pathlib import Path
-                from harness.run.run_lock import acquire
-                held = acquire(Path({str(tmp_path)!r}), "matrix.run")
-                print("held", flush=True)
-                time.sleep(60)
-            """),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    with holder:
-        try:
-            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-            with pytest.raises(Busy, match=f"pid {holder.pid}"):
-                acquire(tmp_path, "matrix.run")
-        finally:
-            holder.send_signal(signal.SIGKILL)
-    assert holder.returncode == -signal.SIGKILL
-    acquire(tmp_path, "matrix.run").release()
 
 
 # --- options and resume ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""harness.fingerprint: one cause, one fingerprint, whatever numbers and ids its message held."""
+"""harness.core.fingerprint: one cause, one fingerprint, whatever numbers and ids its message held."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""harness.publish, harness.formats and harness.results: the run's JSON round-trips, every format
+"""harness.stages.publish, harness.stages.formats and harness.core.results: the run's JSON round-trips, every format
 is rendered from it alone, and `matrix.report` renders them again from a stored document."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from harness.stages.publish import (
 from tests import cli
 from tests.results_sample import RUN_ID, document, sample_run, with_optional_fields
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def table_rows(text: str) -> list[list[str]]:

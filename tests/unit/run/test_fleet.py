@@ -1,4 +1,4 @@
-"""harness.fleet without Docker: which engines, how cells are spread over them, one accel probe."""
+"""harness.run.fleet without Docker: which engines, how cells are spread over them, one accel probe."""
 
 from __future__ import annotations
 

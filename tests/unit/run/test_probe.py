@@ -1,4 +1,4 @@
-"""harness.probe without Docker: the KVM probe's container, its answer, its bounds."""
+"""harness.run.probe without Docker: the KVM probe's container, its answer, its bounds."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.unit import test_smoke_runner
+from tests.unit.smoke import test_smoke_runner
 
 smoke = test_smoke_runner.smoke  # the fixture: harness.smoke imported against a stub libvirt
 

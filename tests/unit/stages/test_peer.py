@@ -1,5 +1,5 @@
 """Migrations without Docker: the `migrations:` pairs of the matrix, the destination container
-harness/migrate.py starts (against a stub engine), the runner's hook, and the container side's
+harness/stages/peer.py starts (against a stub engine), the runner's hook, and the container side's
 pure parts (against a stub `libvirt`)."""
 
 from __future__ import annotations

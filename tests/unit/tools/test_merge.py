@@ -1,4 +1,4 @@
-"""harness.merge and `matrix.merge`: result sets of several runs or shards become one, whatever the
+"""harness.tools.merge and `matrix.merge`: result sets of several runs or shards become one, whatever the
 order, idempotently, and two inputs that disagree about a cell are refused in one line."""
 
 from __future__ import annotations
