@@ -437,16 +437,7 @@ def html_row(
         "rank": rank(cell["status"]),
         "change": change(cell),
         "history": cell.get("history") or {},
-        "scenarios": [
-            {
-                "name": n,
-                "result": by_name.get(n),
-                "text": scenario_text(by_name.get(n)),
-                "title": scenario_title(by_name[n]) if n in by_name else "not run in this cell",
-                "rank": rank(by_name[n].get("status")) if n in by_name else len(ORDER) + 1,
-            }
-            for n in names
-        ],
+        "scenarios": [scenario_cell(n, by_name.get(n)) for n in names],
         "thresholds": [(t, threshold_mark(cell, t)) for t in thresholds],
         "logs": href(cell.get("log_dir"), base, directory=True),
         "build_log": href(build.get("log"), base),
@@ -454,13 +445,7 @@ def html_row(
         "build_tail": build_tail,
         "failures": failures,
         "causes": [
-            {
-                "scenario": s["name"],
-                "fingerprint": c.get("fingerprint"),
-                "count": c.get("count", 0),
-                "who": CAUSES.get(c.get("cause", ""), str(c.get("cause"))),
-                "example": example(c),
-            }
+            cause_row(s["name"], c)
             for s in cell.get("scenarios", [])
             for c in s.get("failures_by_cause") or []
         ],
@@ -468,6 +453,28 @@ def html_row(
             (s["name"], why) for s in cell.get("scenarios", []) if (why := not_run_text(s))
         ],
         "explained": bool(cell.get("reason") or failing or build_tail or change(cell) or failures),
+    }
+
+
+def scenario_cell(name: str, result: dict[str, Any] | None) -> dict[str, Any]:
+    """One scenario's column of a cell's row; a scenario the cell did not run has no result."""
+    return {
+        "name": name,
+        "result": result,
+        "text": scenario_text(result),
+        "title": scenario_title(result) if result is not None else "not run in this cell",
+        "rank": rank(result.get("status")) if result is not None else len(ORDER) + 1,
+    }
+
+
+def cause_row(scenario: str, cause: dict[str, Any]) -> dict[str, Any]:
+    """One cause of a scenario's failures, as the page lists it."""
+    return {
+        "scenario": scenario,
+        "fingerprint": cause.get("fingerprint"),
+        "count": cause.get("count", 0),
+        "who": CAUSES.get(cause.get("cause", ""), str(cause.get("cause"))),
+        "example": example(cause),
     }
 
 
