@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from harness.core.errors import HvgateError, UnsafeCells
-from harness.core.paths import RESULTS
+from harness.core.options import (
+    RunOptions,
+    accel_flag,
+    jobs_flag,
+    package_cache_wanted,
+    results_dir,
+    runs_flag,
+)
 from harness.matrix.schema import write_schema
 from harness.matrix.select import parse_shard
 from harness.run import pipeline
@@ -109,10 +117,48 @@ CACHE_HELP = {
 }
 
 
-def _jobs(jobs: Any) -> int | None:
-    if jobs is not None and not (str(jobs).isdigit() and 1 <= int(jobs) <= 64):
-        raise Exit(f"error: --jobs {jobs!r}: use a whole number from 1 to 64", code=2)
-    return int(jobs) if jobs is not None else None
+def flags_of(given: dict[str, Any]) -> dict[str, Any]:
+    """A task's flags by name: its locals() taken first thing, without Invoke's context."""
+    return {name: value for name, value in given.items() if name != "c"}
+
+
+def run_options(
+    *,
+    matrix: str,
+    cells: str | None = None,
+    exclude: str | None = None,
+    shard: str | None = None,
+    engines: str | None = None,
+    jobs: Any = None,
+    no_cache: bool = False,
+    accel: str | None = None,
+    runs: Any = None,
+    build: bool = True,
+    resume: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> RunOptions:
+    """The one RunOptions of `matrix.build`, `matrix.test` and `matrix.run`, from the flags and
+    the environment, checked (in this order) before anything is rendered or built."""
+    environ = os.environ if environ is None else environ
+    accel = accel_flag(accel)
+    fixed_runs = runs_flag(runs)
+    if shard is not None:
+        parse_shard(shard)
+    checked_engines = tuple(addresses(engines, environ))
+    return RunOptions(
+        results=results_dir(environ),
+        matrix=matrix,
+        cells=cells,
+        exclude=exclude,
+        shard=shard,
+        accel=accel,
+        runs=fixed_runs,
+        engines=checked_engines,
+        jobs=jobs_flag(jobs),
+        package_cache=package_cache_wanted(no_cache, environ),
+        build=build,
+        resume=resume,
+    )
 
 
 @task(name="build", help={**SELECT_HELP, **SHARD_HELP, **ENGINES_HELP, **JOBS_HELP, **CACHE_HELP})
@@ -121,10 +167,7 @@ def build_task(
     c, matrix=MATRIX, cells=None, exclude=None, shard=None, engines=None, jobs=None, no_cache=False
 ):
     """Build the guest and each selected cell's image; unchanged cells are not rebuilt."""
-    jobs = _jobs(jobs)
-    results = pipeline.build(
-        matrix, cells, exclude, shard, engines, jobs=jobs, package_cache=not no_cache
-    )
+    results = pipeline.build(run_options(**flags_of(locals())))
     for result in results.values():
         detail = result.image if result.ok else result.reason
         print(f"{result.cell_id:<28} {result.status:<12} {detail}")
@@ -145,40 +188,8 @@ RUN_HELP = {
 }
 
 
-def _run(
-    matrix: str,
-    cells: str | None,
-    exclude: str | None,
-    accel: str | None,
-    runs: int | None,
-    do_build: bool,
-    resume: bool = False,
-    shard: str | None = None,
-    engines: str | None = None,
-    jobs: Any = None,
-    no_cache: bool = False,
-) -> None:
-    if accel not in (None, "auto", "kvm", "tcg"):
-        raise Exit(f"error: --accel {accel!r}: use auto, kvm or tcg", code=2)
-    if runs is not None and not (str(runs).isdigit() and 1 <= int(runs) <= 1000):
-        raise Exit(f"error: --runs {runs!r}: use a whole number from 1 to 1000", code=2)
-    if shard is not None:
-        parse_shard(shard)
-    addresses(engines)  # checked here, before anything is rendered or built
-    jobs = _jobs(jobs)
-    result, paths = pipeline.run(
-        matrix,
-        cells,
-        exclude,
-        accel,
-        int(runs) if runs else None,
-        do_build,
-        resume,
-        shard=shard,
-        engines=engines,
-        jobs=jobs,
-        package_cache=not no_cache,
-    )
+def _run(options: RunOptions) -> None:
+    result, paths = pipeline.run(options)
     print(markdown(result.to_json()))
     print(
         f"results: {paths['json']}\ntable:   {paths['markdown']}\npage:    {paths['html']}"
@@ -203,7 +214,7 @@ def test_task(
     jobs=None,
 ):
     """Smoke-test the already built images of the selected cells, judge and publish."""
-    _run(matrix, cells, exclude, accel, runs, False, resume, shard, engines, jobs)
+    _run(run_options(build=False, **flags_of(locals())))
 
 
 @task(name="run", help={**RUN_HELP, **CACHE_HELP})
@@ -222,7 +233,7 @@ def run_task(
     no_cache=False,
 ):
     """Render, build, smoke-test, judge and publish: the whole pipeline. Prints the table."""
-    _run(matrix, cells, exclude, accel, runs, True, resume, shard, engines, jobs, no_cache)
+    _run(run_options(**flags_of(locals())))
 
 
 @task(
@@ -238,7 +249,8 @@ def run_task(
 def merge_task(c, results, out=None, matrix=MATRIX):
     """Merge the results of several runs or shards into one result set and publish it."""
     _, cells = pipeline.selected(matrix, None, None)
-    run, paths = merge_files(results, Path(out) if out else RESULTS, [c.id for c in cells])
+    out_dir = Path(out) if out else results_dir(os.environ)
+    run, paths = merge_files(results, out_dir, [c.id for c in cells])
     print(markdown(run.to_json()))
     print(f"results: {paths['json']}\ntable:   {paths['markdown']}", file=sys.stderr)
 
@@ -253,7 +265,8 @@ def merge_task(c, results, out=None, matrix=MATRIX):
 @reported
 def resolve_task(c, matrix=MATRIX, cells=None, exclude=None, check=False):
     """Read each cell's apt indexes and lock exact libvirt/QEMU versions in matrix.lock.json."""
-    moved = pipeline.resolve(matrix, cells, exclude, check=check)
+    logs = results_dir(os.environ) / "logs"
+    moved = pipeline.resolve(matrix, cells, exclude, check=check, log_dir=logs)
     if check:
         print("\n".join(moved) if moved else "the lock is current: nothing moved")
         if moved:
@@ -271,7 +284,8 @@ def resolve_task(c, matrix=MATRIX, cells=None, exclude=None, check=False):
 @reported
 def report_task(c, run=None, input=None, output=None):
     """Render the Markdown, HTML and JUnit results again from a stored results JSON; runs nothing."""
-    for path in report(run_id=run, input_path=input, output_dir=output).values():
+    where = results_dir(os.environ)
+    for path in report(run_id=run, input_path=input, output_dir=output, results_dir=where).values():
         print(path)
 
 
@@ -287,7 +301,7 @@ def report_task(c, run=None, input=None, output=None):
 @reported
 def pin_task(c, run=None, input=None, out=None, matrix=MATRIX):
     """Write apt preferences, devstack local.conf and JSON pins of each base and source's newest safe versions."""
-    plan, paths = pin(run, input, out, matrix)
+    plan, paths = pin(run, input, out, matrix, results_dir(os.environ))
     for line in plan.refused + plan.superseded:
         print(line)
     for path in paths:
@@ -306,7 +320,8 @@ def pin_task(c, run=None, input=None, out=None, matrix=MATRIX):
 @reported
 def diff_task(c, a, b):
     """Compare two runs: cells added or removed, status and version changes, one line each."""
-    lines = diff(load_run(a), load_run(b))
+    where = results_dir(os.environ)
+    lines = diff(load_run(a, where), load_run(b, where))
     print("\n".join(lines) if lines else "no differences")
 
 
@@ -325,7 +340,7 @@ def diff_task(c, a, b):
 def bisect_task(c, scenario, base, matrix=MATRIX, component="libvirt", versions=None, builds=None):
     """Find the first version (or build) at which a scenario goes from safe to failing."""
     last_safe, first_failing, steps = bisect.run(
-        matrix, scenario, base, component, versions, builds
+        matrix, scenario, base, component, versions, builds, results_dir=results_dir(os.environ)
     )
     for step in steps:
         print(f"{step.candidate.label}: {step.status} ({step.evidence}) [{step.results}]")

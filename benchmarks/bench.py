@@ -41,13 +41,14 @@ import docker  # noqa: E402
 import docker.errors  # noqa: E402
 
 from harness.core.model import Cell, Matrix  # noqa: E402
+from harness.core.options import SmokeJob, package_cache_wanted  # noqa: E402
 from harness.core.stats import StopRule  # noqa: E402
 from harness.engine import client as eng  # noqa: E402
 from harness.engine import package_cache  # noqa: E402
 from harness.engine.bases import base_image_tag  # noqa: E402
 from harness.run import pipeline, schedule  # noqa: E402
 from harness.stages import smoke as smoke_stage  # noqa: E402
-from harness.stages.build import build_guest, cell_context  # noqa: E402
+from harness.stages.build import build_guest, cell_context, existing_image  # noqa: E402
 from harness.stages.render import packages, render  # noqa: E402
 
 MATRIX = str(ROOT / "matrix.yaml")
@@ -177,7 +178,8 @@ def cold_cell(engine: docker.DockerClient, matrix: Matrix, cell: Cell) -> dict[s
     tag = f"hvgate/bench-{TOKEN}:{cell.id}"
     base = base_image_tag(matrix.guest.base)
     with package_cache.serving(engine, base, LOGS) as serving:
-        proxy = serving.proxy() if serving else None
+        # HVGATE_PACKAGE_CACHE=off: the builds' figure without the cache only.
+        proxy = serving.proxy() if package_cache_wanted(False, os.environ) else None
         try:
             results["direct"] = build_uncached(engine, context, tag, {})
             report(
@@ -320,7 +322,17 @@ def scenarios(
     section(f"one repetition of the scenario set in {cell.id}, TCG")
     seconds, smoke = timed(
         lambda: smoke_stage.run_cell(
-            engine, cell, image, matrix, f"bench-{TOKEN}", guest_tar, "tcg", LOGS / cell.id, 1
+            engine,
+            SmokeJob(
+                cell=cell,
+                image=image,
+                matrix=matrix,
+                run_id=f"bench-{TOKEN}",
+                guest=guest_tar,
+                accel="tcg",
+                log_dir=LOGS / cell.id,
+                runs=1,
+            ),
         )
     )
     if smoke.report is None:
@@ -376,11 +388,11 @@ def naive(engine: docker.DockerClient, cell: Cell, guest_tar: Path) -> dict[str,
 
 def per_cell(engine: docker.DockerClient, matrix: Matrix, cell: Cell, rounds: int) -> None:
     guest_tar = build_guest(engine, matrix, LOGS)
-    built = pipeline.existing_images(engine, (cell,))[cell.id]
+    built = existing_image(engine, cell)
     if not built.ok or built.image is None:
         print(f"building {cell.id} first (`invoke matrix.build --cells {cell.id}`)", flush=True)
         invoke("matrix.build", "--cells", cell.id, results=LOGS / "results")
-        built = pipeline.existing_images(engine, (cell,))[cell.id]
+        built = existing_image(engine, cell)
     assert built.image, f"{cell.id} did not build"
     cold = cold_cell(engine, matrix, cell)
 
@@ -458,7 +470,7 @@ def naive_matrix(
 ) -> None:
     """benchmarks/naive.sh on every cell hvgate built, one after the other: the same work the
     obvious way (the naive script runs the 8 default scenarios of hvgate's 11)."""
-    built = [c for c in cells if (r := pipeline.existing_images(engine, (c,))[c.id]).ok and r.image]
+    built = [c for c in cells if (r := existing_image(engine, c)).ok and r.image]
     section(f"the naive way on the {len(built)} cells hvgate built, one after the other")
     guest_tar = build_guest(engine, matrix, LOGS)
     total, failed = 0.0, []
@@ -505,7 +517,7 @@ def remove_cell_images(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> 
 
 def image_sizes(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> None:
     section("image sizes (BuildResult.size_bytes)")
-    for cell_id, result in pipeline.existing_images(engine, cells).items():
+    for cell_id, result in ((c.id, existing_image(engine, c)) for c in cells):
         report(cell_id, mib(result.size_bytes) if result.ok else "not built")
 
 

@@ -3,7 +3,6 @@ between runs."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,5 +14,5 @@ RENDERED = IMAGES / "cells"
 # What this checkout keeps between runs on this host (the guest, the Ubuntu keyring, the KVM
 # probe's answer, builds remembered as unavailable); not the package cache, which is a container.
 HOST_STATE = ROOT / ".cache"
-# HVGATE_RESULTS moves the outputs elsewhere (tests, CI shards).
-RESULTS = Path(os.environ.get("HVGATE_RESULTS") or ROOT / "results")
+# The results directory is a run's option (RunOptions.results: $HVGATE_RESULTS, else results/),
+# passed to whatever writes or reads results; core/options.py reads the environment.

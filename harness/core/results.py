@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .stats import StopRule
 
@@ -165,3 +165,12 @@ class RunResult:
                 CellResult(**{**cell, "status": Status(cell["status"]), "scenarios": scenarios})
             )
         return RunResult(**{**data, "cells": cells})
+
+
+class Found(NamedTuple):
+    """What the KVM probe found (harness/run/probe.py): the accel of the run's cells, and why."""
+
+    accel: str  # "kvm" or "tcg"
+    reason: str
+    # A finding about this host (kept until it reboots), not a failure of the tool or a cut.
+    lasting: bool

@@ -1,6 +1,10 @@
 """What makes a re-run cheap: one package cache that every build shares (apt-cacher-ng in a
 container the tool starts and stops, its downloads kept in a labelled volume between runs), and
-the remembered outcome of cells whose archive could not be reached."""
+the remembered outcome of cells whose archive could not be reached.
+
+A run opens one PackageCache per engine (`serving`) and hands it to each build explicitly; a
+build given None (--no-cache, HVGATE_PACKAGE_CACHE=off, `matrix.test`) downloads directly and
+remembers nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import tempfile
 import threading
 import time
@@ -33,18 +36,11 @@ NAME = "hvgate-package-cache"  # the container's and the volume's
 LABEL_CACHE = f"{eng.LABEL}.cache"
 PORT = 3142
 MOUNT = "/var/cache/apt-cacher-ng"
-ENV = "HVGATE_PACKAGE_CACHE"
-OFF = ("0", "off", "no", "false")
 UNAVAILABLE = HOST_STATE / "unavailable"
 # Long enough that runs of one working day reuse the answer, short enough that a nightly
 # run asks the archive again.
 RETRY_AFTER = 6 * 3600
 FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
-
-def wanted(flag: bool = True) -> bool:
-    """Whether builds use the package cache: not with --no-cache, nor with HVGATE_PACKAGE_CACHE=off."""
-    return flag and os.environ.get(ENV, "on").strip().lower() not in OFF
 
 
 class PackageCache:
@@ -62,10 +58,15 @@ class PackageCache:
         self._proxy: str | None = None
         self._lease: IO[bytes] | None = None
         self._key: str | None = None
+        # Once closed (the run's schedule is over, or interrupted), a build still going on
+        # downloads directly and remembers nothing, as without a cache.
+        self._closed = False
 
     def proxy(self) -> str | None:
         """The proxy URL builds reach the cache by, or None when it could not be started."""
         with self._lock:
+            if self._closed:
+                return None
             if not self._asked:
                 self._asked = True
                 try:
@@ -78,7 +79,38 @@ class PackageCache:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._leave()
+
+    def build_args(self) -> dict[str, str]:
+        """Build args that send a build's apt through the cache: `http_proxy` is one of Docker's
+        predefined args, which the Dockerfile need not declare and which never invalidate the
+        layer cache, so the rendered Dockerfile and the image's content hash are the same
+        without it."""
+        proxy = self.proxy()
+        return {"http_proxy": proxy} if proxy else {}
+
+    # --- remembered outcomes -------------------------------------------------------------------
+
+    def remembered(self, tag: str) -> dict[str, Any] | None:
+        """The 'unavailable' outcome of the build of this very content, if it is recent enough."""
+        if self._closed:
+            return None
+        try:
+            outcome = json.loads(_outcome_path(tag).read_text())
+            if 0 <= time.time() - float(outcome["when"]) < RETRY_AFTER:
+                return dict(outcome)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def remember(self, tag: str, reason: str, log: str | None, log_tail: tuple[str, ...]) -> None:
+        """Keeps an 'unavailable' outcome: a re-run within RETRY_AFTER does not ask the archive
+        again."""
+        if self._closed:
+            return
+        outcome = {"when": time.time(), "reason": reason, "log": log, "log_tail": list(log_tail)}
+        write_atomic(_outcome_path(tag), json.dumps(outcome))
 
     # --- start and stop, under the engine's lock -----------------------------------------------
 
@@ -212,61 +244,21 @@ class PackageCache:
                 say("package-cache", f"warning: could not stop {NAME}: {str(exc)[:200]}")
 
 
-_SERVING: dict[int, PackageCache] = {}
-
-
 @contextlib.contextmanager
-def serving(
-    client: docker.DockerClient, base_image: str, log_dir: Path, enabled: bool = True
-) -> Iterator[PackageCache | None]:
-    """Within it, builds on this engine go through the package cache (started on first use)
-    and reuse remembered 'unavailable' outcomes; stopped at the end unless others use it."""
-    if not wanted(enabled):
-        yield None
-        return
+def serving(client: docker.DockerClient, base_image: str, log_dir: Path) -> Iterator[PackageCache]:
+    """The engine's package cache for the builds within it (started on the first build that
+    asks); stopped at the end unless other runs use it."""
     cache = PackageCache(client, base_image, log_dir)
-    _SERVING[id(client)] = cache
     try:
         yield cache
     finally:
-        _SERVING.pop(id(client), None)
         cache.close()
 
 
-def build_args(client: docker.DockerClient) -> dict[str, str]:
-    """Build args that send a build's apt through the cache: `http_proxy` is one of Docker's
-    predefined args, which the Dockerfile need not declare and which never invalidate the layer
-    cache, so the rendered Dockerfile and the image's content hash are the same without it."""
-    cache = _SERVING.get(id(client))
-    proxy = cache.proxy() if cache else None
-    return {"http_proxy": proxy} if proxy else {}
-
-
-# --- remembered outcomes -------------------------------------------------------------------------
+def build_args(cache: PackageCache | None) -> dict[str, str]:
+    """The build args of a build through `cache`; none without one."""
+    return cache.build_args() if cache is not None else {}
 
 
 def _outcome_path(tag: str) -> Path:
     return UNAVAILABLE / (tag.replace("/", "_").replace(":", "_") + ".json")
-
-
-def remembered(client: docker.DockerClient, tag: str) -> dict[str, Any] | None:
-    """The 'unavailable' outcome of the build of this very content, if it is recent enough."""
-    if id(client) not in _SERVING:
-        return None
-    try:
-        outcome = json.loads(_outcome_path(tag).read_text())
-        if 0 <= time.time() - float(outcome["when"]) < RETRY_AFTER:
-            return dict(outcome)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
-def remember(
-    client: docker.DockerClient, tag: str, reason: str, log: str | None, log_tail: tuple[str, ...]
-) -> None:
-    """Keeps an 'unavailable' outcome: a re-run within RETRY_AFTER does not ask the archive again."""
-    if id(client) not in _SERVING:
-        return
-    outcome = {"when": time.time(), "reason": reason, "log": log, "log_tail": list(log_tail)}
-    write_atomic(_outcome_path(tag), json.dumps(outcome))

@@ -21,6 +21,7 @@ from typing import Any
 from ..core.errors import ConfigurationError
 from ..core.files import write_atomic
 from ..core.model import Cell, Matrix
+from ..core.options import RESELECTING, RunOptions
 from ..core.progress import say
 from ..core.results import CellResult, RunResult
 from ..stages.render import render
@@ -31,41 +32,25 @@ RUNNING, INTERRUPTED, FINISHED = "running", "interrupted", "finished"
 STALE_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}$")
 
 
-@dataclass(frozen=True)
-class Options:
-    """What a run was asked for; a resumed run takes the interrupted one's."""
-
-    matrix: str
-    cells: str | None = None
-    exclude: str | None = None
-    accel: str | None = None
-    runs: int | None = None
-    shard: str | None = None
-    resumed: str | None = None  # the run id being continued
-
-
-def options(results_dir: Path, resume: bool, given: Options) -> Options:
+def resumed(opts: RunOptions) -> RunOptions:
     """The options to run with: the given ones, or with --resume those of the newest unfinished
     run under results/runs/ (the only flag that may come with --resume is --matrix, unchanged)."""
-    if not resume:
-        return given
-    run_dir = latest_unfinished(results_dir)
+    if not opts.resume:
+        return opts
+    run_dir = latest_unfinished(opts.results)
     if run_dir is None:
         raise ConfigurationError(
-            f"--resume: no interrupted run under {results_dir / 'runs'} to continue"
+            f"--resume: no interrupted run under {opts.results / 'runs'} to continue"
         )
     stored = json.loads((run_dir / "run.json").read_text())
-    extra = [
-        f"--{name}"
-        for name in ("cells", "exclude", "accel", "runs", "shard")
-        if getattr(given, name) is not None
-    ]
+    extra = [f"--{name}" for name in RESELECTING if getattr(opts, name) is not None]
     if extra:
         raise ConfigurationError(
             f"--resume continues run {run_dir.name} with its own selection; "
             f"leave out {', '.join(extra)}"
         )
-    return Options(
+    return dataclasses.replace(
+        opts,
         matrix=stored["matrix"],
         cells=stored["cells"],
         exclude=stored["exclude"],
@@ -87,7 +72,7 @@ def latest_unfinished(results_dir: Path) -> Path | None:
     return None
 
 
-def fingerprint(cell: Cell, matrix: Matrix, opts: Options) -> str:
+def fingerprint(cell: Cell, matrix: Matrix, opts: RunOptions) -> str:
     """What a cell's result depends on: its Dockerfile, scenarios, policy, accel and runs. A
     finished cell is reused by --resume only while this is unchanged."""
     facts = [render(cell), list(cell.scenarios), matrix.policy.model_dump(), opts.accel, opts.runs]
@@ -125,22 +110,17 @@ class Progress:
 
 
 def start(
-    results_dir: Path,
-    opts: Options,
-    matrix: Matrix,
-    chosen: tuple[Cell, ...],
-    run_id: str,
-    started: str,
-    task: str,
+    opts: RunOptions, matrix: Matrix, chosen: tuple[Cell, ...], run_id: str, started: str
 ) -> Progress:
     """Takes the lock, then starts the run's state, or reads a resumed run's finished cells."""
-    lock = acquire(results_dir, task)
+    results_dir = opts.results
+    lock = acquire(results_dir, opts.task)
     _sweep(results_dir)
     fingerprints = {cell.id: fingerprint(cell, matrix, opts) for cell in chosen}
     finished: dict[str, CellResult] = {}
     if opts.resumed:
         run_id = opts.resumed
-        run_dir = results_dir / "runs" / run_id
+        run_dir = opts.run_dir(run_id)
         stored = json.loads((run_dir / "run.json").read_text())
         if stored.get("state") == FINISHED:
             lock.release()
@@ -157,12 +137,12 @@ def start(
             f"resuming {run_id}: {len(finished)} of {len(chosen)} cells finished, "
             f"{len(chosen) - len(finished)} to go",
         )
-    run_dir = results_dir / "runs" / run_id
+    run_dir = opts.run_dir(run_id)
     state = {
         "run_id": run_id,
         "started": started,
         "state": RUNNING,
-        **{k: v for k, v in dataclasses.asdict(opts).items() if k != "resumed"},
+        **opts.stored(),
         "matrix": str(Path(opts.matrix).resolve()),
         "selected": [cell.id for cell in chosen],
     }

@@ -4,14 +4,13 @@ to each engine that lacks them, and cells handed to whichever engine is free."""
 from __future__ import annotations
 
 import collections
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import docker
 import docker.errors
@@ -20,30 +19,26 @@ from docker.context import ContextAPI
 
 from ..core.errors import ConfigurationError, EngineError, HvgateError
 from ..core.model import Cell, Matrix
+from ..core.options import ENGINES_ENV
 from ..core.progress import say
 from ..core.results import BuildResult, CellResult
 from ..core.text import did_you_mean, one_line
 from ..engine import client as eng
-from ..engine.bases import Bases, base_image_tag
-from ..stages.build import build_cells, build_guest
+from ..engine.bases import base_image_tag
+from ..engine.package_cache import PackageCache
+from ..engine.protocol import Engine
+from .engines import DockerEngine
 
 T = TypeVar("T")
-ENV = "HVGATE_ENGINES"
 SCHEMES = ("unix://", "tcp://", "ssh://")
 CONTEXT_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.+-]*")
 FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
-@dataclass(frozen=True)
-class Engine:
-    name: str  # as the user gave it: a URL or a Docker context's name
-    client: docker.DockerClient = field(compare=False, repr=False)
-
-
-def addresses(value: str | None) -> list[str]:
+def addresses(value: str | None, environ: Mapping[str, str]) -> list[str]:
     """The engines asked for: --engines, else $HVGATE_ENGINES; checked before connecting."""
-    raw = value if value is not None else os.environ.get(ENV, "")
-    flag = "--engines" if value is not None else ENV
+    raw = value if value is not None else environ.get(ENGINES_ENV, "")
+    flag = "--engines" if value is not None else ENGINES_ENV
     items = [item.strip() for item in str(raw).split(",") if item.strip()]
     problems = []
     for item in items:
@@ -96,6 +91,13 @@ def connect(address: str) -> docker.DockerClient:
     return client
 
 
+class BaseImage(NamedTuple):
+    """A base image on one engine: its id, or why it cannot be there."""
+
+    id: str | None
+    problem: str | None = None
+
+
 class Fleet:
     """The engines of one run. With one engine everything happens in the caller's thread, as
     without a fleet; with several, one thread per engine."""
@@ -104,15 +106,14 @@ class Fleet:
         self.engines = list(engines)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self._bases: dict[tuple[str, str], str | None] = {}
+        self._bases: dict[tuple[str, str], BaseImage] = {}
 
     @classmethod
-    def of(cls, value: str | None = None) -> Fleet:
-        """The engines --engines (or $HVGATE_ENGINES) names; none named: the default one."""
-        items = addresses(value)
+    def of(cls, items: Sequence[str] = ()) -> Fleet:
+        """The engines of the (checked) addresses, connected; none: the default engine."""
         if not items:
-            return cls([Engine("default", eng.client())])
-        engines = [Engine(item, connect(item)) for item in items]
+            return cls([DockerEngine("default", eng.client())])
+        engines = [DockerEngine(item, connect(item)) for item in items]
         ids: dict[tuple[str, ...], str] = {}
         for engine in engines:
             info = engine.client.info()
@@ -140,8 +141,8 @@ class Fleet:
 
     # --- images --------------------------------------------------------------------------------
 
-    def base(self, engine: Engine, matrix: Matrix, name: str, log_dir: Path) -> str | None:
-        """Makes base image NAME present on the engine; returns why it cannot be, or None.
+    def base(self, engine: Engine, matrix: Matrix, name: str, log_dir: Path) -> BaseImage:
+        """Makes base image NAME present on the engine, once per run: its id, or why not.
 
         Copied from another engine that has it (`docker save | docker load` keeps the image id,
         so a cell's content hash and tag are the same on every engine); else pulled or
@@ -149,38 +150,45 @@ class Fleet:
         key = (engine.name, name)
         tag = base_image_tag(name)
         with self._lock(f"base {name}"):
-            if key in self._bases:
-                return self._bases[key]
-            problem = None
-            if not has_image(engine, tag):
-                source = next((e for e in self.engines if e != engine and has_image(e, tag)), None)
+            if key not in self._bases:
                 try:
-                    if source is not None:
-                        copy_image(source, engine, tag)
-                    else:
-                        Bases(engine.client, matrix.bases, log_dir).ensure(name)
+                    if not engine.has_image(tag):
+                        others = (e for e in self.engines if e is not engine)
+                        source = next((e for e in others if e.has_image(tag)), None)
+                        if source is not None:
+                            copy_image(source, engine, tag)
+                    self._bases[key] = BaseImage(engine.ensure_base(name, matrix.bases, log_dir))
                 except HvgateError as exc:
-                    problem = str(exc)
-            self._bases[key] = problem
-            return problem
+                    self._bases[key] = BaseImage(None, str(exc))
+            return self._bases[key]
 
-    def guest(self, engine: Engine, matrix: Matrix, log_dir: Path) -> Path:
+    def guest(
+        self, engine: Engine, matrix: Matrix, log_dir: Path, cache: PackageCache | None = None
+    ) -> Path:
         """The guest's tar (one file, the same for every engine), built where needed."""
-        problem = self.base(engine, matrix, matrix.guest.base, log_dir)
-        if problem:
+        base = self.base(engine, matrix, matrix.guest.base, log_dir)
+        if base.id is None:
             raise EngineError(
-                f"the guest's base {matrix.guest.base}{self.where(engine)}: {problem}"
+                f"the guest's base {matrix.guest.base}{self.where(engine)}: {base.problem}"
             )
         # One at a time: the first builds (or finds) the kept tar, the others find it.
         with self._lock("guest"):
-            return build_guest(engine.client, matrix, log_dir)
+            return engine.build_guest(matrix, base.id, log_dir, cache)
 
-    def build(self, engine: Engine, matrix: Matrix, cell: Cell, log_dir: Path) -> BuildResult:
+    def build(
+        self,
+        engine: Engine,
+        matrix: Matrix,
+        cell: Cell,
+        log_dir: Path,
+        cache: PackageCache | None = None,
+    ) -> BuildResult:
         """The cell's image, built (or found unchanged) on the engine it will run on."""
-        problem = self.base(engine, matrix, cell.base_name, log_dir)
-        if problem:
-            return BuildResult(cell.id, "unavailable", reason=f"base image: {problem}")
-        return build_cells(engine.client, matrix, (cell,), log_dir)[cell.id]
+        base = self.base(engine, matrix, cell.base_name, log_dir)
+        if base.id is None:
+            return BuildResult(cell.id, "unavailable", reason=f"base image: {base.problem}")
+        timeout = matrix.policy.build_timeout
+        return engine.build_cell(cell, base.id, log_dir, timeout, cache)
 
     def mark(self, result: CellResult, engine: Engine) -> CellResult:
         """With several engines, the result says which one built and ran the cell."""
@@ -203,18 +211,10 @@ class Fleet:
         Each engine first gets one item in turn (so that every engine is used when there are
         enough items), then takes the next item whenever it is free. The first failure (or
         `stop`) stops the others from taking more; a failure is raised here once they are done."""
+        if not self.several:
+            return _in_order(self.engines[0], items, work, prepare, can_take)
         pending = list(items)
         left: list[T] = []
-        if not self.several:
-            engine = self.engines[0]
-            if prepare:
-                prepare(engine)
-            for item in pending:
-                if can_take is None or can_take(engine, item):
-                    work(engine, item)
-                else:
-                    left.append(item)
-            return left
         lock = threading.Lock()
         stop = stop or Stop()
         failures: list[BaseException] = []
@@ -256,25 +256,34 @@ class Fleet:
         return left + pending
 
 
-def has_image(engine: Engine, tag: str) -> bool:
-    try:
-        engine.client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
+def _in_order(
+    engine: Engine,
+    items: Sequence[T],
+    work: Callable[[Engine, T], None],
+    prepare: Callable[[Engine], object] | None,
+    can_take: Callable[[Engine, T], bool] | None,
+) -> list[T]:
+    """One engine: every item in the caller's thread, in order; returns those it cannot take."""
+    if prepare:
+        prepare(engine)
+    left = []
+    for item in items:
+        if can_take is None or can_take(engine, item):
+            work(engine, item)
+        else:
+            left.append(item)
+    return left
 
 
 def copy_image(source: Engine, target: Engine, tag: str) -> None:
     """`docker save | docker load`, streamed: no registry is needed between engines."""
     say(tag, f"copying from {source.name} to {target.name}")
     try:
-        chunks = source.client.images.get(tag).save(named=tag)
-        # requests sends any iterable as a chunked body: the image is never held whole.
-        target.client.images.load(chunks)  # type: ignore[arg-type]
+        target.load_image(source.save_image(tag))
     except FAILURES as exc:
         reason = one_line(exc)
         raise EngineError(f"copying {tag} from {source.name} to {target.name}: {reason}") from None
-    if not has_image(target, tag):
+    if not target.has_image(tag):
         raise EngineError(f"copying {tag} from {source.name} to {target.name}: it did not arrive")
 
 

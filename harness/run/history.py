@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..core.paths import RESULTS
 from ..core.progress import say
 from ..core.results import RunResult, Status
 from .checkpoint import FINISHED
@@ -21,7 +20,7 @@ HISTORY = "history.jsonl"
 VERDICTS = (Status.SAFE, Status.FLAKY, Status.BROKEN)
 
 
-def history_path(results_dir: Path = RESULTS) -> Path:
+def history_path(results_dir: Path) -> Path:
     return results_dir / HISTORY
 
 
@@ -152,7 +151,7 @@ def annotate(run: RunResult, entries: list[dict[str, Any]]) -> RunResult:
 def record(
     run: RunResult,
     publish: Callable[[RunResult], dict[str, Path]],
-    results_dir: Path = RESULTS,
+    results_dir: Path,
     keep: bool = True,
 ) -> tuple[RunResult, dict[str, Path]]:
     """Annotates the run from the history, publishes it, then appends it to the history (after

@@ -1,48 +1,58 @@
-"""The pipeline in one place: load → select → render → build → smoke → judge → publish."""
+"""The pipeline in one place: load → select → render → build → smoke → judge → publish.
+
+`run` is one Run (`matrix.run`, or without builds `matrix.test`): an object with one method per
+step the schedule calls (prepare, build, probe, smoke) and the state the run shares between its
+worker threads (results, builds, guests, the accel choice, the stop, the fleet, the package
+caches), written under its lock. `build` is the same for `matrix.build` (Build)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
 import os
 import platform
 import secrets
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
-import docker
 import docker.errors
 import requests
 
 from ..core.errors import EngineError, Interrupted, UnsafeCells
 from ..core.files import write_atomic
 from ..core.model import Cell, Matrix
-from ..core.paths import HOST_STATE, RESULTS
+from ..core.options import RunOptions, SmokeJob
+from ..core.paths import HOST_STATE
 from ..core.progress import say
 from ..core.results import BuildResult, CellResult, RunResult, Status
 from ..core.text import one_line
 from ..engine import client as eng
 from ..engine.bases import Bases, base_image_tag
+from ..engine.package_cache import PackageCache
+from ..engine.protocol import Engine
 from ..matrix.load import load
 from ..matrix.lockfile import apply_lock, changes, lock_path, merged, read_lock, write_lock
 from ..matrix.select import select
 from ..matrix.select import shard as take_shard
-from ..stages.build import built_image, cell_context
 from ..stages.formats import coming
 from ..stages.judge import judge_cell, not_run
 from ..stages.publish import publish
 from ..stages.render import render_all
 from ..stages.resolve import resolve as resolve_entries
-from ..stages.smoke import kvm_device_available, run_cell
+from ..stages.smoke import kvm_device_available
 from . import checkpoint, history, schedule
-from .fleet import AccelChoice, Engine, Fleet, Stop
-from .probe import probe_accel
+from .fleet import AccelChoice, Fleet, Stop
 
-LOGS = RESULTS / "logs"
 PROBED_ACCEL = HOST_STATE / "accel-probe.json"
 # How long an interrupt waits for worker threads, once the run's containers are gone: a smoke
 # test then ends in seconds; a build may go on, but starts nothing of the run's.
 GRACE = 15.0
+# The engine went away mid-run: the run ends, its finished cells kept.
+ENGINE_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 def selected(
@@ -55,7 +65,12 @@ def selected(
 
 
 def resolve(
-    matrix_path: str, cells: str | None, exclude: str | None, check: bool = False
+    matrix_path: str,
+    cells: str | None,
+    exclude: str | None,
+    check: bool = False,
+    *,
+    log_dir: Path,
 ) -> list[str]:
     """Resolves the selected cells into the lock file; with check, only lists what moved."""
     matrix, all_cells = load(matrix_path)
@@ -63,7 +78,7 @@ def resolve(
     path = lock_path(matrix_path)
     old = read_lock(path)
     engine = eng.client()
-    bases = Bases(engine, matrix.bases, LOGS)
+    bases = Bases(engine, matrix.bases, log_dir)
     try:
         for name in dict.fromkeys(c.base_name for c in chosen):
             bases.ensure(name)  # apt answers in a container of the base image
@@ -84,50 +99,6 @@ def render_cells(
 ) -> dict[str, str]:
     _, chosen = selected(matrix_path, cells, exclude, shard)
     return render_all(chosen)
-
-
-def build(
-    matrix_path: str,
-    cells: str | None,
-    exclude: str | None,
-    shard: str | None = None,
-    engines: str | None = None,
-    jobs: int | None = None,
-    package_cache: bool = True,
-) -> dict[str, BuildResult]:
-    """Builds each selected cell (spread over the engines, when several are given)."""
-    matrix, chosen = selected(matrix_path, cells, exclude, shard)
-    render_all(chosen)
-    fleet = Fleet.of(engines)
-    built: dict[str, BuildResult] = {}
-
-    def one(engine: Engine, cell: Cell) -> None:
-        built[cell.id] = fleet.build(engine, matrix, cell, LOGS)
-
-    schedule.spread(
-        fleet,
-        chosen,
-        one,
-        lambda engine: fleet.guest(engine, matrix, LOGS),
-        jobs=jobs,
-        serve=schedule.package_cache(matrix, LOGS, package_cache),
-    )
-    return {cell.id: built[cell.id] for cell in chosen}
-
-
-def existing_images(engine: docker.DockerClient, cells: tuple[Cell, ...]) -> dict[str, BuildResult]:
-    """The already built image of each cell, without building anything."""
-    missing = "not built: run `invoke matrix.build` first"
-    results = {}
-    for cell in cells:
-        try:
-            base_id = str(engine.images.get(base_image_tag(cell.base_name)).id)
-        except docker.errors.ImageNotFound:
-            results[cell.id] = BuildResult(cell.id, "unavailable", reason=missing)
-            continue
-        found = built_image(engine, cell, cell_context(cell), base_id)
-        results[cell.id] = found or BuildResult(cell.id, "unavailable", reason=missing)
-    return results
 
 
 def host_boot_id() -> str:
@@ -168,168 +139,250 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def run(
-    matrix_path: str,
-    cells: str | None,
-    exclude: str | None,
-    accel: str | None = None,
-    runs: int | None = None,
-    do_build: bool = True,
-    resume: bool = False,
-    shard: str | None = None,
-    engines: str | None = None,
-    jobs: int | None = None,
-    package_cache: bool = True,
-) -> tuple[RunResult, dict[str, Path]]:
-    """Builds (unless told not to), smoke-tests, judges and publishes the selected cells.
+class Images:
+    """What `matrix.build` and a run share: the guest and each cell's image on the engines,
+    through each engine's package cache; with the state their worker threads share."""
 
-    Each finished cell is kept on disk at once; `resume` continues the newest interrupted run
-    with its own options, without redoing its finished cells."""
-    given = checkpoint.Options(matrix_path, cells, exclude, accel, runs, shard)
-    opts = checkpoint.options(RESULTS, resume, given)
-    matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, opts.shard)
-    accel, runs = opts.accel, opts.runs
+    def __init__(self, options: RunOptions, matrix: Matrix, cells: tuple[Cell, ...], fleet: Fleet):
+        self.options, self.matrix, self.cells, self.fleet = options, matrix, cells, fleet
+        # Set on Ctrl-C (or a worker's failure): no build, probe or container starts after it.
+        self.stop = Stop()
+        self.lock = threading.Lock()  # over the dicts below, which worker threads write
+        self.guests: dict[str, Path] = {}  # engine name -> the guest's tar
+        self.builds: dict[str, BuildResult] = {}
+        self.caches: dict[str, PackageCache | None] = {}  # engine name -> its package cache
+
+    @contextlib.contextmanager
+    def package_caches(self, enabled: bool) -> Iterator[None]:
+        """Each engine's package cache (built from the guest's base, which the guest needs
+        anyway) around the whole schedule, the guest included; none unless enabled."""
+        base = base_image_tag(self.matrix.guest.base)
+        with contextlib.ExitStack() as stack:
+            for engine in self.fleet.engines:
+                self.caches[engine.name] = (
+                    stack.enter_context(engine.package_cache(base, self.options.logs))
+                    if enabled
+                    else None
+                )
+            yield
+
+    def prepare(self, engine: Engine) -> None:
+        """The guest, built (or found) on the engine before its first cell."""
+        cache = self.caches.get(engine.name)
+        guest = self.fleet.guest(engine, self.matrix, self.options.logs, cache)
+        with self.lock:
+            self.guests[engine.name] = guest
+
+    def image(self, engine: Engine, cell: Cell) -> BuildResult:
+        """The cell's image, built (or found unchanged) on the engine."""
+        cache = self.caches.get(engine.name)
+        return self.fleet.build(engine, self.matrix, cell, self.options.logs, cache)
+
+
+class Build(Images):
+    """`matrix.build`: each cell's image, --jobs at a time (schedule.Steps, without smoke tests)."""
+
+    smokes = False
+
+    def execute(self) -> dict[str, BuildResult]:
+        with self.package_caches(self.options.package_cache):
+            schedule.spread(self.fleet, self.cells, self, self.options.jobs)
+        return {cell.id: self.builds[cell.id] for cell in self.cells}
+
+    def can_take(self, engine: Engine, cell: Cell) -> bool:
+        return True
+
+    def build(self, engine: Engine, cell: Cell) -> BuildResult:
+        result = self.image(engine, cell)
+        with self.lock:
+            self.builds[cell.id] = result
+        return result
+
+    def smoke(self, engine: Engine, cell: Cell, built: BuildResult) -> None:
+        """Nothing: `matrix.build` smoke-tests nothing."""
+
+
+def build(options: RunOptions, fleet: Fleet | None = None) -> dict[str, BuildResult]:
+    """Builds each selected cell (spread over the engines the options name, or `fleet`)."""
+    matrix, chosen = selected(options.matrix, options.cells, options.exclude, options.shard)
     render_all(chosen)
-    fleet = Fleet.of(engines)
-    task = "matrix.run" if do_build else "matrix.test"
-    # One run per results directory; the lock is held until close() or the process's end.
-    progress = checkpoint.start(RESULTS, opts, matrix, chosen, new_run_id(), now_iso(), task)
-    run_id, started = progress.run_id, progress.started
-    results: dict[str, CellResult] = dict(progress.finished)
-    todo = tuple(cell for cell in chosen if cell.id not in results)
-    builds: dict[str, BuildResult] = {}
-    say("run", f"{run_id}: {len(chosen)} cells: {', '.join(c.id for c in chosen)}")
-    guests: dict[str, Path] = {}
-    choice = AccelChoice(*initial_accel(accel or matrix.accel))
-    # Set on Ctrl-C (or a worker's failure): no build, probe or container starts after it.
-    stop = Stop()
-    log_root = RESULTS / "runs" / run_id / "logs"
+    return Build(options, matrix, chosen, fleet or Fleet.of(options.engines)).execute()
 
-    def prepare(engine: Engine) -> None:
-        guests[engine.name] = fleet.guest(engine, matrix, LOGS)
 
-    def built_on(engine: Engine, cell: Cell) -> bool:
-        return existing_images(engine.client, (cell,))[cell.id].ok
+class Run(Images):
+    """One run of the selected cells: builds (or, for `matrix.test`, finds) each image, smoke-tests
+    and judges it, keeps each verdict on disk as it comes (for --resume), and publishes."""
 
-    def image(engine: Engine, cell: Cell) -> BuildResult:
-        """Builds (or finds) the cell's image on the engine."""
-        if do_build:
-            return fleet.build(engine, matrix, cell, LOGS)
-        return existing_images(engine.client, (cell,))[cell.id]
+    smokes = True  # for the schedule (schedule.Steps)
 
-    def probe(engine: Engine, cell: Cell, image: str) -> tuple[str, str]:
-        """The run's one KVM probe (`--accel auto`, not yet known since this host booted), in a
-        container of the first image to be smoke-tested; kept for the host's later runs."""
-        say("run", f"KVM probe in a container of {cell.id}'s image{fleet.where(engine)}")
-        found = probe_accel(
-            engine.client, image, guests[engine.name], matrix.policy, run_id, log_root, stop
-        )
-        say("run", f"accel: {found.accel} ({found.reason})")
-        if found.lasting and not stop.is_set():  # an interrupted probe found nothing
-            remember_accel(found.accel, found.reason)
-        return found.accel, f"{found.reason} (probed with {cell.id}'s image)"
+    def __init__(
+        self,
+        options: RunOptions,
+        matrix: Matrix,
+        cells: tuple[Cell, ...],
+        fleet: Fleet,
+        progress: checkpoint.Progress,
+    ):
+        super().__init__(options, matrix, cells, fleet)
+        self.progress, self.run_id = progress, progress.run_id
+        self.results: dict[str, CellResult] = dict(progress.finished)
+        self.choice = AccelChoice(*initial_accel(options.accel or matrix.accel))
+        self.log_root = options.run_dir(self.run_id) / "logs"
 
-    def one(engine: Engine, cell: Cell, result: BuildResult | None = None) -> None:
-        """Smoke-tests and judges the cell's image (built first unless given) on the engine."""
-        result = result or image(engine, cell)
-        if stop.is_set():
+    def execute(self) -> tuple[RunResult, dict[str, Path]]:
+        """Every cell not finished yet (all but a resumed run's); then the results, published.
+        An interrupt or an engine's failure ends the run with what finished, published under its
+        own id only."""
+        todo = tuple(cell for cell in self.cells if cell.id not in self.results)
+        try:
+            if self.options.resumed:
+                self.cleanup()  # what the interrupted attempt left running
+            # Builds feed smoke tests, --jobs of each at a time.
+            with self.package_caches(self.options.package_cache and self.options.build):
+                left = schedule.spread(self.fleet, todo, self, self.options.jobs)
+            for cell in left:  # on no engine: judged as not built
+                engine = self.fleet.engines[0]
+                self.smoke(engine, cell, self.build(engine, cell))
+        except KeyboardInterrupt:
+            self.interrupted()
+        except ENGINE_FAILURES as exc:
+            self.engine_failed(exc)
+        finished = self.finish()
+        self.progress.close(checkpoint.FINISHED)
+        return finished
+
+    # --- the steps, as harness/run/schedule.py calls them (schedule.Steps) ----------------------
+
+    def can_take(self, engine: Engine, cell: Cell) -> bool:
+        """`matrix.test` on several engines: a cell goes to an engine that has its image."""
+        if self.fleet.several and not self.options.build:
+            return engine.existing_image(cell).ok
+        return True
+
+    def build(self, engine: Engine, cell: Cell) -> BuildResult:
+        """Builds (or finds) the cell's image on the engine; kept once it is smoke-tested."""
+        return self.image(engine, cell) if self.options.build else engine.existing_image(cell)
+
+    def smoke(self, engine: Engine, cell: Cell, built: BuildResult) -> None:
+        """Smoke-tests and judges the cell's image on the engine, and keeps the verdict."""
+        if self.stop.is_set():
             # Built after the interrupt (maybe without its package cache, which is stopped then):
             # not kept, and no smoke test, which would start after the cleanup.
             return
-        builds[cell.id] = result
-        tag = result.image
-        if not result.ok or tag is None:
-            results[cell.id] = judge_cell(cell, result, None, matrix.thresholds)
-            progress.keep(results[cell.id])
+        with self.lock:
+            self.builds[cell.id] = built
+        tag = built.image
+        if not built.ok or tag is None:
+            self.keep(judge_cell(cell, built, None, self.matrix.thresholds))
             return
         # The first smoke test runs the probe; the others wait for it (bounded), then all go.
-        current, reason = choice.decide(lambda: probe(engine, cell, tag))
-        say(cell.id, f"smoke test ({current}){fleet.where(engine)}")
-        smoke = run_cell(
-            engine.client,
-            cell,
-            tag,
-            matrix,
-            run_id,
-            guests[engine.name],
-            current,
-            log_root / cell.id,
-            runs or matrix.policy.runs,
-            reason,
-            stop=stop,
-        )
-        verdict = fleet.mark(judge_cell(cell, result, smoke, matrix.thresholds), engine)
-        if stop.is_set():  # cut short by the interrupt: not a verdict
+        accel, reason = self.choice.decide(lambda: self.probe(engine, cell, tag))
+        say(cell.id, f"smoke test ({accel}){self.fleet.where(engine)}")
+        job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id)
+        smoke = engine.smoke(job)
+        verdict = self.fleet.mark(judge_cell(cell, built, smoke, self.matrix.thresholds), engine)
+        if self.stop.is_set():  # cut short by the interrupt: not a verdict
             return
-        results[cell.id] = verdict
-        progress.keep(verdict)
+        self.keep(verdict)
         say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
 
-    try:
-        if opts.resumed:
-            for engine in fleet.engines:  # what the interrupted attempt left running
-                eng.cleanup(engine.client, run_id)
-        # `matrix.test` on several engines: a cell goes to an engine that has its image.
-        can_take = built_on if fleet.several and not do_build else None
-        # Builds feed smoke tests, --jobs of each at a time.
-        for cell in schedule.spread(
-            fleet,
-            todo,
-            one,
-            prepare,
-            can_take,
-            jobs=jobs,
-            stage=image,
-            serve=schedule.package_cache(matrix, LOGS, package_cache and do_build),
-            stop=stop,
-        ):
-            one(fleet.engines[0], cell)  # on no engine: judged as not built
-    except KeyboardInterrupt:
-        stop.set()
+    def probe(self, engine: Engine, cell: Cell, image: str) -> tuple[str, str]:
+        """The run's one KVM probe (`--accel auto`, not yet known since this host booted), in a
+        container of the first image to be smoke-tested; kept for the host's later runs."""
+        say("run", f"KVM probe in a container of {cell.id}'s image{self.fleet.where(engine)}")
+        found = engine.probe(self.job(engine, cell, image, "auto", None, self.log_root))
+        say("run", f"accel: {found.accel} ({found.reason})")
+        if found.lasting and not self.stop.is_set():  # an interrupted probe found nothing
+            remember_accel(found.accel, found.reason)
+        return found.accel, f"{found.reason} (probed with {cell.id}'s image)"
+
+    def job(
+        self,
+        engine: Engine,
+        cell: Cell,
+        image: str,
+        accel: str,
+        reason: str | None,
+        log_dir: Path,
+    ) -> SmokeJob:
+        """A container of the cell's image on the engine, as this run starts them."""
+        return SmokeJob(
+            cell=cell,
+            image=image,
+            matrix=self.matrix,
+            run_id=self.run_id,
+            guest=self.guests[engine.name],
+            accel=accel,
+            log_dir=log_dir,
+            runs=self.options.runs or self.matrix.policy.runs,
+            accel_reason=reason,
+            stop=self.stop,
+        )
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def keep(self, result: CellResult) -> None:
+        with self.lock:
+            self.results[result.id] = result
+        self.progress.keep(result)
+
+    def cleanup(self) -> None:
+        for engine in self.fleet.engines:
+            engine.cleanup(self.run_id)
+
+    def interrupted(self) -> NoReturn:
+        self.stop.set()
         with checkpoint.shielded():  # a second Ctrl-C does not cut the cleanup short
             say("run", "interrupted: removing containers, keeping finished results")
-            for engine in fleet.engines:  # running smoke tests end once their container is gone
-                eng.cleanup(engine.client, run_id)
-            if not stop.join(GRACE):
+            self.cleanup()  # running smoke tests end once their container is gone
+            if not self.stop.join(GRACE):
                 say("run", f"not waiting longer than {GRACE:.0f} s for a build to end")
-            for engine in fleet.engines:  # what a worker started between the check and the stop
-                eng.cleanup(engine.client, run_id)
-            _finish(run_id, started, chosen, results, builds, interrupted=True)
-            progress.close(checkpoint.INTERRUPTED)
+            self.cleanup()  # what a worker started between the check and the stop
+            self.finish(interrupted=True)
+            self.progress.close(checkpoint.INTERRUPTED)
         raise Interrupted(
-            f"interrupted; finished cells are kept: `--resume` continues run {run_id}"
+            f"interrupted; finished cells are kept: `--resume` continues run {self.run_id}"
         ) from None
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        # The engine went away mid-run: keep what finished, and say so in one line.
+
+    def engine_failed(self, exc: BaseException) -> NoReturn:
+        """The engine went away mid-run: keep what finished, and say so in one line."""
         with checkpoint.shielded():
-            _finish(run_id, started, chosen, results, builds, interrupted=True)
-            progress.close(checkpoint.INTERRUPTED)
+            self.finish(interrupted=True)
+            self.progress.close(checkpoint.INTERRUPTED)
         raise EngineError(
-            f"the Docker engine failed during run {run_id}: {one_line(exc)}; finished cells are "
-            "kept, `--resume` continues"
+            f"the Docker engine failed during run {self.run_id}: {one_line(exc)}; finished cells "
+            "are kept, `--resume` continues"
         ) from None
-    finished = _finish(run_id, started, chosen, results, builds)
-    progress.close(checkpoint.FINISHED)
-    return finished
+
+    def finish(self, interrupted: bool = False) -> tuple[RunResult, dict[str, Path]]:
+        """The run's results, published. A run cut short is published under its own id only,
+        for `--resume`: its partial table never replaces the last complete latest.*, nor enters
+        the history (the resumed run does, once finished)."""
+        reason = "interrupted before it ran" if interrupted else "not run"
+        with self.lock:
+            cells = [self.results.get(c.id) or not_run(c, reason) for c in self.cells]
+        host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
+        run_result = RunResult(self.run_id, self.progress.started, now_iso(), host, cells)
+        # The history annotates the run before it is published and keeps it once it is.
+        results_dir = self.options.results
+        publish_run = functools.partial(publish, results_dir=results_dir, latest=not interrupted)
+        return history.record(run_result, publish_run, results_dir, keep=not interrupted)
 
 
-def _finish(
-    run_id: str,
-    started: str,
-    chosen: tuple[Cell, ...],
-    results: dict[str, CellResult],
-    builds: dict[str, BuildResult],
-    interrupted: bool = False,
-) -> tuple[RunResult, dict[str, Path]]:
-    reason = "interrupted before it ran" if interrupted else "not run"
-    cells = [results.get(c.id) or not_run(c, reason) for c in chosen]
-    host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    run_result = RunResult(run_id, started, now_iso(), host, cells)
-    # The history annotates the run before it is published and keeps it once it is. A run cut
-    # short is published under its own id only, for `--resume`: its partial table never replaces
-    # the last complete latest.*, nor enters the history (the resumed run does, once finished).
-    publish_run = functools.partial(publish, results_dir=RESULTS, latest=not interrupted)
-    return history.record(run_result, publish_run, RESULTS, keep=not interrupted)
+def run(options: RunOptions, fleet: Fleet | None = None) -> tuple[RunResult, dict[str, Path]]:
+    """Builds (unless told not to), smoke-tests, judges and publishes the selected cells, on the
+    engines the options name (or `fleet`).
+
+    Each finished cell is kept on disk at once; `--resume` continues the newest interrupted run
+    with its own options, without redoing its finished cells."""
+    opts = checkpoint.resumed(options)
+    matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, opts.shard)
+    render_all(chosen)
+    fleet = fleet or Fleet.of(opts.engines)
+    # One run per results directory; the lock is held until close() or the process's end.
+    progress = checkpoint.start(opts, matrix, chosen, new_run_id(), now_iso())
+    say("run", f"{progress.run_id}: {len(chosen)} cells: {', '.join(c.id for c in chosen)}")
+    return Run(opts, matrix, chosen, fleet, progress).execute()
 
 
 def check_outcome(run_result: RunResult) -> None:

@@ -7,11 +7,12 @@ import contextlib
 import json
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import docker
 
 from ..core.model import Policy
+from ..core.results import Found
 from ..core.text import one_line
 from ..engine import client as eng
 from ..stages.smoke import ENGINE_FAILURES, REMOTE, smoke_tar
@@ -19,13 +20,7 @@ from ..stages.smoke import ENGINE_FAILURES, REMOTE, smoke_tar
 PROBE_TIMEOUT = 20  # s for the guest to reach its ready marker under KVM
 SLACK = 60  # s for the container, the libvirt daemon's start and the files copied in
 LOG = "accel-probe.log"
-
-
-class Found(NamedTuple):
-    accel: str  # "kvm" or "tcg"
-    reason: str
-    # A finding about this host (kept until it reboots), not a failure of the tool or a cut.
-    lasting: bool
+__all__ = ["Found", "probe_accel", "read_answer"]
 
 
 def probe_accel(
@@ -66,23 +61,7 @@ def probe_accel(
     watchdog.daemon = True
     watchdog.start()
     try:
-        for tar in (smoke_tar(), guest_tar.read_bytes()):
-            container.put_archive(REMOTE, tar)
-        command = [
-            "python3",
-            "-m",
-            "smoke",
-            "--probe",
-            "--accel",
-            "auto",
-            "--kvm-probe-timeout",
-            str(PROBE_TIMEOUT),
-            "--boot-timeout",
-            str(policy.boot_timeout),
-        ]
-        exec_id = engine.api.exec_create(container.id, command, workdir=REMOTE)["Id"]
-        out, err = engine.api.exec_start(exec_id, demux=True)
-        code = engine.api.exec_inspect(exec_id).get("ExitCode")
+        out, err, code = _ask(engine, container, guest_tar, policy)
     except ENGINE_FAILURES as exc:
         if timed_out.is_set():  # the kill cut the engine's answer short
             return _failed(f"it did not finish within {overall:.0f} s", lasting=True)
@@ -96,6 +75,29 @@ def probe_accel(
         # A guest that hangs under KVM (seen with nested virtualisation) is this host's trait.
         return _failed(f"it did not finish within {overall:.0f} s", lasting=True)
     return read_answer(out or b"", err or b"", code)
+
+
+def _ask(
+    engine: docker.DockerClient, container: Any, guest_tar: Path, policy: Policy
+) -> tuple[bytes | None, bytes | None, int | None]:
+    """Copies the runner and the guest in and runs the runner's probe: (stdout, stderr, exit code)."""
+    for tar in (smoke_tar(), guest_tar.read_bytes()):
+        container.put_archive(REMOTE, tar)
+    command = [
+        "python3",
+        "-m",
+        "smoke",
+        "--probe",
+        "--accel",
+        "auto",
+        "--kvm-probe-timeout",
+        str(PROBE_TIMEOUT),
+        "--boot-timeout",
+        str(policy.boot_timeout),
+    ]
+    exec_id = engine.api.exec_create(container.id, command, workdir=REMOTE)["Id"]
+    out, err = engine.api.exec_start(exec_id, demux=True)
+    return out, err, engine.api.exec_inspect(exec_id).get("ExitCode")
 
 
 def read_answer(out: bytes, err: bytes, code: int | None) -> Found:

@@ -9,20 +9,21 @@ import re
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 
 from ..core.apt_log import diagnose, without_hosts
-from ..core.errors import EngineError, HvgateError
+from ..core.errors import EngineError
 from ..core.model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
 from ..core.paths import CONTEXT, HOST_STATE, IMAGES
 from ..core.progress import say
 from ..core.results import BuildResult
 from ..engine import client as eng
-from ..engine import package_cache
-from ..engine.bases import Bases
+from ..engine.bases import Bases, base_image_tag
 from ..engine.image_build import content_hash, docker_build
+from ..engine.package_cache import RETRY_AFTER, PackageCache, build_args
 from ..matrix import debs
 from .render import render
 from .resolve import uses_loopback
@@ -57,9 +58,28 @@ def built_image(
     return BuildResult(cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"))
 
 
+def existing_image(engine: docker.DockerClient, cell: Cell) -> BuildResult:
+    """The cell's already built image, without building anything; `unavailable` when there is none."""
+    missing = BuildResult(
+        cell.id, "unavailable", reason="not built: run `invoke matrix.build` first"
+    )
+    try:
+        base_id = str(engine.images.get(base_image_tag(cell.base_name)).id)
+    except docker.errors.ImageNotFound:
+        return missing
+    return built_image(engine, cell, cell_context(cell), base_id) or missing
+
+
 def build_cell(
-    engine: docker.DockerClient, cell: Cell, base_id: str, log_dir: Path, timeout: float
+    engine: docker.DockerClient,
+    cell: Cell,
+    base_id: str,
+    log_dir: Path,
+    timeout: float,
+    cache: PackageCache | None = None,
 ) -> BuildResult:
+    """The cell's image: found unchanged, else built (through `cache` when given) and labelled
+    with the versions it installed. A build that fails is a result, with its reason and log."""
     context = cell_context(cell)
     cached = built_image(engine, cell, context, base_id)
     if cached:
@@ -68,26 +88,55 @@ def build_cell(
     digest = content_hash(context, base_id)
     tag = image_tag(cell.id, digest)
     log_path = log_dir / cell.id / "build.log"
-    known = package_cache.remembered(engine, tag)
+    known = cache.remembered(tag) if cache is not None else None
     if known:  # the same content found its archive unreachable a moment ago
-        say(
-            cell.id,
-            f"unavailable (remembered, not retried for {package_cache.RETRY_AFTER // 3600} h)",
-        )
-        tail, log = tuple(known["log_tail"]), known.get("log")
-        log = log if log and Path(log).exists() else None  # a results directory since removed
-        return BuildResult(cell.id, "unavailable", reason=known["reason"], log=log, log_tail=tail)
+        return _remembered(cell, known)
     started = time.monotonic()
     say(cell.id, f"building {tag}")
     unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
+    ok, lines = _build(engine, cell, context, unlabelled, log_path, timeout, cache)
+    if not ok:
+        return _failed(cell, tag, lines, log_path, time.monotonic() - started, cache)
+    versions = _versions(engine, unlabelled, lines)
+    image = _labelled(engine, cell, unlabelled, tag, digest, versions, log_path)
+    seconds = time.monotonic() - started
+    say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return BuildResult(
+        cell.id,
+        "built",
+        tag,
+        versions,
+        seconds=seconds,
+        log=str(log_path),
+        size_bytes=image.attrs.get("Size"),
+    )
+
+
+def _remembered(cell: Cell, known: dict[str, Any]) -> BuildResult:
+    say(cell.id, f"unavailable (remembered, not retried for {RETRY_AFTER // 3600} h)")
+    tail, log = tuple(known["log_tail"]), known.get("log")
+    log = log if log and Path(log).exists() else None  # a results directory since removed
+    return BuildResult(cell.id, "unavailable", reason=known["reason"], log=log, log_tail=tail)
+
+
+def _build(
+    engine: docker.DockerClient,
+    cell: Cell,
+    context: bytes,
+    tag: str,
+    log_path: Path,
+    timeout: float,
+    cache: PackageCache | None,
+) -> tuple[bool, list[str]]:
+    """The build, through the package cache first when there is one; (ok, log lines)."""
     loopback = uses_loopback(cell)  # the package cache cannot reach the host's loopback
-    proxy = {} if loopback else package_cache.build_args(engine)
+    proxy = {} if loopback else build_args(cache)
     attempts = [proxy, {}] if proxy else [{}]
     for attempt, args in enumerate(attempts, 1):
         ok, lines = docker_build(
             engine,
             context,
-            unlabelled,
+            tag,
             log_path,
             cell.id,
             timeout,
@@ -98,21 +147,35 @@ def build_cell(
             break
         # The archive, or the package cache in front of it, failed: the archive decides.
         say(cell.id, "an archive failed through the package cache; trying without it")
-    if not ok:
-        status, reason = diagnose(lines, cell)
-        say(cell.id, f"build {status}: {reason}")
-        tail = tuple(without_hosts(line) for line in lines[-20:])
-        if status == "unavailable":
-            package_cache.remember(engine, tag, reason, str(log_path), tail)
-        return BuildResult(
-            cell.id,
-            status,
-            None,
-            seconds=time.monotonic() - started,
-            reason=reason,
-            log=str(log_path),
-            log_tail=tail,
-        )
+    return ok, lines
+
+
+def _failed(
+    cell: Cell,
+    tag: str,
+    lines: list[str],
+    log_path: Path,
+    seconds: float,
+    cache: PackageCache | None,
+) -> BuildResult:
+    status, reason = diagnose(lines, cell)
+    say(cell.id, f"build {status}: {reason}")
+    tail = tuple(without_hosts(line) for line in lines[-20:])
+    if status == "unavailable" and cache is not None:
+        cache.remember(tag, reason, str(log_path), tail)
+    return BuildResult(
+        cell.id,
+        status,
+        None,
+        seconds=seconds,
+        reason=reason,
+        log=str(log_path),
+        log_tail=tail,
+    )
+
+
+def _versions(engine: docker.DockerClient, unlabelled: str, lines: list[str]) -> dict[str, str]:
+    """The installed versions the build printed; read from the image when it printed nothing."""
     versions = recorded_versions(lines)
     if "libvirt-daemon" not in versions:
         # Every step came from the layer cache (another cell, or another matrix, has the same
@@ -124,9 +187,22 @@ def build_cell(
             labels={eng.LABEL_RUN: "versions"},
         )
         versions = recorded_versions(output.decode(errors="replace").splitlines())
+    return versions
+
+
+def _labelled(
+    engine: docker.DockerClient,
+    cell: Cell,
+    unlabelled: str,
+    tag: str,
+    digest: str,
+    versions: dict[str, str],
+    log_path: Path,
+) -> Any:
+    """The image tagged `tag`, labelled with the versions (known only after the build ran
+    dpkg-query, so a second, two-line build labels it)."""
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
     labels.update({eng.LABEL_CELL: cell.id, eng.LABEL_HASH: digest})
-    # The versions are known only after the build ran dpkg-query, so a two-line build labels it.
     bad = [v for v in versions.values() if not DEB_VERSION_RE.fullmatch(v)]
     if bad or "libvirt-daemon" not in versions:
         raise EngineError(f"{cell.id}: the image reported no usable versions: {versions}")
@@ -143,18 +219,7 @@ def build_cell(
     with contextlib.suppress(docker.errors.APIError):
         engine.images.remove(unlabelled, noprune=True)
     engine.images.get(tag).tag("hvgate/cell", cell.id)
-    image = engine.images.get(tag)
-    seconds = time.monotonic() - started
-    say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    return BuildResult(
-        cell.id,
-        "built",
-        tag,
-        versions,
-        seconds=seconds,
-        log=str(log_path),
-        size_bytes=image.attrs.get("Size"),
-    )
+    return engine.images.get(tag)
 
 
 def recorded_versions(lines: list[str]) -> dict[str, str]:
@@ -172,9 +237,18 @@ def _versions_from_labels(labels: dict[str, str] | None) -> dict[str, str]:
     return versions if "libvirt-daemon" in versions else {}
 
 
-def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> Path:
-    """Builds the guest (kernel + initramfs) once and keeps it as a tar to copy into cells."""
-    base_id = Bases(engine, matrix.bases, log_dir).ensure(matrix.guest.base)
+def build_guest(
+    engine: docker.DockerClient,
+    matrix: Matrix,
+    log_dir: Path,
+    *,
+    base_id: str | None = None,
+    cache: PackageCache | None = None,
+) -> Path:
+    """Builds the guest (kernel + initramfs) once and keeps it as a tar to copy into cells.
+    A run gives the id of the guest's base it made present; alone, it obtains the base here."""
+    if base_id is None:
+        base_id = Bases(engine, matrix.bases, log_dir).ensure(matrix.guest.base)
     context = eng.tar_of(eng.files_under(GUEST_DIR, "."))
     digest = content_hash(context, base_id)
     kept = HOST_STATE / f"guest-{digest}.tar"
@@ -191,7 +265,7 @@ def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> P
         1800,
         buildargs={
             "BASE_IMAGE": f"hvgate/base:{matrix.guest.base}",
-            **package_cache.build_args(engine),
+            **build_args(cache),
         },
     )
     if not ok:
@@ -213,25 +287,3 @@ def build_guest(engine: docker.DockerClient, matrix: Matrix, log_dir: Path) -> P
     tmp.write_bytes(data)
     tmp.replace(kept)
     return kept
-
-
-def build_cells(
-    engine: docker.DockerClient, matrix: Matrix, cells: tuple[Cell, ...], log_dir: Path
-) -> dict[str, BuildResult]:
-    """Builds every selected cell; a failing base or build is a result, and the others go on."""
-    results: dict[str, BuildResult] = {}
-    base_ids: dict[str, str | HvgateError] = {}
-    bases = Bases(engine, matrix.bases, log_dir)
-    for cell in cells:
-        if cell.base_name not in base_ids:
-            try:
-                base_ids[cell.base_name] = bases.ensure(cell.base_name)
-            except HvgateError as exc:
-                say(cell.base_name, f"base unavailable: {exc}")
-                base_ids[cell.base_name] = exc
-        base_id = base_ids[cell.base_name]
-        if isinstance(base_id, HvgateError):
-            results[cell.id] = BuildResult(cell.id, "unavailable", reason=f"base image: {base_id}")
-            continue
-        results[cell.id] = build_cell(engine, cell, base_id, log_dir, matrix.policy.build_timeout)
-    return results

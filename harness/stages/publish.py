@@ -12,11 +12,11 @@ import pydantic
 
 from ..core.errors import ConfigurationError
 from ..core.files import write_atomic
-from ..core.paths import RESULTS, ROOT
+from ..core.paths import ROOT
 from ..core.results import FORMAT, RunResult
 from .formats import html, junit, markdown, step_summary
 
-__all__ = ["RESULTS", "markdown", "publish", "read_results", "report"]
+__all__ = ["markdown", "publish", "read_results", "report"]
 
 RESULTS_SCHEMA_PATH = ROOT / "results.schema.json"
 ADAPTER = pydantic.TypeAdapter(RunResult)
@@ -35,7 +35,7 @@ def formats(data: dict[str, Any], directory: Path, stem: str) -> dict[str, tuple
     return {kind: (directory / f"{stem}{SUFFIXES[kind]}", text) for kind, text in texts.items()}
 
 
-def publish(run: RunResult, results_dir: Path = RESULTS, latest: bool = True) -> dict[str, Path]:
+def publish(run: RunResult, results_dir: Path, latest: bool = True) -> dict[str, Path]:
     """Writes the run's JSON and its formats under runs/RUN_ID/ and, unless told not to (a run
     cut short: its partial table must not replace the last complete one), as latest.*."""
     text = json.dumps(run.to_json(), indent=1, sort_keys=False) + "\n"
@@ -56,11 +56,12 @@ def report(
     run_id: str | None = None,
     input_path: str | Path | None = None,
     output_dir: str | Path | None = None,
-    results_dir: Path = RESULTS,
+    results_dir: Path | None = None,
 ) -> dict[str, Path]:
     """Renders every format again from a stored document, next to it (or in output_dir).
 
-    Nothing runs; the document itself is not rewritten.
+    Nothing runs; the document itself is not rewritten. `results_dir` is needed without
+    `input_path`.
     """
     data, path = stored_results(run_id, input_path, results_dir)
     directory = Path(output_dir) if output_dir else path.parent
@@ -72,11 +73,15 @@ def report(
 
 
 def stored_results(
-    run_id: str | None, input_path: str | Path | None, results_dir: Path = RESULTS
+    run_id: str | None, input_path: str | Path | None, results_dir: Path | None
 ) -> tuple[dict[str, Any], Path]:
     """A stored run's document and its path: --run RUN_ID, --input FILE, else latest.json."""
     if run_id and input_path:
         raise ConfigurationError("--run and --input: give one of them")
+    if input_path:
+        return read_results(Path(input_path)), Path(input_path)
+    if results_dir is None:
+        raise TypeError("stored_results: a results directory is needed without an input path")
     if run_id:
         if not run_id.strip() or Path(run_id).name != run_id:
             raise ConfigurationError(f"--run {run_id!r}: not a run id (see results/runs/)")
@@ -84,7 +89,7 @@ def stored_results(
         if not path.is_file():
             raise ConfigurationError(f"--run {run_id}: no results at {path}")
     else:
-        path = Path(input_path) if input_path else results_dir / "latest.json"
+        path = results_dir / "latest.json"
     return read_results(path), path
 
 

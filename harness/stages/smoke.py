@@ -20,13 +20,14 @@ import docker
 import docker.errors
 import requests
 
-from ..core.model import PEER_SCENARIOS, Cell, Matrix
+from ..core.model import PEER_SCENARIOS, Cell, Policy
+from ..core.options import SmokeJob
 from ..core.progress import say
 from ..core.results import SmokeRun
 from ..core.stats import StopRule
 from ..core.text import one_line
 from ..engine import client as eng
-from .peer import NO_PEER, PeerFailure, start_peer, upgrades
+from .peer import NO_PEER, Peer, PeerFailure, start_peer, upgrades
 
 SMOKE_DIR = Path(__file__).resolve().parents[1] / "smoke"
 REMOTE = "/opt/hvgate"
@@ -42,110 +43,68 @@ def kvm_device_available() -> bool:
     return os.path.exists("/dev/kvm")
 
 
-def run_cell(
-    engine: docker.DockerClient,
-    cell: Cell,
-    image: str,
-    matrix: Matrix,
-    run_id: str,
-    guest_tar: Path,
-    accel: str,
-    log_dir: Path,
-    runs: int | None,
-    accel_reason: str | None = None,
-    stop: threading.Event | None = None,
-) -> SmokeRun:
-    """`runs` fixes the count of runs (see StopRule.from_policy); else the policy's test decides.
-    Upgrade migrations into the cell (`migrations:` of the matrix) follow its own scenarios.
-    Once `stop` is set (an interrupt), no container is started."""
-    smoke = _run_container(
-        engine,
-        cell,
-        image,
-        matrix,
-        run_id,
-        guest_tar,
-        accel,
-        log_dir,
-        runs,
-        accel_reason,
-        stop=stop,
-    )
+def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
+    """`job.runs` fixes the count of runs (see StopRule.from_policy); else the policy's test
+    decides. Upgrade migrations into the cell (`migrations:` of the matrix) follow its own
+    scenarios. Once `job.stop` is set (an interrupt), no container is started."""
+    smoke = _run_container(engine, job)
 
     def older(source: Cell, source_image: str) -> tuple[dict[str, Any] | None, str | None]:
         # The older cell's container is the source; a container of this cell the destination.
         assert smoke.report is not None
+        source_job = dataclasses.replace(
+            job,
+            cell=source,
+            image=source_image,
+            accel=smoke.report.get("accel") or job.accel,
+            accel_reason=smoke.report.get("accel_reason"),
+            log_dir=job.log_dir / f"upgrade-from-{source.id}",
+        )
         done = _run_container(
             engine,
-            source,
-            source_image,
-            matrix,
-            run_id,
-            guest_tar,
-            smoke.report.get("accel") or accel,
-            log_dir / f"upgrade-from-{source.id}",
-            runs,
-            smoke.report.get("accel_reason"),
+            source_job,
             scenarios=list(PEER_SCENARIOS),
-            peer_image=image,
-            name=f"{source.id}-to-{cell.id}",
-            stop=stop,
+            peer_image=job.image,
+            name=f"{source.id}-to-{job.cell.id}",
         )
         return done.report, done.error
 
-    return dataclasses.replace(smoke, report=upgrades(smoke.report, engine, matrix, cell, older))
+    report = upgrades(smoke.report, engine, job.matrix, job.cell, older)
+    return dataclasses.replace(smoke, report=report)
 
 
 def _run_container(
     engine: docker.DockerClient,
-    cell: Cell,
-    image: str,
-    matrix: Matrix,
-    run_id: str,
-    guest_tar: Path,
-    accel: str,
-    log_dir: Path,
-    runs: int | None,
-    accel_reason: str | None = None,
+    job: SmokeJob,
     scenarios: list[str] | None = None,
     peer_image: str | None = None,
     name: str | None = None,
-    stop: threading.Event | None = None,
 ) -> SmokeRun:
-    """One smoke runner in a container of `image` (and, for migrations, a destination
-    container of `peer_image`, by default the same); none once `stop` is set."""
-    policy = matrix.policy
-    rule = StopRule.from_policy(policy, runs)
-    if stop is not None and stop.is_set():
+    """One smoke runner in a container of `job.image` (and, for migrations, a destination
+    container of `peer_image`, by default the same); none once `job.stop` is set."""
+    cell = job.cell
+    rule = StopRule.from_policy(job.matrix.policy, job.runs)
+    if job.stop is not None and job.stop.is_set():
         # The interrupt's cleanup may already have run: a container started now would outlive it.
         return SmokeRun(cell.id, None, "interrupted before the smoke test started", rule=rule)
-    use_kvm_device = accel in ("auto", "kvm") and kvm_device_available()
+    use_kvm_device = job.accel in ("auto", "kvm") and kvm_device_available()
     devices = ["/dev/kvm:/dev/kvm:rwm"] if use_kvm_device else []
-    scenarios = scenarios or [s for s in matrix.scenarios if s in cell.scenarios]
+    scenarios = scenarios or [s for s in job.matrix.scenarios if s in cell.scenarios]
     label = name or cell.id  # of the progress lines
-    name = f"hvgate-{run_id}-{label}"
+    name = f"hvgate-{job.run_id}-{label}"
     peer = NO_PEER
-    # The runner starts no scenario past cell_timeout and ends each within scenario_timeout
-    # (killing what hangs); this bound only catches the runner itself failing to stop.
-    overall = (
-        policy.cell_timeout
-        + policy.scenario_timeout
-        + 2 * policy.boot_timeout
-        + 120
-        + (30 if accel == "auto" else 0)
-    )
     try:
-        files = [smoke_tar(), guest_tar.read_bytes()]
+        files = [smoke_tar(), job.guest.read_bytes()]
         peer = start_peer(
-            engine, scenarios, run_id, name, label, peer_image or image, devices, files
+            engine, scenarios, job.run_id, name, label, peer_image or job.image, devices, files
         )
         container = engine.containers.run(
-            image,
+            job.image,
             ["sleep", "infinity"],
             detach=True,
             init=True,
             name=name,
-            labels={eng.LABEL_RUN: run_id, eng.LABEL_CELL: cell.id},
+            labels={eng.LABEL_RUN: job.run_id, eng.LABEL_CELL: cell.id},
             devices=devices,
             **peer.source_options(),
         )
@@ -156,6 +115,73 @@ def _run_container(
         return SmokeRun(
             cell.id, None, f"the cell container did not start: {one_line(exc)}", rule=rule
         )
+    try:
+        for tar in files:
+            container.put_archive(REMOTE, tar)
+        command = _command(job, scenarios, rule)
+        return _watched(engine, container, job, rule, command, peer, label)
+    except ENGINE_FAILURES as exc:
+        return SmokeRun(cell.id, None, f"the Docker engine failed: {one_line(exc)}", rule=rule)
+    finally:
+        if peer.container is not None:
+            with contextlib.suppress(*ENGINE_FAILURES):
+                _copy_logs(peer.container, job.log_dir / "destination")
+        with contextlib.suppress(*ENGINE_FAILURES):
+            container.remove(force=True, v=True)
+        peer.close()
+
+
+def _bound(policy: Policy, accel: str) -> float:
+    """Seconds the host waits for the runner. The runner starts no scenario past cell_timeout
+    and ends each within scenario_timeout (killing what hangs); this bound only catches the
+    runner itself failing to stop."""
+    return (
+        policy.cell_timeout
+        + policy.scenario_timeout
+        + 2 * policy.boot_timeout
+        + 120
+        + (30 if accel == "auto" else 0)
+    )
+
+
+def _command(job: SmokeJob, scenarios: list[str], rule: StopRule) -> list[str]:
+    policy = job.matrix.policy
+    command = [
+        "python3",
+        "-m",
+        "smoke",
+        "--scenarios",
+        ",".join(scenarios),
+        "--accel",
+        job.accel,
+        # The host's sequential test as a table: the runner cannot import harness.core.stats.
+        "--stop-rule",
+        json.dumps(rule.to_json(), separators=(",", ":")),
+        "--boot-timeout",
+        str(policy.boot_timeout),
+        "--scenario-timeout",
+        str(policy.scenario_timeout),
+        "--cell-timeout",
+        str(policy.cell_timeout),
+    ]
+    if job.accel_reason:
+        command += ["--accel-reason", job.accel_reason]
+    return command
+
+
+def _watched(
+    engine: docker.DockerClient,
+    container: Any,
+    job: SmokeJob,
+    rule: StopRule,
+    command: list[str],
+    peer: Peer,
+    label: str,
+) -> SmokeRun:
+    """Runs the runner in the container under a watchdog that kills the container at the bound;
+    its report, or why there is none."""
+    cell_id = job.cell.id
+    overall = _bound(job.matrix.policy, job.accel)
     timed_out = threading.Event()
 
     def kill() -> None:
@@ -166,67 +192,43 @@ def _run_container(
     watchdog = threading.Timer(overall, kill)
     watchdog.daemon = True
     try:
-        for tar in files:
-            container.put_archive(REMOTE, tar)
-        command = [
-            "python3",
-            "-m",
-            "smoke",
-            "--scenarios",
-            ",".join(scenarios),
-            "--accel",
-            accel,
-            # The host's sequential test as a table: the runner cannot import harness.core.stats.
-            "--stop-rule",
-            json.dumps(rule.to_json(), separators=(",", ":")),
-            "--boot-timeout",
-            str(policy.boot_timeout),
-            "--scenario-timeout",
-            str(policy.scenario_timeout),
-            "--cell-timeout",
-            str(policy.cell_timeout),
-        ]
-        if accel_reason:
-            command += ["--accel-reason", accel_reason]
         watchdog.start()
         exec_id = engine.api.exec_create(
             container.id, command, workdir=REMOTE, environment=peer.environment()
         )["Id"]
-        stdout = b""
-        pending = b""
-        for out, err in engine.api.exec_start(exec_id, stream=True, demux=True):
-            if out:
-                stdout += out
-            if err:
-                pending += err
-                *done, pending = pending.split(b"\n")
-                for line in done:
-                    text = line.decode(errors="replace")
-                    if text and not text.startswith("libvirt: "):
-                        say(label, text)
+        stdout, pending = _stream(engine, exec_id, label)
         exit_code = engine.api.exec_inspect(exec_id).get("ExitCode")
-        if timed_out.is_set():
-            return SmokeRun(
-                cell.id, None, f"the smoke run did not finish within {overall:.0f} s", rule=rule
-            )
-        _copy_logs(container, log_dir)
-        try:
-            report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
-            why = _no_report(container, exit_code)
-            return SmokeRun(cell.id, None, f"{why}: {' | '.join(tail)}" if tail else why, rule=rule)
-        return SmokeRun(cell.id, report, log_dir=str(log_dir), rule=rule)
-    except ENGINE_FAILURES as exc:
-        return SmokeRun(cell.id, None, f"the Docker engine failed: {one_line(exc)}", rule=rule)
     finally:
         watchdog.cancel()
-        if peer.container is not None:
-            with contextlib.suppress(*ENGINE_FAILURES):
-                _copy_logs(peer.container, log_dir / "destination")
-        with contextlib.suppress(*ENGINE_FAILURES):
-            container.remove(force=True, v=True)
-        peer.close()
+    if timed_out.is_set():
+        return SmokeRun(
+            cell_id, None, f"the smoke run did not finish within {overall:.0f} s", rule=rule
+        )
+    _copy_logs(container, job.log_dir)
+    try:
+        report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
+        why = _no_report(container, exit_code)
+        return SmokeRun(cell_id, None, f"{why}: {' | '.join(tail)}" if tail else why, rule=rule)
+    return SmokeRun(cell_id, report, log_dir=str(job.log_dir), rule=rule)
+
+
+def _stream(engine: docker.DockerClient, exec_id: str, label: str) -> tuple[bytes, bytes]:
+    """The runner's stdout, and what is left of its stderr after its progress lines were shown."""
+    stdout = b""
+    pending = b""
+    for out, err in engine.api.exec_start(exec_id, stream=True, demux=True):
+        if out:
+            stdout += out
+        if err:
+            pending += err
+            *done, pending = pending.split(b"\n")
+            for line in done:
+                text = line.decode(errors="replace")
+                if text and not text.startswith("libvirt: "):
+                    say(label, text)
+    return stdout, pending
 
 
 def _no_report(container: Any, exit_code: int | None) -> str:

@@ -23,7 +23,8 @@ from debian.debian_support import Version
 
 from ..core.errors import ConfigurationError, UnsafeCells
 from ..core.model import COMPONENT_PACKAGES, DEB_VERSION_RE, SCENARIOS, version_slug
-from ..core.paths import RESULTS, ROOT
+from ..core.options import RESULTS_ENV
+from ..core.paths import ROOT
 from ..core.progress import say
 from ..matrix.load import load
 from ..matrix.lockfile import lock_path, read_lock
@@ -137,7 +138,7 @@ def run_step(
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "matrix.run", "--matrix", str(step_path)],
         cwd=ROOT,
-        env={**os.environ, "HVGATE_RESULTS": str(directory / "results")},
+        env={**os.environ, RESULTS_ENV: str(directory / "results")},
         capture_output=True,
         text=True,
     )
@@ -205,10 +206,12 @@ def run(
     component: str = "libvirt",
     versions: str | None = None,
     builds: str | None = None,
+    *,
+    results_dir: Path,
 ) -> tuple[Step | None, Step | None, list[Step]]:
     found = candidates(matrix_path, base, component, versions, builds, scenario)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    root = RESULTS / "bisect" / f"{stamp}-{scenario}-{base}"
+    root = results_dir / "bisect" / f"{stamp}-{scenario}-{base}"
     say("bisect", f"{len(found)} candidates for {scenario} on {base}: evidence in {root}")
 
     def test(index: int, candidate: Candidate) -> Step:

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigurationError
-from ..core.paths import RESULTS
 from ..run.history import change, history_path, read
 from ..stages.publish import read_results
 
 
-def load_run(ref: str, results_dir: Path = RESULTS) -> dict[str, Any]:
+def load_run(ref: str, results_dir: Path) -> dict[str, Any]:
     """A run as {run_id, cells: {id: {status, versions}}}, from a results file, a run id kept under
     results/runs/, `latest`, or else the history's lines of that run id."""
     candidates = [Path(ref)]

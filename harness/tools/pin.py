@@ -14,7 +14,6 @@ from debian.debian_support import Version
 from ..core.errors import ConfigurationError
 from ..core.files import write_atomic
 from ..core.model import DEB_PACKAGE_RE, DEB_VERSION_RE, Cell, Matrix
-from ..core.paths import RESULTS
 from ..core.results import Status
 from ..core.text import one_line
 from ..matrix.load import load as load_matrix
@@ -323,8 +322,8 @@ def pin(
     run_id: str | None,
     input_file: str | None,
     out: str | None,
-    matrix: str | None = "matrix.yaml",
-    results_dir: Path = RESULTS,
+    matrix: str | None,
+    results_dir: Path,
 ) -> tuple[Plan, list[Path]]:
     """Reads a run, chooses what to pin, and writes the pin files (to results/pins/RUN_ID/ unless
     told where). Writes nothing when nothing is safe."""

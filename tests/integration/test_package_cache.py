@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 BASE = "hvgate/base:debian-12"
 
 
-def build_hello(engine, tmp_path, tag):
+def build_hello(engine, tmp_path, tag, serving):
     """Downloads a small package no cell installs (nothing is installed); the token makes
     every build miss the layer cache."""
     recipe = (
@@ -33,7 +33,7 @@ def build_hello(engine, tmp_path, tag):
             tmp_path / f"{tag.split(':')[1]}.log",
             "test",
             600,
-            buildargs=cache.build_args(engine),
+            buildargs=cache.build_args(serving),
         )
     finally:
         for image in engine.images.list(name=tag.split(":")[0]):
@@ -43,9 +43,9 @@ def build_hello(engine, tmp_path, tag):
 def test_builds_download_through_the_cache(engine, debian12_base, tmp_path):
     with cache.serving(engine, BASE, tmp_path) as serving:
         assert serving is not None
-        args = cache.build_args(engine)
+        args = cache.build_args(serving)
         assert args.get("http_proxy", "").startswith("http://"), "the cache did not start"
-        ok, lines = build_hello(engine, tmp_path, "hvgate/test-package-cache:first")
+        ok, lines = build_hello(engine, tmp_path, "hvgate/test-package-cache:first", serving)
         assert ok, lines[-5:]
         container = engine.containers.get(cache.NAME)
         found = container.exec_run(["find", cache.MOUNT, "-name", "hello_*.deb"]).output
@@ -58,9 +58,9 @@ def test_a_cache_that_cannot_start_falls_back_to_direct_downloads(
     engine, debian12_base, tmp_path, capsys
 ):
     started = time.monotonic()
-    with cache.serving(engine, "hvgate/base:no-such-base", tmp_path):
-        assert cache.build_args(engine) == {}
-        ok, lines = build_hello(engine, tmp_path, "hvgate/test-package-cache:direct")
+    with cache.serving(engine, "hvgate/base:no-such-base", tmp_path) as serving:
+        assert cache.build_args(serving) == {}
+        ok, lines = build_hello(engine, tmp_path, "hvgate/test-package-cache:direct", serving)
     assert ok, lines[-5:]
     assert "warning: not used, builds download directly" in capsys.readouterr().err
     assert time.monotonic() - started < 600

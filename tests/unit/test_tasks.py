@@ -271,3 +271,67 @@ def test_list_with_a_pattern_matching_nothing(root, tmp_path, unit_matrix_path):
     (line,) = done.stderr.splitlines()
     assert line.startswith("error: --cells 'debian-12-relase' matches no cell")
     assert "did you mean 'debian-12-release'?" in line
+
+
+# --- the options of a run, built and checked once --------------------------------------------
+
+
+def test_run_options_come_from_the_flags_and_the_environment(tasks, tmp_path):
+    environ = {
+        "HVGATE_RESULTS": str(tmp_path / "r"),
+        "HVGATE_ENGINES": "unix:///a.sock, unix:///b.sock",
+        "HVGATE_PACKAGE_CACHE": "off",
+    }
+    opts = tasks.run_options(
+        matrix="m.yaml", cells="debian-*", jobs="3", runs="5", accel="tcg", environ=environ
+    )
+    assert (opts.results, opts.matrix, opts.cells) == (tmp_path / "r", "m.yaml", "debian-*")
+    assert (opts.jobs, opts.runs, opts.accel) == (3, 5, "tcg")
+    assert opts.engines == ("unix:///a.sock", "unix:///b.sock")
+    assert not opts.package_cache
+    # The flag wins over the environment; none of either: the defaults.
+    opts = tasks.run_options(matrix="m.yaml", engines="unix:///c.sock", environ={})
+    assert opts.engines == ("unix:///c.sock",) and opts.package_cache
+    assert opts.results == cli.ROOT / "results" and opts.jobs is None and opts.runs is None
+
+
+def test_run_options_check_the_flags_in_order(tasks):
+    """Several bad flags: the first of accel, runs, shard, engines, jobs is reported, as before."""
+    bad = {"accel": "fast", "runs": "0", "shard": "x", "engines": "ftp://x", "jobs": "0"}
+    for flag in list(bad):
+        with pytest.raises(ConfigurationError) as info:
+            tasks.run_options(matrix="m.yaml", environ={}, **bad)
+        assert str(info.value).startswith(f"--{flag} ")
+        del bad[flag]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["matrix.run", "--jobs", "0"], {}, "error: --jobs '0': use a whole number from 1 to 64"),
+        (
+            ["matrix.build", "--jobs", "65"],
+            {},
+            "error: --jobs '65': use a whole number from 1 to 64",
+        ),
+        (
+            ["matrix.test", "--runs", "abc"],
+            {},
+            "error: --runs 'abc': use a whole number from 1 to 1000",
+        ),
+        (["matrix.test", "--accel", "fast"], {}, "error: --accel 'fast': use auto, kvm or tcg"),
+        (
+            ["matrix.run"],
+            {"HVGATE_ENGINES": "ftp://y"},
+            "error: HVGATE_ENGINES 'ftp://y': use a unix://, tcp:// or ssh:// URL, or a Docker "
+            "context's name",
+        ),
+    ],
+    ids=["run-jobs", "build-jobs", "test-runs", "test-accel", "engines-env"],
+)
+def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch, args, env, line):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    done = cli.invoke(*args, results_dir=tmp_path / "results")
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", line + "\n")
+    assert not (tmp_path / "results").exists()

@@ -15,6 +15,7 @@ import pytest
 
 from harness.core.errors import EngineError
 from harness.core.model import Cell
+from harness.core.options import CACHE_ENV, package_cache_wanted
 from harness.engine import package_cache as cache
 from harness.stages import build
 
@@ -55,19 +56,16 @@ def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(cache, "UNAVAILABLE", tmp_path / "unavailable")
-    monkeypatch.delenv(cache.ENV, raising=False)
 
 
-def test_switched_off_by_flag_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cache.wanted(True)
-    assert not cache.wanted(False)
+def test_switched_off_by_flag_or_environment() -> None:
+    assert package_cache_wanted(False, {})
+    assert not package_cache_wanted(True, {})  # --no-cache
     for value in ("off", "0", "no", "False"):
-        monkeypatch.setenv(cache.ENV, value)
-        assert not cache.wanted(True)
-    client = StubClient()
-    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")) as serving:  # type: ignore[arg-type]
-        assert serving is None
-        assert cache.build_args(client) == {}  # type: ignore[arg-type]
+        assert not package_cache_wanted(False, {CACHE_ENV: value})
+    assert package_cache_wanted(False, {CACHE_ENV: "on"})
+    # Without a cache (a run hands None to its builds), a build downloads directly.
+    assert cache.build_args(None) == {}
 
 
 def test_started_once_on_the_first_build_and_sent_as_a_build_arg(
@@ -82,17 +80,17 @@ def test_started_once_on_the_first_build_and_sent_as_a_build_arg(
     monkeypatch.setattr(cache.PackageCache, "_start", start)
     monkeypatch.setattr(cache.PackageCache, "_leave", lambda self: None)
     client = StubClient()
-    assert cache.build_args(client) == {}  # type: ignore[arg-type]  # outside a run
-    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")):  # type: ignore[arg-type]
+    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")) as serving:  # type: ignore[arg-type]
         assert starts == []  # a run with nothing to build never starts it
-        threads = [threading.Thread(target=cache.build_args, args=(client,)) for _ in range(8)]
+        threads = [threading.Thread(target=cache.build_args, args=(serving,)) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert cache.build_args(client) == {"http_proxy": PROXY}  # type: ignore[arg-type]
+        assert cache.build_args(serving) == {"http_proxy": PROXY}
     assert starts == [1]
-    assert cache.build_args(client) == {}  # type: ignore[arg-type]
+    # Closed at the end of the run: a build still going on downloads directly.
+    assert cache.build_args(serving) == {}
 
 
 def test_a_cache_that_fails_to_start_is_a_warning_and_builds_go_direct(
@@ -103,12 +101,28 @@ def test_a_cache_that_fails_to_start_is_a_warning_and_builds_go_direct(
 
     monkeypatch.setattr(cache.PackageCache, "_start", start)
     client = StubClient()
-    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")):  # type: ignore[arg-type]
-        assert cache.build_args(client) == {}  # type: ignore[arg-type]
-        assert cache.build_args(client) == {}  # type: ignore[arg-type]  # asked once only
+    with cache.serving(client, "hvgate/base:debian-12", Path("/tmp")) as serving:  # type: ignore[arg-type]
+        assert cache.build_args(serving) == {}
+        assert cache.build_args(serving) == {}  # asked once only
     err = capsys.readouterr().err
     assert err.count("warning: not used, builds download directly") == 1
     assert "Unable to locate package apt-cacher-ng" in err
+
+
+def test_a_closed_cache_remembers_nothing_and_sends_no_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A build still going on when its run's cache closed (an interrupt) downloads directly,
+    and an archive it then finds unreachable is not remembered for the next runs."""
+    monkeypatch.setattr(cache.PackageCache, "_start", lambda self: PROXY)
+    monkeypatch.setattr(cache.PackageCache, "_leave", lambda self: None)
+    with cache.serving(StubClient(), "base", Path("/tmp")) as serving:  # type: ignore[arg-type]
+        serving.remember("hvgate/cell:a-1", "source unreachable", None, ("E: x",))
+        assert serving.remembered("hvgate/cell:a-1") is not None
+    serving.remember("hvgate/cell:b-2", "source unreachable", None, ())
+    assert not (cache.UNAVAILABLE / "hvgate_cell_b-2.json").exists()
+    assert serving.remembered("hvgate/cell:a-1") is None
+    assert serving.build_args() == {}
 
 
 def lease(pc: cache.PackageCache) -> None:
@@ -188,8 +202,8 @@ def test_builds_reach_the_cache_by_build_arg_only(
     cell = cell_by_id["debian-12-release"]
     engine = BuildEngine()
     direct = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
-    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
-        proxied = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+    with cache.serving(engine, "base", tmp_path) as serving:  # type: ignore[arg-type]
+        proxied = build.build_cell(engine, cell, "sha256:base", tmp_path, 60, serving)  # type: ignore[arg-type]
     # Unreachable through the cache: the archive is asked directly before the cell is unavailable.
     without, through, retried = engine.calls
     assert without["buildargs"] == retried["buildargs"] == {}
@@ -213,10 +227,10 @@ def test_an_unavailable_outcome_is_remembered_for_a_while(
     monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
     cell = cell_by_id["debian-12-release"]
     engine = BuildEngine()
-    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
-        first = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
-        again = build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
-        other_base = build.build_cell(engine, cell, "sha256:new", tmp_path, 60)  # type: ignore[arg-type]
+    with cache.serving(engine, "base", tmp_path) as serving:  # type: ignore[arg-type]
+        first = build.build_cell(engine, cell, "sha256:base", tmp_path, 60, serving)  # type: ignore[arg-type]
+        again = build.build_cell(engine, cell, "sha256:base", tmp_path, 60, serving)  # type: ignore[arg-type]
+        other_base = build.build_cell(engine, cell, "sha256:new", tmp_path, 60, serving)  # type: ignore[arg-type]
     # Each build: through the cache, then directly. The same content was not built again; a
     # new base was.
     assert len(engine.calls) == 4
@@ -228,8 +242,8 @@ def test_an_unavailable_outcome_is_remembered_for_a_while(
     assert len(engine.calls) == 5
     later = cache.time.time() + cache.RETRY_AFTER + 1
     monkeypatch.setattr(cache.time, "time", lambda: later)
-    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
-        build.build_cell(engine, cell, "sha256:base", tmp_path, 60)  # type: ignore[arg-type]
+    with cache.serving(engine, "base", tmp_path) as serving:  # type: ignore[arg-type]
+        build.build_cell(engine, cell, "sha256:base", tmp_path, 60, serving)  # type: ignore[arg-type]
     assert len(engine.calls) == 7
 
 
@@ -239,8 +253,10 @@ def test_a_build_that_fails_for_another_reason_is_not_retried(
     monkeypatch.setattr(cache.PackageCache, "proxy", lambda self: PROXY)
     monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
     engine = BuildEngine(DPKG_FAILED)
-    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
-        result = build.build_cell(engine, cell_by_id["debian-12-release"], "b", tmp_path, 60)  # type: ignore[arg-type]
+    with cache.serving(engine, "base", tmp_path) as serving:  # type: ignore[arg-type]
+        result = build.build_cell(
+            engine, cell_by_id["debian-12-release"], "b", tmp_path, 60, serving
+        )  # type: ignore[arg-type]
     assert result.status == "failed"
     assert [call["buildargs"] for call in engine.calls] == [{"http_proxy": PROXY}]
     assert not list(cache.UNAVAILABLE.glob("*.json"))  # only 'unavailable' is remembered
@@ -253,7 +269,7 @@ def test_loopback_sources_bypass_the_cache(
     monkeypatch.setattr(cache.PackageCache, "close", lambda self: None)
     monkeypatch.setattr(build, "uses_loopback", lambda cell: True)
     engine = BuildEngine()
-    with cache.serving(engine, "base", tmp_path):  # type: ignore[arg-type]
-        build.build_cell(engine, cell_by_id["debian-12-release"], "b", tmp_path, 60)  # type: ignore[arg-type]
+    with cache.serving(engine, "base", tmp_path) as serving:  # type: ignore[arg-type]
+        build.build_cell(engine, cell_by_id["debian-12-release"], "b", tmp_path, 60, serving)  # type: ignore[arg-type]
     assert engine.calls[0]["buildargs"] == {}
     assert engine.calls[0]["network_mode"] == "host"

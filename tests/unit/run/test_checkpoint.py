@@ -9,49 +9,58 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import ConfigurationError
+from harness.core.options import RunOptions
 from harness.core.results import Status
 from harness.run import checkpoint
 from harness.stages.judge import not_run
 
-TASK = "matrix.test"
+
+def given(results: Path, matrix: str = "matrix.yaml", **flags) -> RunOptions:
+    """What `matrix.test` was asked for, with its results under `results`."""
+    return RunOptions(results=results, matrix=matrix, build=False, **flags)
+
+
+def resuming(results: Path) -> RunOptions:
+    return given(results, resume=True)
 
 
 def start(tmp_path, unit_matrix, opts=None, run_id="20261123T120000Z-aaaa"):
     matrix, cells = unit_matrix
-    opts = opts or checkpoint.Options("matrix.yaml")
-    return checkpoint.start(
-        tmp_path, opts, matrix, cells, run_id, "2026-11-23T12:00:00+00:00", TASK
-    )
+    opts = opts or given(tmp_path)
+    return checkpoint.start(opts, matrix, cells, run_id, "2026-11-23T12:00:00+00:00")
 
 
 # --- options and resume ----------------------------------------------------------------------
 
 
 def test_without_resume_the_given_options_are_used(tmp_path):
-    given = checkpoint.Options("m.yaml", "debian-*", None, "tcg", 3)
-    assert checkpoint.options(tmp_path, False, given) is given
+    opts = given(tmp_path, "m.yaml", cells="debian-*", accel="tcg", runs=3)
+    assert checkpoint.resumed(opts) is opts
 
 
 def test_resume_without_an_interrupted_run_is_refused(tmp_path):
     with pytest.raises(ConfigurationError, match="no interrupted run"):
-        checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+        checkpoint.resumed(resuming(tmp_path))
 
 
 def test_resume_takes_the_newest_unfinished_run_and_its_options(tmp_path, unit_matrix):
     old = start(
-        tmp_path, unit_matrix, checkpoint.Options("a.yaml", "debian-12*"), "20261123T100000Z-aaaa"
+        tmp_path,
+        unit_matrix,
+        given(tmp_path, "a.yaml", cells="debian-12*"),
+        "20261123T100000Z-aaaa",
     )
     old.close(checkpoint.INTERRUPTED)
     new = start(
         tmp_path,
         unit_matrix,
-        checkpoint.Options("b.yaml", "ubuntu-*", "x", "tcg", 2),
+        given(tmp_path, "b.yaml", cells="ubuntu-*", exclude="x", accel="tcg", runs=2),
         "20261123T110000Z-bbbb",
     )
     new.lock.release()  # killed: the state stays "running"
     finished = start(tmp_path, unit_matrix, run_id="20261123T090000Z-cccc")
     finished.close(checkpoint.FINISHED)
-    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    opts = checkpoint.resumed(resuming(tmp_path))
     assert opts.resumed == "20261123T110000Z-bbbb"
     assert (opts.cells, opts.exclude, opts.accel, opts.runs) == ("ubuntu-*", "x", "tcg", 2)
     assert opts.matrix == str(Path("b.yaml").resolve())  # resumable from another directory
@@ -60,7 +69,7 @@ def test_resume_takes_the_newest_unfinished_run_and_its_options(tmp_path, unit_m
 def test_resume_refuses_a_new_selection(tmp_path, unit_matrix):
     start(tmp_path, unit_matrix).lock.release()
     with pytest.raises(ConfigurationError, match="leave out --cells, --runs"):
-        checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml", "x*", runs=2))
+        checkpoint.resumed(given(tmp_path, cells="x*", runs=2, resume=True))
 
 
 def test_finished_cells_come_back_and_changed_ones_do_not(tmp_path, unit_matrix, cell_by_id):
@@ -73,7 +82,7 @@ def test_finished_cells_come_back_and_changed_ones_do_not(tmp_path, unit_matrix,
     first_prints = json.loads((first.run_dir / "cells" / "debian-13-release.json").read_text())
     record = {**first_prints, "fingerprint": "0" * 16}
     (first.run_dir / "cells" / "debian-13-release.json").write_text(json.dumps(record))
-    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    opts = checkpoint.resumed(resuming(tmp_path))
     again = start(tmp_path, unit_matrix, opts, run_id="20261123T130000Z-dddd")
     assert again.run_id == first.run_id and again.started == first.started
     assert list(again.finished) == ["debian-12-release"]
@@ -90,7 +99,7 @@ def test_an_unreadable_cell_file_is_run_again(tmp_path, unit_matrix, cell_by_id)
     first.keep(not_run(cell_by_id["debian-12-release"], "x"))
     (first.run_dir / "cells" / "debian-12-release.json").write_text('{"fingerp')
     first.lock.release()
-    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    opts = checkpoint.resumed(resuming(tmp_path))
     again = start(tmp_path, unit_matrix, opts)
     again.lock.release()
     assert again.finished == {}
@@ -108,7 +117,7 @@ def test_temporary_files_of_a_killed_writer_are_swept(tmp_path, unit_matrix):
         path.write_text("{")
     first = start(tmp_path, unit_matrix, run_id="20261123T120000Z-aaaa")
     first.lock.release()
-    opts = checkpoint.options(tmp_path, True, checkpoint.Options("matrix.yaml"))
+    opts = checkpoint.resumed(resuming(tmp_path))
     start(tmp_path, unit_matrix, opts).lock.release()
     assert [p.exists() for p in stale] == [False, False]
     assert all(p.exists() for p in kept)

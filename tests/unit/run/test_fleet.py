@@ -10,6 +10,7 @@ import docker.errors
 import pytest
 
 from harness.core.errors import ConfigurationError, EngineError
+from harness.core.options import ENGINES_ENV
 from harness.run import fleet as f
 
 
@@ -24,28 +25,28 @@ class Client:
 
 
 def engines(*names):
-    return [f.Engine(name, Client(root=f"/data/{name}")) for name in names]
+    return [f.DockerEngine(name, Client(root=f"/data/{name}")) for name in names]
 
 
 # --- which engines ----------------------------------------------------------------------------
 
 
-def test_addresses_from_the_flag_or_the_environment(monkeypatch):
-    monkeypatch.setenv(f.ENV, "unix:///b.sock")
-    assert f.addresses(" unix:///a.sock, ssh://ci@host ,tcp://10.0.0.2:2375,default") == [
+def test_addresses_from_the_flag_or_the_environment():
+    environ = {ENGINES_ENV: "unix:///b.sock"}
+    flag = " unix:///a.sock, ssh://ci@host ,tcp://10.0.0.2:2375,default"
+    assert f.addresses(flag, environ) == [
         "unix:///a.sock",
         "ssh://ci@host",
         "tcp://10.0.0.2:2375",
         "default",
     ]
-    assert f.addresses(None) == ["unix:///b.sock"]
-    monkeypatch.delenv(f.ENV)
-    assert f.addresses(None) == []
+    assert f.addresses(None, environ) == ["unix:///b.sock"]
+    assert f.addresses(None, {}) == []
 
 
-def test_bad_addresses_are_reported_together(monkeypatch):
+def test_bad_addresses_are_reported_together():
     with pytest.raises(ConfigurationError) as info:
-        f.addresses("http://x:2375,no such,defualt,unix:///a,unix:///a")
+        f.addresses("http://x:2375,no such,defualt,unix:///a,unix:///a", {})
     assert info.value.exit_code == 2
     assert info.value.problems == [
         "--engines 'http://x:2375': use a unix://, tcp:// or ssh:// URL, or a Docker context's name",
@@ -53,9 +54,8 @@ def test_bad_addresses_are_reported_together(monkeypatch):
         "--engines 'defualt': no such Docker context (did you mean 'default'?); contexts: default",
         "--engines: unix:///a given more than once",
     ]
-    monkeypatch.setenv(f.ENV, "ftp://x")
     with pytest.raises(ConfigurationError, match=r"^HVGATE_ENGINES 'ftp://x': "):
-        f.addresses(None)
+        f.addresses(None, {ENGINES_ENV: "ftp://x"})
 
 
 def test_an_unreachable_engine_is_named(monkeypatch):
@@ -84,13 +84,13 @@ def test_one_engine_named_twice_is_refused(monkeypatch):
     with pytest.raises(
         ConfigurationError, match="default and unix:///var/run/docker.sock are the same"
     ):
-        f.Fleet.of("default,unix:///var/run/docker.sock")
+        f.Fleet.of(["default", "unix:///var/run/docker.sock"])
 
 
 def test_engines_on_one_host_share_a_key_but_not_a_data_root(monkeypatch):
     clients = {"unix:///a": Client(root="/a"), "unix:///b": Client(root="/b")}
     monkeypatch.setattr(f, "connect", clients.__getitem__)
-    fleet = f.Fleet.of("unix:///a,unix:///b")
+    fleet = f.Fleet.of(["unix:///a", "unix:///b"])
     assert [e.name for e in fleet.engines] == ["unix:///a", "unix:///b"]
     assert fleet.several
     assert fleet.where(fleet.engines[1]) == " on unix:///b"

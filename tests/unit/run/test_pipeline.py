@@ -1,116 +1,66 @@
-"""harness.run.pipeline.run without Docker: the KVM probe as a short step before every smoke test,
-nothing started once an interrupt has begun, and latest.* replaced by complete runs only."""
+"""harness.run.pipeline without Docker, on a fake engine (tests/unit/run/fakes.py): the KVM probe
+as a short step before every smoke test, nothing started once an interrupt has begun, latest.*
+replaced by complete runs only, --resume, failing builds and a failing engine."""
 
 from __future__ import annotations
 
 import _thread
 import json
 import threading
-from collections.abc import Callable
+import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import docker.errors
 import pytest
 
 from harness.core.errors import EngineError, Interrupted
-from harness.core.results import BuildResult, CellResult, SmokeRun, Status
+from harness.core.options import RunOptions, SmokeJob
+from harness.core.results import Found, Status
+from harness.engine.protocol import Engine
 from harness.run import checkpoint, history, pipeline
-from harness.run.fleet import Engine, Fleet
-from harness.run.probe import Found
+from harness.run.engines import DockerEngine
+from harness.run.fleet import Fleet
 from harness.stages import smoke as runner
-from harness.stages.judge import identity
+from tests.unit.conftest import UNIT_MATRIX
+from tests.unit.run.fakes import FakeEngine
 
 WAIT = 10.0
 LATEST = ("latest.json", "latest.md", "latest.html", "latest.junit.xml")
+CELLS = ("debian-12-release", "debian-12-backports", "debian-13-release")
 
 
-class Fake:
-    """The engine's side of a run, as the pipeline sees it: builds, the probe, smoke tests."""
+class Fake(FakeEngine):
+    """The fake engine of one test, with the test's results directory and the cells it runs."""
 
-    def __init__(self, tmp_path: Path, cells: tuple[Any, ...]):
-        self.cells = cells
-        self.lock = threading.Lock()
-        self.events: list[str] = []
-        self.smoked: list[tuple[str, str, str | None]] = []  # cell, accel, reason
-        self.cleanups = 0
-        self.late: list[str] = []  # smoke tests started after the stop
-        self.unavailable: set[str] = set()  # cells whose build finds no archive
-        self.found = Found("kvm", "a KVM guest reached the ready marker in 1.0 s", True)
-        # What a cell's smoke test does besides returning a report: (cell id, stop) -> None.
-        self.during: Callable[[str, threading.Event], None] = lambda cell_id, stop: None
-        self.guest = tmp_path / "guest.tar"
-
-    def note(self, event: str) -> None:
-        with self.lock:
-            self.events.append(event)
-
-    def probe(self, client, image, guest_tar, policy, run_id, log_dir, stop=None) -> Found:
-        self.note(f"probe {image}")
-        return self.found
-
-    def run_cell(self, client, cell, image, matrix, run_id, guest, accel, *rest, stop=None):
-        reason = rest[-1]  # after the log directory and the runs
-        assert stop is not None
-        if stop.is_set():  # an assertion here would be lost in a worker thread
-            self.late.append(cell.id)
-        self.note(f"smoke {cell.id}")
-        with self.lock:
-            self.smoked.append((cell.id, accel, reason))
-        self.during(cell.id, stop)
-        return SmokeRun(cell.id, {"accel": accel, "accel_reason": reason})
-
-    def build(self, cell) -> BuildResult:
-        if cell.id in self.unavailable:
-            return BuildResult(cell.id, "unavailable", reason="the archive did not answer")
-        return BuildResult(cell.id, "cached", image=f"hvgate/cell:{cell.id}")
-
-    def cleanup(self, client, run_id: str) -> None:
-        with self.lock:
-            self.cleanups += 1
-
-
-def judge(cell, build: BuildResult, smoke: SmokeRun | None, thresholds) -> CellResult:
-    """Safe when smoke-tested (the judge has tests of its own)."""
-    if smoke is None:
-        return CellResult(**identity(cell), status=Status.UNAVAILABLE, reason=build.reason)
-    report = smoke.report or {}
-    return CellResult(
-        **identity(cell),
-        status=Status.SAFE,
-        accel=report.get("accel"),
-        accel_reason=report.get("accel_reason"),
-    )
+    def __init__(self, tmp_path: Path):
+        super().__init__("default", tmp_path / "guest.tar")
+        self.results = tmp_path / "results"
+        self.cells = CELLS
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch, unit_matrix) -> Fake:
-    matrix, cells = unit_matrix
-    chosen = cells[:3]
-    results = tmp_path / "results"
-    fake = Fake(tmp_path, chosen)
-    fleet = Fleet([Engine("default", client=object())])  # type: ignore[arg-type]
-    monkeypatch.setattr(fleet, "guest", lambda engine, matrix, log_dir: fake.guest)
-    monkeypatch.setattr(fleet, "build", lambda engine, matrix, cell, log_dir: fake.build(cell))
-    monkeypatch.setattr(pipeline, "Fleet", SimpleNamespace(of=lambda engines=None: fleet))
-    monkeypatch.setattr(pipeline, "RESULTS", results)
-    monkeypatch.setattr(pipeline, "LOGS", results / "logs")
+def fake(tmp_path, monkeypatch) -> Fake:
+    # The host's facts: a /dev/kvm, and where the probe's answer is kept.
     monkeypatch.setattr(pipeline, "PROBED_ACCEL", tmp_path / "cache" / "accel-probe.json")
-    monkeypatch.setattr(pipeline, "selected", lambda *args, **kwargs: (matrix, chosen))
-    monkeypatch.setattr(pipeline, "render_all", lambda cells: {})
     monkeypatch.setattr(pipeline, "kvm_device_available", lambda: True)
-    monkeypatch.setattr(pipeline, "probe_accel", fake.probe)
-    monkeypatch.setattr(pipeline, "run_cell", fake.run_cell)
-    monkeypatch.setattr(pipeline, "judge_cell", judge)
-    monkeypatch.setattr(pipeline.eng, "cleanup", fake.cleanup)
-    return fake
+    # The Dockerfiles are rendered under images/cells/ of the checkout: not from a unit test.
+    monkeypatch.setattr(pipeline, "render_all", lambda cells: {})
+    return Fake(tmp_path)
 
 
-def run(jobs: int = 1, resume: bool = False, accel: str | None = None):
-    return pipeline.run(
-        "matrix.yaml", None, None, accel, resume=resume, jobs=jobs, package_cache=False
+def options(fake: Fake, **flags: Any) -> RunOptions:
+    """`matrix.run` of the three cells (or, with --resume, of the interrupted run's)."""
+    selection = {} if flags.get("resume") else {"cells": ",".join(CELLS)}
+    return RunOptions(
+        results=fake.results,
+        matrix=str(UNIT_MATRIX),
+        **{"jobs": 1, "package_cache": False, **selection, **flags},
     )
+
+
+def run(fake: Fake, *engines: Engine, **flags: Any):
+    return pipeline.run(options(fake, **flags), Fleet(engines or [fake]))
 
 
 def latest(results: Path) -> dict[str, bytes]:
@@ -127,10 +77,11 @@ def history_runs(results: Path) -> list[str]:
 def test_the_probe_runs_once_before_any_smoke_test_then_all_start_at_once(fake):
     together = threading.Barrier(3, timeout=WAIT)  # broken if one smoke test waits for another
     fake.during = lambda cell_id, stop: together.wait()
-    result, _ = run(jobs=3)
-    assert fake.events[0].startswith("probe hvgate/cell:") and len(fake.events) == 4
-    assert sorted(fake.events[1:]) == sorted(f"smoke {c.id}" for c in fake.cells)
-    probed = fake.events[0].split(":")[1]
+    result, _ = run(fake, jobs=3)
+    smokes = [e for e in fake.events if e.startswith(("probe", "smoke"))]
+    assert smokes[0].startswith("probe hvgate/cell:") and len(smokes) == 4
+    assert sorted(smokes[1:]) == sorted(f"smoke {c}" for c in fake.cells)
+    probed = smokes[0].split(":")[1]
     for _, accel, reason in fake.smoked:
         assert accel == "kvm"
         assert reason == f"{fake.found.reason} (probed with {probed}'s image)"
@@ -144,7 +95,7 @@ def test_the_probe_runs_once_before_any_smoke_test_then_all_start_at_once(fake):
     }
     fake.events.clear()
     fake.smoked.clear()
-    run(jobs=3)
+    run(fake, jobs=3)
     assert not any(e.startswith("probe") for e in fake.events)
     assert {reason for _, _, reason in fake.smoked} == {
         f"{fake.found.reason} (probed earlier since this host booted)"
@@ -153,7 +104,7 @@ def test_the_probe_runs_once_before_any_smoke_test_then_all_start_at_once(fake):
 
 def test_a_probe_without_a_clear_answer_means_tcg_and_is_not_kept(fake):
     fake.found = Found("tcg", "KVM probe failed (the probe exited 2 ...); using TCG", False)
-    run(jobs=2)
+    run(fake, jobs=2)
     assert [e for e in fake.events if e.startswith("probe")] and len(fake.smoked) == 3
     assert {accel for _, accel, _ in fake.smoked} == {"tcg"}
     assert not pipeline.PROBED_ACCEL.exists()
@@ -161,7 +112,7 @@ def test_a_probe_without_a_clear_answer_means_tcg_and_is_not_kept(fake):
 
 @pytest.mark.parametrize("accel", ["tcg", "kvm"])
 def test_an_accel_asked_for_needs_no_probe(fake, accel):
-    run(jobs=2, accel=accel)
+    run(fake, jobs=2, accel=accel)
     assert {(a, r) for _, a, r in fake.smoked} == {(accel, f"{accel} was asked for")}
     assert not any(e.startswith("probe") for e in fake.events)
 
@@ -170,10 +121,10 @@ def test_an_accel_asked_for_needs_no_probe(fake, accel):
 
 
 def test_an_interrupt_keeps_the_last_complete_latest_and_resume_replaces_it(fake):
-    results = pipeline.RESULTS
-    complete, _ = run()
+    results = fake.results
+    complete, _ = run(fake)
     before = latest(results)
-    first, second, third = (c.id for c in fake.cells)
+    first, second, third = fake.cells
     fake.unavailable = {first}  # what the interrupted run learns first
 
     def interrupt(cell_id: str, stop: threading.Event) -> None:
@@ -184,7 +135,7 @@ def test_an_interrupt_keeps_the_last_complete_latest_and_resume_replaces_it(fake
     fake.smoked.clear()
     fake.cleanups = 0
     with pytest.raises(Interrupted, match="--resume` continues run"):
-        run()
+        run(fake)
     assert [cell for cell, _, _ in fake.smoked] == [second]  # the third never started
     assert fake.late == []
     assert fake.cleanups == 2  # once at once, once after the workers ended
@@ -201,7 +152,7 @@ def test_an_interrupt_keeps_the_last_complete_latest_and_resume_replaces_it(fake
     fake.during = lambda cell_id, stop: None
     fake.smoked.clear()
     fake.unavailable = set()  # kept from the interrupted run: not asked again
-    resumed, paths = run(resume=True)
+    resumed, paths = run(fake, resume=True)
     assert resumed.run_id == cut
     assert [cell for cell, _, _ in fake.smoked] == [second, third]
     assert json.loads((results / "latest.json").read_text())["run_id"] == cut
@@ -224,25 +175,25 @@ def test_an_interrupt_with_workers_starts_nothing_after_it(fake):
 
     fake.during = during
     with pytest.raises(Interrupted):
-        run(jobs=2)
+        run(fake, jobs=2)
     assert len(fake.smoked) == 2 and fake.late == []  # the third cell never started
     assert fake.cleanups == 2
-    assert not (pipeline.RESULTS / "latest.json").exists()
-    assert not history.history_path(pipeline.RESULTS).exists()
+    assert not (fake.results / "latest.json").exists()
+    assert not history.history_path(fake.results).exists()
 
 
 def test_an_engine_failure_keeps_the_last_complete_latest(fake):
-    results = pipeline.RESULTS
-    complete, _ = run()
+    results = fake.results
+    complete, _ = run(fake)
     before = latest(results)
 
     def fail(cell_id: str, stop: threading.Event) -> None:
-        if cell_id == fake.cells[1].id:
+        if cell_id == fake.cells[1]:
             raise docker.errors.APIError("500 Server Error: the engine went away")
 
     fake.during = fail
     with pytest.raises(EngineError, match="finished cells are kept"):
-        run()
+        run(fake)
     assert latest(results) == before
     assert history_runs(results) == [complete.run_id] * 3
     assert checkpoint.latest_unfinished(results) is not None  # for --resume
@@ -257,16 +208,176 @@ def test_the_runner_starts_no_container_once_stopped(unit_matrix, tmp_path):
         def __getattr__(self, name: str) -> Any:
             pytest.fail(f"the engine was asked for {name} after the stop")
 
-    smoke = runner.run_cell(
-        NoEngine(),  # type: ignore[arg-type]
-        cells[0],
-        "hvgate/cell:x",
-        matrix,
-        "r",
-        tmp_path / "guest.tar",
-        "tcg",
-        tmp_path / "logs",
-        1,
+    job = SmokeJob(
+        cell=cells[0],
+        image="hvgate/cell:x",
+        matrix=matrix,
+        run_id="r",
+        guest=tmp_path / "guest.tar",
+        accel="tcg",
+        log_dir=tmp_path / "logs",
+        runs=1,
         stop=stop,
     )
+    smoke = runner.run_cell(NoEngine(), job)  # type: ignore[arg-type]
     assert smoke.report is None and smoke.error == "interrupted before the smoke test started"
+
+
+# --- what a run keeps when it is cut short, and what --resume does with it -------------------
+
+
+def run_dir_cells(results: Path, run_id: str) -> dict[str, str]:
+    data = json.loads((results / "runs" / run_id / "results.json").read_text())
+    return {c["id"]: c["status"] for c in data["cells"]}
+
+
+def kept(fake: Fake, cell: str) -> bool:
+    """Whether the run kept the cell's verdict on disk, waiting for it a while."""
+    deadline = time.monotonic() + WAIT
+    while not any(fake.results.glob(f"runs/*/cells/{cell}.json")):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def interrupt_at(fake: Fake, cell: str) -> None:
+    def during(cell_id: str, stop: threading.Event) -> None:
+        if cell_id == cell:
+            raise KeyboardInterrupt  # Ctrl-C during this cell's smoke test
+
+    fake.during = during
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_interrupt_keeps_finished_cells_and_never_writes_latest(fake, jobs):
+    first, second, third = fake.cells
+    if jobs == 2:  # the first cell finishes before the second's smoke test is cut short
+
+        def during(cell_id: str, stop: threading.Event) -> None:
+            if cell_id == second:
+                assert kept(fake, first)
+                raise KeyboardInterrupt
+
+        fake.during = during
+    else:
+        interrupt_at(fake, second)
+    with pytest.raises(Interrupted, match="finished cells are kept"):
+        run(fake, jobs=jobs)
+    assert not any((fake.results / name).exists() for name in LATEST)
+    assert not history.history_path(fake.results).exists()
+    cut = checkpoint.latest_unfinished(fake.results)
+    assert cut is not None
+    statuses = run_dir_cells(fake.results, cut.name)
+    assert statuses[first] == "safe"  # finished before the interrupt: kept
+    assert statuses[second] == "inconclusive"  # cut short: not a verdict
+    assert (cut / "cells" / f"{first}.json").exists()
+    assert not (cut / "cells" / f"{second}.json").exists()
+
+
+def test_resume_skips_finished_cells(fake):
+    first, second, third = fake.cells
+    interrupt_at(fake, second)
+    with pytest.raises(Interrupted):
+        run(fake)
+    fake.during = lambda cell_id, stop: None
+    fake.events.clear()
+    fake.smoked.clear()
+    resumed, _ = run(fake, resume=True)
+    # The finished cell is neither built nor smoke-tested again; its verdict comes back.
+    assert f"build {first}" not in fake.events and f"smoke {first}" not in fake.events
+    assert [cell for cell, _, _ in fake.smoked] == [second, third]
+    assert [c.status for c in resumed.cells] == [Status.SAFE] * 3
+    assert json.loads((fake.results / "latest.json").read_text())["run_id"] == resumed.run_id
+    assert checkpoint.latest_unfinished(fake.results) is None
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_a_failing_build_makes_its_cell_unavailable_and_the_others_go_on(fake, jobs):
+    first, second, third = fake.cells
+    fake.unavailable = {second}
+    result, paths = run(fake, jobs=jobs)
+    assert [c.status for c in result.cells] == [Status.SAFE, Status.UNAVAILABLE, Status.SAFE]
+    assert result.cells[1].reason == "the archive did not answer"
+    assert sorted(cell for cell, _, _ in fake.smoked) == [first, third]
+    assert json.loads(paths["latest_json"].read_text())["run_id"] == result.run_id
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_engine_raises_engine_error_and_keeps_finished_cells(fake, jobs):
+    first, second, third = fake.cells
+    build_cell = fake.build_cell
+
+    def failing_build(cell, *args: Any):
+        if cell.id != first:  # the engine goes away once the first cell is finished
+            assert kept(fake, first)
+            raise docker.errors.APIError("500 Server Error: the engine went away")
+        return build_cell(cell, *args)
+
+    fake.build_cell = failing_build  # type: ignore[method-assign]
+    with pytest.raises(EngineError) as info:
+        run(fake, jobs=jobs)
+    assert "\n" not in str(info.value) and "the engine went away" in str(info.value)
+    assert "finished cells are kept, `--resume` continues" in str(info.value)
+    assert not (fake.results / "latest.json").exists()
+    cut = checkpoint.latest_unfinished(fake.results)
+    assert cut is not None
+    statuses = run_dir_cells(fake.results, cut.name)
+    assert (statuses[first], statuses[third]) == ("safe", "inconclusive")
+    assert (cut / "cells" / f"{first}.json").exists()
+
+
+# --- the package cache, matrix.build and matrix.test -----------------------------------------
+
+
+def test_the_package_cache_is_served_around_the_whole_schedule(fake):
+    run(fake, jobs=2, package_cache=True, accel="tcg")
+    # The guest is built through the cache too; the cache stops once every cell is done.
+    assert fake.events[:2] == ["serve", "guest"]
+    assert fake.events[-1] == "stop serving"
+    assert len(fake.caches) == 3 and all(cache is not None for cache in fake.caches)
+
+
+@pytest.mark.parametrize("flags", [{"package_cache": False}, {"build": False}])
+def test_no_package_cache_without_the_flag_nor_for_matrix_test(fake, flags):
+    run(fake, jobs=2, accel="tcg", **flags)
+    assert "serve" not in fake.events
+    assert all(cache is None for cache in fake.caches)
+
+
+def test_matrix_test_builds_nothing_and_judges_cells_without_an_image(fake):
+    fake.unbuilt = {fake.cells[0]}
+    result, _ = run(fake, accel="tcg", build=False)
+    assert not any(e.startswith("build") for e in fake.events)
+    assert [c.status for c in result.cells] == [Status.UNAVAILABLE, Status.SAFE, Status.SAFE]
+
+
+def test_matrix_test_on_several_engines_runs_each_cell_where_its_image_is(tmp_path, fake):
+    first, second, third = fake.cells
+    other = FakeEngine("other", tmp_path / "guest.tar")
+    fake.unbuilt = {first, third}
+    other.unbuilt = {second, third}
+    result, _ = run(fake, fake, other, accel="tcg", build=False, jobs=2)
+    assert [cell for cell, _, _ in other.smoked] == [first]
+    assert [cell for cell, _, _ in fake.smoked] == [second]
+    # On no engine: judged as not built.
+    assert [c.status for c in result.cells] == [Status.SAFE, Status.SAFE, Status.UNAVAILABLE]
+    assert {c.build.get("engine") for c in result.cells[:2]} == {"default", "other"}
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_matrix_build_builds_each_cell_once_through_the_package_cache(fake, jobs):
+    fake.unavailable = {fake.cells[1]}
+    built = pipeline.build(options(fake, jobs=jobs, package_cache=True), Fleet([fake]))
+    assert list(built) == list(fake.cells)
+    assert [b.status for b in built.values()] == ["cached", "unavailable", "cached"]
+    assert sorted(e for e in fake.events if e.startswith("build")) == sorted(
+        f"build {c}" for c in fake.cells
+    )
+    assert fake.events[:2] == ["serve", "guest"] and fake.events[-1] == "stop serving"
+    assert not any(e.startswith(("smoke", "probe")) for e in fake.events)
+
+
+def test_the_engines_follow_the_protocol(fake):
+    assert isinstance(fake, Engine)
+    assert isinstance(DockerEngine("default", client=object()), Engine)  # type: ignore[arg-type]

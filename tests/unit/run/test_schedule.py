@@ -5,18 +5,68 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
+from harness.core.errors import ConfigurationError
+from harness.core.options import jobs_flag
+from harness.engine.protocol import Engine
 from harness.run import schedule
-from harness.run.fleet import Engine, Fleet, Stop
+from harness.run.fleet import Fleet, Stop
+from tests.unit.run.fakes import FakeEngine
 
 WAIT = 10.0  # generous: a test fails by deadlock detection, never by a slow machine
 
 
 def one_engine() -> Fleet:
-    return Fleet([Engine("default", client=object())])  # type: ignore[arg-type]
+    return Fleet([FakeEngine("default")])
+
+
+class Steps:
+    """schedule.Steps from plain functions: `stage` builds and `work` smoke-tests what it built;
+    without `stage`, `work` is the build itself (matrix.build)."""
+
+    def __init__(
+        self,
+        work: Callable[..., Any],
+        prepare: Callable[[Engine], object] | None,
+        can_take: Callable[[Engine, Any], bool] | None,
+        stage: Callable[[Engine, Any], Any] | None,
+        stop: Stop | None,
+    ):
+        self.work, self.stage = work, stage
+        self._prepare, self._can_take = prepare, can_take
+        self.stop = stop or Stop()
+        self.smokes = stage is not None
+
+    def prepare(self, engine: Engine) -> None:
+        if self._prepare:
+            self._prepare(engine)
+
+    def can_take(self, engine: Engine, item: Any) -> bool:
+        return self._can_take is None or self._can_take(engine, item)
+
+    def build(self, engine: Engine, item: Any) -> Any:
+        return self.stage(engine, item) if self.stage else self.work(engine, item)
+
+    def smoke(self, engine: Engine, item: Any, built: Any) -> None:
+        self.work(engine, item, built)
+
+
+def spread(
+    fleet: Fleet,
+    items: Sequence[Any],
+    work: Callable[..., Any],
+    prepare: Callable[[Engine], object] | None = None,
+    can_take: Callable[[Engine, Any], bool] | None = None,
+    *,
+    jobs: int,
+    stage: Callable[[Engine, Any], Any] | None = None,
+    stop: Stop | None = None,
+) -> list[Any]:
+    return schedule.spread(fleet, items, Steps(work, prepare, can_take, stage, stop), jobs)
 
 
 class Counter:
@@ -50,7 +100,7 @@ def test_one_job_is_sequential_build_then_test() -> None:
     def work(engine: Engine, item: str, image: str) -> None:
         events.append(f"test {item} with {image}")
 
-    left = schedule.spread(
+    left = spread(
         one_engine(),
         ["a", "b"],
         work,
@@ -80,7 +130,7 @@ def test_a_cell_is_tested_while_the_next_one_builds() -> None:
         order.append(f"tested {item}")
 
     # jobs=2 lets a and b build at once; b's build waits for a's test.
-    schedule.spread(one_engine(), ["a", "b"], work, jobs=2, stage=stage)
+    spread(one_engine(), ["a", "b"], work, jobs=2, stage=stage)
     assert order.index("tested a") < order.index("built b")
     assert sorted(order) == ["built a", "built b", "tested a", "tested b"]
 
@@ -97,7 +147,7 @@ def test_jobs_bound_each_pool() -> None:
         with tests.inside():
             time.sleep(0.05)
 
-    done = schedule.spread(one_engine(), list(range(12)), work, jobs=3, stage=stage)
+    done = spread(one_engine(), list(range(12)), work, jobs=3, stage=stage)
     assert done == []
     assert 1 < builds.most <= 3
     assert 1 < tests.most <= 3
@@ -110,7 +160,7 @@ def test_every_smoke_test_slot_starts_at_once() -> None:
     def work(engine: Engine, item: int, image: int) -> None:
         together.wait()
 
-    assert schedule.spread(one_engine(), [0, 1, 2], work, jobs=3, stage=lambda e, i: i) == []
+    assert spread(one_engine(), [0, 1, 2], work, jobs=3, stage=lambda e, i: i) == []
 
 
 def test_once_stopped_nothing_new_is_built_or_tested() -> None:
@@ -134,7 +184,7 @@ def test_once_stopped_nothing_new_is_built_or_tested() -> None:
             second_started.set()
             assert stop.wait(WAIT)
 
-    left = schedule.spread(one_engine(), list(range(10)), work, jobs=2, stage=stage, stop=stop)
+    left = spread(one_engine(), list(range(10)), work, jobs=2, stage=stage, stop=stop)
     assert sorted(tested) == [0, 1]
     assert sorted(staged) == [0, 1, 2, 3]  # in hand when stopped; nothing taken after
     assert left == list(range(2, 10))
@@ -142,7 +192,7 @@ def test_once_stopped_nothing_new_is_built_or_tested() -> None:
 
 
 def test_several_engines_take_nothing_once_stopped() -> None:
-    fleet = Fleet([Engine(n, client=object()) for n in ("one", "two")])  # type: ignore[arg-type]
+    fleet = Fleet([FakeEngine(n) for n in ("one", "two")])
     stop = Stop()
     ran: list[str] = []
     lock = threading.Lock()
@@ -152,7 +202,7 @@ def test_several_engines_take_nothing_once_stopped() -> None:
             ran.append(item)
         stop.set()
 
-    schedule.spread(fleet, list("abcdef"), work, jobs=2, stage=lambda e, i: i, stop=stop)
+    spread(fleet, list("abcdef"), work, jobs=2, stage=lambda e, i: i, stop=stop)
     assert 1 <= len(ran) <= 2  # each engine's first cell at most
 
 
@@ -166,7 +216,7 @@ def test_one_stage_only_runs_in_parallel() -> None:
             time.sleep(0.05)
         seen.append(item)
 
-    assert schedule.spread(one_engine(), list("abcd"), work, jobs=2) == []
+    assert spread(one_engine(), list("abcd"), work, jobs=2) == []
     assert sorted(seen) == list("abcd")
     assert builds.most == 2
 
@@ -182,13 +232,13 @@ def test_the_first_failure_stops_the_rest_and_is_raised() -> None:
         return item
 
     with pytest.raises(RuntimeError, match="went away"):
-        schedule.spread(one_engine(), list(range(20)), lambda *args: None, jobs=2, stage=stage)
+        spread(one_engine(), list(range(20)), lambda *args: None, jobs=2, stage=stage)
     assert len(built) < 19  # the others stopped taking cells
 
 
 def test_cells_an_engine_cannot_take_are_returned_in_order() -> None:
     tested: list[str] = []
-    left = schedule.spread(
+    left = spread(
         one_engine(),
         ["a", "b", "c", "d"],
         lambda engine, item, image: tested.append(item),
@@ -200,30 +250,15 @@ def test_cells_an_engine_cannot_take_are_returned_in_order() -> None:
     assert sorted(tested) == ["a", "c"]
 
 
-def test_the_package_cache_is_served_around_the_whole_schedule() -> None:
-    events: list[str] = []
-
-    @contextlib.contextmanager
-    def serve(engine: Engine) -> Iterator[None]:
-        events.append(f"serve {engine.name}")
-        yield
-        events.append(f"stop {engine.name}")
-
-    schedule.spread(
-        one_engine(),
-        ["a"],
-        lambda engine, item, image: events.append(f"test {item}"),
-        prepare=lambda engine: events.append("guest"),
-        jobs=2,
-        stage=lambda engine, item: events.append(f"build {item}"),
-        serve=serve,
-    )
-    # The guest is built through the cache too.
-    assert events == ["serve default", "guest", "build a", "test a", "stop default"]
+def test_the_build_alone_is_not_followed_by_a_smoke_test() -> None:
+    """matrix.build on one engine, one job at a time: every cell built once, nothing else."""
+    built: list[str] = []
+    left = spread(one_engine(), list("abc"), lambda engine, item: built.append(item), jobs=1)
+    assert left == [] and built == list("abc")
 
 
 def test_several_engines_take_one_cell_at_a_time_each() -> None:
-    fleet = Fleet([Engine(n, client=object()) for n in ("one", "two")])  # type: ignore[arg-type]
+    fleet = Fleet([FakeEngine(n) for n in ("one", "two")])
     ran: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -231,7 +266,7 @@ def test_several_engines_take_one_cell_at_a_time_each() -> None:
         with lock:
             ran.append((engine.name, image))
 
-    schedule.spread(fleet, list("abcd"), work, jobs=4, stage=lambda e, item: item.upper())
+    spread(fleet, list("abcd"), work, jobs=4, stage=lambda e, item: item.upper())
     assert sorted(image for _, image in ran) == list("ABCD")
     assert {name for name, _ in ran} == {"one", "two"}
 
@@ -244,14 +279,10 @@ def test_default_jobs_is_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_jobs_flag_is_a_whole_number_from_1() -> None:
-    from invoke.exceptions import Exit
-
-    import tasks
-
-    assert tasks._jobs(None) is None
-    assert tasks._jobs("3") == 3
+    assert jobs_flag(None) is None
+    assert jobs_flag("3") == 3
     for bad in ("0", "-1", "two", "1.5", "65"):
-        with pytest.raises(Exit) as info:
-            tasks._jobs(bad)
-        assert info.value.code == 2
-        assert f"--jobs {bad!r}" in str(info.value.message)
+        with pytest.raises(ConfigurationError) as info:
+            jobs_flag(bad)
+        assert info.value.exit_code == 2
+        assert str(info.value) == f"--jobs {bad!r}: use a whole number from 1 to 64"

@@ -17,7 +17,8 @@ import pytest
 
 import harness
 from harness.core.errors import ConfigurationError
-from harness.core.model import PEER_SCENARIOS, SCENARIOS, Migration
+from harness.core.model import PEER_SCENARIOS, SCENARIOS, Cell, Matrix, Migration
+from harness.core.options import SmokeJob
 from harness.matrix.load import parse
 from harness.stages import peer as migrate
 from harness.stages import smoke as runner
@@ -214,6 +215,20 @@ def test_a_destination_without_json_says_what_it_printed():
 # --- the runner's hook ---------------------------------------------------------------------
 
 
+def job(cell: Cell, image: str, matrix: Matrix, guest: Path, log_dir: Path) -> SmokeJob:
+    """One smoke test of run "r" under TCG, one run."""
+    return SmokeJob(
+        cell=cell,
+        image=image,
+        matrix=matrix,
+        run_id="r",
+        guest=guest,
+        accel="tcg",
+        log_dir=log_dir,
+        runs=1,
+    )
+
+
 def smoke_args(unit_matrix, tmp_path: Path, cell_id: str, scenarios: tuple[str, ...]):
     matrix, cells = unit_matrix
     matrix = matrix.model_copy(update={"scenarios": scenarios})
@@ -231,7 +246,7 @@ def test_the_runner_starts_the_destination_and_cleans_up_after_the_source(
     cell, matrix, guest = smoke_args(
         unit_matrix, tmp_path, "debian-12-release", ("boot", "live-migration")
     )
-    smoke = runner.run_cell(engine, cell, "img", matrix, "r", guest, "tcg", tmp_path / "logs", 1)
+    smoke = runner.run_cell(engine, job(cell, "img", matrix, guest, tmp_path / "logs"))
     assert smoke.error is None and smoke.report is not None
     source, destination = "hvgate-r-debian-12-release", "hvgate-r-debian-12-release-destination"
     runs = engine.named("container.run")
@@ -249,7 +264,7 @@ def test_the_runner_starts_no_destination_without_a_migration(unit_matrix, tmp_p
     monkeypatch.setattr(runner, "smoke_tar", lambda: b"smoke")
     engine = Recorder()
     cell, matrix, guest = smoke_args(unit_matrix, tmp_path, "debian-12-release", ("boot",))
-    runner.run_cell(engine, cell, "img", matrix, "r", guest, "tcg", tmp_path / "logs", 1)
+    runner.run_cell(engine, job(cell, "img", matrix, guest, tmp_path / "logs"))
     assert [args["name"] for _, args in engine.named("container.run")] == [
         "hvgate-r-debian-12-release"
     ]
@@ -265,7 +280,7 @@ def test_a_failed_destination_is_the_cells_error(unit_matrix, tmp_path, monkeypa
     cell, matrix, guest = smoke_args(
         unit_matrix, tmp_path, "debian-12-release", ("live-migration",)
     )
-    smoke = runner.run_cell(engine, cell, "img", matrix, "r", guest, "tcg", tmp_path / "logs", 1)
+    smoke = runner.run_cell(engine, job(cell, "img", matrix, guest, tmp_path / "logs"))
     assert smoke.report is None
     assert smoke.error == "the migration destination did not start: libvirtd did not start"
     assert engine.named("exec_create") == []  # the source never started
@@ -301,7 +316,7 @@ def test_an_upgrade_pair_runs_the_older_cell_against_this_one(unit_matrix, tmp_p
     ]
     guest = tmp_path / "guest.tar"
     guest.write_bytes(b"guest")
-    smoke = runner.run_cell(engine, cell, "img13", matrix, "r", guest, "tcg", tmp_path / "l", 1)
+    smoke = runner.run_cell(engine, job(cell, "img13", matrix, guest, tmp_path / "l"))
     runs = engine.named("container.run")
     # Its own migration first (both containers of this cell), then the older cell's source
     # against a destination of this cell's image.
