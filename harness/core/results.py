@@ -1,11 +1,12 @@
 """The one Status enum, the result types every output format is rendered from (via their JSON),
-and what the build and smoke stages hand to judge."""
+and what the build and smoke stages hand to judge: the smoke runner's report, parsed on the host
+into its typed shape (SmokeReport) and checked there."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, NotRequired, Required, TypedDict
 
 from .stats import StopRule
 
@@ -58,10 +59,105 @@ class BuildResult:
         return self.status in ("built", "cached")
 
 
+# --- the smoke runner's report (harness/smoke/__main__.py prints it) ------------------------------
+
+REPORT_FORMAT = 1  # the runner's FORMAT
+# One scenario in one repetition: passed, failed (libvirt, QEMU or the guest), the runner's own
+# error, or not run (an earlier failure broke what it needs).
+RUN_STATUSES = ("pass", "fail", "error", "not-run")
+
+
+class ScenarioRun(TypedDict):
+    """One scenario's result in one repetition of the runner (harness/smoke/supervisor.py)."""
+
+    name: str
+    status: str  # one of RUN_STATUSES
+    # Needed where the judge reads them: duration_s of a run that ran, error of a failed one.
+    error: NotRequired[str | None]
+    duration_s: NotRequired[float]
+    # Reports from before error_class say only which side failed, by the status.
+    error_class: NotRequired[str | None]
+    details: NotRequired[dict[str, Any]]
+    logs: NotRequired[dict[str, Any]]
+
+
+class NotApplicable(TypedDict):
+    name: str
+    reason: str
+
+
+class SmokeReport(TypedDict, total=False):
+    """The runner's one JSON document. `format` and `runs` are always there; the rest is
+    optional, as older runners (or a setup that failed early) leave it out."""
+
+    format: Required[int]
+    runs: Required[list[list[ScenarioRun]]]
+    started: float
+    kernel: str
+    guest_kernel: str
+    daemon: str
+    versions: dict[str, str]
+    libvirt_version: str | None
+    qemu_version: str | None
+    accel: str | None
+    accel_reason: str | None
+    not_applicable: list[NotApplicable] | None
+    setup_error: str | None
+    setup_logs: dict[str, Any]
+    aborted: str | None  # why the runner ended the cell early
+    decisions: dict[str, str | None] | None  # per scenario, in the order it was given them
+    duration_s: float
+
+
+class ReportError(ValueError):
+    """A report of another format or shape; its text, one line, says what is wrong and reads
+    after "the smoke runner's report"."""
+
+
+def parse_report(data: object) -> SmokeReport:
+    """The runner's decoded JSON as a SmokeReport, checked: its format, and every key the judge
+    reads without a default. ReportError names the first thing that is wrong."""
+    if not isinstance(data, dict):
+        raise ReportError(f"is not a JSON object but {type(data).__name__}")
+    if data.get("format") != REPORT_FORMAT:
+        raise ReportError(
+            f"has format {data.get('format')!r}; this hvgate reads format {REPORT_FORMAT}"
+        )
+    if not isinstance(data.get("runs"), list):
+        raise ReportError("has no list of `runs`")
+    for i, repetition in enumerate(data["runs"]):
+        if not isinstance(repetition, list):
+            raise ReportError(f"runs[{i}]: not a list of scenario results")
+        for j, result in enumerate(repetition):
+            _check_run(result, f"runs[{i}][{j}]")
+    for k, entry in enumerate(data.get("not_applicable") or []):
+        if not (isinstance(entry, dict) and {"name", "reason"} <= entry.keys()):
+            raise ReportError(f"not_applicable[{k}]: not a name and a reason")
+    for key in ("versions", "decisions", "setup_logs"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ReportError(f"{key}: not an object")
+    return data  # type: ignore[return-value]  # checked above
+
+
+def _check_run(result: object, where: str) -> None:
+    if not isinstance(result, dict):
+        raise ReportError(f"{where}: not an object")
+    if not isinstance(result.get("name"), str):
+        raise ReportError(f"{where}: no scenario `name`")
+    where = f"{where} ({result['name']})"
+    status = result.get("status")
+    if status not in RUN_STATUSES:
+        raise ReportError(f"{where}: status {status!r} is none of {', '.join(RUN_STATUSES)}")
+    if status != "not-run" and not isinstance(result.get("duration_s"), int | float):
+        raise ReportError(f"{where}: no `duration_s`")
+    if status in ("fail", "error") and "error" not in result:
+        raise ReportError(f"{where}: no `error`")
+
+
 @dataclass(frozen=True)
 class SmokeRun:
     cell_id: str
-    report: dict[str, Any] | None  # the runner's JSON document, or None when the tool failed
+    report: SmokeReport | None  # the runner's report, parsed, or None when the tool failed
     error: str | None = None
     log_dir: str | None = None
     rule: StopRule | None = None  # the sequential test the runner was given

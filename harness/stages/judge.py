@@ -15,6 +15,8 @@ from ..core.results import (
     CellResult,
     FailureCause,
     ScenarioResult,
+    ScenarioRun,
+    SmokeReport,
     SmokeRun,
     Status,
     worst,
@@ -60,8 +62,8 @@ def outward(low: float, high: float) -> list[float]:
     return [math.floor(low * 1e4) / 1e4, math.ceil(high * 1e4) / 1e4]
 
 
-def judge_scenarios(report: dict[str, Any], rule: StopRule = DEFAULT_RULE) -> list[ScenarioResult]:
-    by_name: dict[str, list[dict[str, Any]]] = {}
+def judge_scenarios(report: SmokeReport, rule: StopRule = DEFAULT_RULE) -> list[ScenarioResult]:
+    by_name: dict[str, list[ScenarioRun]] = {}
     for run in report.get("runs", []):
         for result in run:
             by_name.setdefault(result["name"], []).append(result)
@@ -112,7 +114,7 @@ def judge_scenarios(report: dict[str, Any], rule: StopRule = DEFAULT_RULE) -> li
     return verdicts
 
 
-def causes(name: str, failed: list[dict[str, Any]]) -> list[FailureCause]:
+def causes(name: str, failed: list[ScenarioRun]) -> list[FailureCause]:
     """A scenario's failed and errored runs grouped by fingerprint: libvirt/QEMU's first, then
     the most frequent, then in the order they first happened."""
     groups: dict[str, FailureCause] = {}
@@ -142,7 +144,7 @@ def first_cause(scenario: ScenarioResult) -> str | None:
     return scenario.failures_by_cause[0].message if scenario.failures_by_cause else None
 
 
-def not_applicable(report: dict[str, Any], ran: set[str]) -> list[ScenarioResult]:
+def not_applicable(report: SmokeReport, ran: set[str]) -> list[ScenarioResult]:
     """The scenarios the cell could not run, with why: no runs, so no failure rate."""
     reasons: dict[str, list[str]] = {}
     for entry in report.get("not_applicable") or []:

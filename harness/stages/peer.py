@@ -18,6 +18,7 @@ import requests
 
 from ..core.model import PEER_SCENARIOS, Cell, Matrix, Migration, expand
 from ..core.progress import say
+from ..core.results import ScenarioRun, SmokeReport
 from ..engine import client as eng
 
 # The same names as harness/smoke/migration.py (a unit test keeps them equal).
@@ -172,12 +173,12 @@ def pairs_into(matrix: Matrix, cell_id: str) -> list[Migration]:
 
 
 def upgrades(
-    report: dict[str, Any] | None,
+    report: SmokeReport | None,
     engine: docker.DockerClient,
     matrix: Matrix,
     cell: Cell,
-    run_source: Callable[[Cell, str], tuple[dict[str, Any] | None, str | None]],
-) -> dict[str, Any] | None:
+    run_source: Callable[[Cell, str], tuple[SmokeReport | None, str | None]],
+) -> SmokeReport | None:
     """Adds the upgrade migrations into `cell` to its smoke report, as scenario
     `upgrade-migration`: `run_source(older cell, its image)` runs the older cell's container
     against a destination of this cell's image and returns (report, error)."""
@@ -188,7 +189,9 @@ def upgrades(
 
     def not_applicable(reason: str) -> None:
         # The judge records it as the scenario's status when no pair into the cell ran.
-        report.setdefault("not_applicable", []).append({"name": UPGRADE, "reason": reason})
+        entries = report.get("not_applicable") or []
+        entries.append({"name": UPGRADE, "reason": reason})
+        report["not_applicable"] = entries
         say(cell.id, f"{UPGRADE} not applicable: {reason}")
 
     for pair in pairs:
@@ -203,7 +206,7 @@ def upgrades(
         source_report, error = run_source(cells[pair.from_], image)
         skipped = [
             entry["reason"]
-            for entry in (source_report or {}).get("not_applicable") or []
+            for entry in (source_report.get("not_applicable") if source_report else None) or []
             if entry.get("name") in PEER_SCENARIOS
         ]
         if skipped and not error:
@@ -214,8 +217,8 @@ def upgrades(
 
 
 def upgrade_runs(
-    pair: Migration, source: dict[str, Any] | None, error: str | None
-) -> list[list[dict[str, Any]]]:
+    pair: Migration, source: SmokeReport | None, error: str | None
+) -> list[list[ScenarioRun]]:
     """The source container's runs, each result naming the cell and versions it came from; a
     source that failed before any run is one runner error (the tool's, not libvirt's)."""
     origin: dict[str, Any] = {"from": pair.from_}
@@ -223,11 +226,18 @@ def upgrade_runs(
         origin.update(
             libvirt_version=source.get("libvirt_version"), qemu_version=source.get("qemu_version")
         )
-    failure = error or (source or {}).get("setup_error")
+    failure = error or (source.get("setup_error") if source else None)
     if source is None or failure or not source.get("runs"):
         message = f"from {pair.from_}: {failure or 'the source container ran nothing'}"
-        result = {"name": UPGRADE, "status": "error", "error": message, "duration_s": 0.0}
-        return [[{**result, "details": origin, "logs": {}}]]
+        failed: ScenarioRun = {
+            "name": UPGRADE,
+            "status": "error",
+            "error": message,
+            "duration_s": 0.0,
+            "details": origin,
+            "logs": {},
+        }
+        return [[failed]]
     # The source ran `live-migration`; into another cell, it is this cell's upgrade migration.
     return [
         [

@@ -1,4 +1,6 @@
-"""Smoke stage, host side: runs harness/smoke inside a cell container and returns its JSON report.
+"""Smoke stage, host side: runs harness/smoke inside a cell container and returns its JSON report,
+parsed into its typed shape (harness.core.results.SmokeReport) or, when it has another, the
+cell's error.
 
 The container is default and unprivileged (see README, "Container privileges"); it gets
 /dev/kvm only when KVM may be used, and an init process so QEMU's exits are reaped.
@@ -23,7 +25,7 @@ import requests
 from ..core.model import PEER_SCENARIOS, Cell, Policy
 from ..core.options import SmokeJob
 from ..core.progress import say
-from ..core.results import SmokeRun
+from ..core.results import ReportError, SmokeReport, SmokeRun, parse_report
 from ..core.stats import StopRule
 from ..core.text import one_line
 from ..engine import client as eng
@@ -49,7 +51,7 @@ def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
     scenarios. Once `job.stop` is set (an interrupt), no container is started."""
     smoke = _run_container(engine, job)
 
-    def older(source: Cell, source_image: str) -> tuple[dict[str, Any] | None, str | None]:
+    def older(source: Cell, source_image: str) -> tuple[SmokeReport | None, str | None]:
         # The older cell's container is the source; a container of this cell the destination.
         assert smoke.report is not None
         source_job = dataclasses.replace(
@@ -179,7 +181,7 @@ def _watched(
     label: str,
 ) -> SmokeRun:
     """Runs the runner in the container under a watchdog that kills the container at the bound;
-    its report, or why there is none."""
+    its report, parsed, or why there is none."""
     cell_id = job.cell.id
     overall = _bound(job.matrix.policy, job.accel)
     timed_out = threading.Event()
@@ -206,11 +208,15 @@ def _watched(
         )
     _copy_logs(container, job.log_dir)
     try:
-        report = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
+        data = json.loads(stdout.decode(errors="replace").strip().splitlines()[-1])
     except (ValueError, IndexError):
         tail = (stdout + pending).decode(errors="replace").strip().splitlines()[-5:]
         why = _no_report(container, exit_code)
         return SmokeRun(cell_id, None, f"{why}: {' | '.join(tail)}" if tail else why, rule=rule)
+    try:
+        report = parse_report(data)
+    except ReportError as exc:
+        return SmokeRun(cell_id, None, f"the smoke runner's report {exc}", rule=rule)
     return SmokeRun(cell_id, report, log_dir=str(job.log_dir), rule=rule)
 
 

@@ -8,11 +8,10 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from harness.core.model import Base, Cell, Matrix
 from harness.core.options import SmokeJob
-from harness.core.results import BuildResult, Found, SmokeRun
+from harness.core.results import BuildResult, Found, SmokeRun, parse_report
 from harness.core.stats import StopRule
 from harness.engine.package_cache import PackageCache
 
@@ -21,7 +20,7 @@ RULE = StopRule(0.01, 0.5, 0.8, min_runs=1, max_runs=3)
 REASON = "a KVM guest reached the ready marker in 1.0 s"
 
 
-def passing_report(cell: Cell, accel: str, reason: str | None) -> dict[str, Any]:
+def passing_report(cell: Cell, accel: str, reason: str | None) -> dict[str, object]:
     """What the runner prints for a cell whose scenarios all pass, three times."""
     runs = [
         [
@@ -119,7 +118,7 @@ class FakeEngine:
         with self.lock:
             self.smoked.append((cell.id, job.accel, job.accel_reason))
         self.during(cell.id, job.stop)
-        report = passing_report(cell, job.accel, job.accel_reason)
+        report = parse_report(passing_report(cell, job.accel, job.accel_reason))
         return SmokeRun(cell.id, report, log_dir=str(job.log_dir), rule=RULE)
 
     def cleanup(self, run_id: str) -> None:

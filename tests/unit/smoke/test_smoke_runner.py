@@ -18,7 +18,9 @@ import pytest
 
 import harness
 from harness.core import model
+from harness.core.results import parse_report
 from harness.core.stats import StopRule
+from harness.stages.judge import judge_scenarios
 
 SMOKE_DIR = Path(harness.__file__).resolve().parent / "smoke"
 
@@ -263,6 +265,40 @@ def test_run_scenario_timeout(smoke, monkeypatch):
     assert time.monotonic() - started < 4
     assert result["status"] == "fail"
     assert "did not finish within" in result["error"]
+
+
+def test_the_host_reads_every_result_the_runner_prints(smoke, monkeypatch):
+    """The runner's results (pass, fail, its own error, not-run) in its report's skeleton, as
+    the host parses them (harness.core.results.parse_report) and judges them."""
+
+    def failing(session):
+        raise StubLibvirtError("domain not found")
+
+    def buggy(session):
+        raise RuntimeError("a bug in the runner")
+
+    runs = [
+        [run_fake_scenario(smoke, monkeypatch, lambda session: {"boot_s": 1.0})],
+        [run_fake_scenario(smoke, monkeypatch, failing)],
+        [run_fake_scenario(smoke, monkeypatch, buggy)],
+        [smoke.supervisor.not_run("boot", "the daemon could not be renewed")],
+    ]
+    report = {
+        "format": smoke.main.FORMAT,
+        "started": time.time(),
+        "kernel": "6.1.0",
+        "versions": {},
+        "runs": runs,
+        "not_applicable": [],
+        "setup_error": None,
+        "aborted": None,
+        "daemon": "virtqemud",
+        "decisions": {"boot": None},
+        "duration_s": 1.0,
+    }
+    parsed = parse_report(json.loads(json.dumps(report)))
+    (boot,) = judge_scenarios(parsed)
+    assert (boot.runs, boot.failures, boot.errors, boot.not_run) == (3, 1, 1, 1)
 
 
 # --- the wall between the two sides --------------------------------------------------------

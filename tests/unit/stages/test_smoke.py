@@ -1,0 +1,60 @@
+"""harness.stages.smoke: the runner's report is parsed on the host; a report of another format
+or shape is the cell's error, with a one-line reason, and never reaches the judge."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.core.results import BuildResult, Status
+from harness.stages import smoke as runner
+from harness.stages.judge import judge_cell
+from tests.unit.stages.test_peer import Recorder, job, smoke_args
+
+BUILT = BuildResult("debian-12-release", "built", "img", {"libvirt-daemon": "9.0.0-4"})
+
+
+@pytest.fixture
+def smoke_of(unit_matrix, tmp_path, monkeypatch):
+    """The SmokeRun and the verdict of debian-12-release when its runner prints `report`."""
+    monkeypatch.setattr(runner, "smoke_tar", lambda: b"smoke")
+    cell, matrix, guest = smoke_args(unit_matrix, tmp_path, "debian-12-release", ("boot",))
+
+    def run(report):
+        engine = Recorder()
+        engine.report = report
+        smoke = runner.run_cell(engine, job(cell, "img", matrix, guest, tmp_path / "logs"))  # type: ignore[arg-type]
+        return smoke, judge_cell(cell, BUILT, smoke, matrix.thresholds)
+
+    return run
+
+
+def test_a_report_of_the_runners_format_is_judged(smoke_of):
+    passing = {"name": "boot", "status": "pass", "error": None, "duration_s": 1.0}
+    smoke, verdict = smoke_of({"format": 1, "runs": [[passing]], "accel": "tcg"})
+    assert smoke.error is None and smoke.report is not None
+    assert smoke.report["runs"] == [[passing]]
+    assert verdict.accel == "tcg" and [s.name for s in verdict.scenarios] == ["boot"]
+
+
+@pytest.mark.parametrize(
+    ("report", "reason"),
+    [
+        (
+            {"format": 2, "runs": []},
+            "the smoke runner's report has format 2; this hvgate reads format 1",
+        ),
+        ({"format": 1}, "the smoke runner's report has no list of `runs`"),
+        (
+            {"format": 1, "runs": [[{"name": "boot", "status": "skipped", "duration_s": 1}]]},
+            "the smoke runner's report runs[0][0] (boot): status 'skipped' is none of pass, "
+            "fail, error, not-run",
+        ),
+        (["not", "a", "report"], "the smoke runner's report is not a JSON object but list"),
+    ],
+    ids=["format", "no-runs", "status", "not-an-object"],
+)
+def test_a_report_of_another_format_or_shape_is_the_cells_error(smoke_of, report, reason):
+    smoke, verdict = smoke_of(report)
+    assert smoke.report is None and smoke.error == reason
+    assert verdict.status == Status.ERROR and verdict.reason == reason
+    assert "\n" not in reason
