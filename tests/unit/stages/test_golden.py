@@ -2,7 +2,6 @@
 file (pytest --regenerate updates them)."""
 
 import difflib
-from pathlib import Path
 
 import pytest
 
@@ -10,7 +9,7 @@ from harness.core.paths import ROOT
 from harness.run.pipeline import selected
 from harness.stages.render import render
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = ROOT / "tests" / "golden"
 _, CELLS = selected(str(ROOT / "matrix.yaml"), None, None)
 
 
