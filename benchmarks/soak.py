@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from harness.core.fingerprint import headline
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CELLS = "debian-12-release,debian-13-release,ubuntu-24.04-release"
@@ -222,13 +223,13 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 @dataclass
 class Group:
-    """The failures of one fingerprint (or, in an older results file, of one message)."""
+    """The failed runs of one fingerprint."""
 
     fingerprint: str
     cause: str
     scenario: str
     message: str
-    count: int | None  # None: an older file lists a scenario's messages without counts
+    count: int
     cells: set[str] = field(default_factory=set)
 
 
@@ -255,80 +256,47 @@ class CellTotals:
 class Summary:
     cells: list[CellTotals]
     groups: list[Group]
-    by_cause: bool  # the file has failures_by_cause (else: grouped by message)
 
     def total(self, name: str) -> int:
         return sum(getattr(cell, name) for cell in self.cells)
 
 
 def one_line(text: str, width: int = 110) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if lines and lines[0].startswith("Traceback (most recent call last)"):
-        lines = lines[-1:]  # the exception names it; the first line is the same for every one
-    first = lines[0] if lines else "(no message)"
+    first = headline(text) or "(no message)"
     return first if len(first) <= width else first[: width - 3] + "..."
 
 
-def message_key(scenario: str, message: str) -> str:
-    return "msg:" + hashlib.sha256(f"{scenario}\0{message}".encode()).hexdigest()[:8]
-
-
 def scenario_groups(cell_id: str, scenario: dict[str, Any]) -> tuple[list[Group], int]:
-    """One scenario's failure groups, and how many of its runs the harness caused."""
-    name = scenario["name"]
-    failures, errors = scenario.get("failures", 0), scenario.get("errors", 0)
-    if not failures and not errors:
-        return [], 0
-    listed = scenario.get("failures_by_cause")
-    groups: list[Group] = []
-    if listed is not None:
-        for entry in listed:
-            message = entry.get("message") or ""
-            error_class = entry.get("error_class") or ""
-            if error_class not in ("", "failure", "error") and not message.startswith(error_class):
-                message = f"[{entry['error_class']}] {message}"
-            groups.append(
-                Group(
-                    fingerprint=entry.get("fingerprint") or message_key(name, message),
-                    cause=entry.get("cause") or "?",
-                    scenario=name,
-                    message=message,
-                    count=int(entry.get("count", 1)),
-                    cells={cell_id},
-                )
+    """One scenario's failure groups, and how many of its runs the harness caused: its runner
+    errors are among the groups, as cause harness (a results file of an hvgate before
+    failures_by_cause has no groups: its errors are counted)."""
+    groups = []
+    for entry in scenario.get("failures_by_cause") or []:
+        message, error_class = entry["message"], entry["error_class"]
+        if error_class not in ("failure", "error") and not message.startswith(error_class):
+            message = f"[{error_class}] {message}"
+        groups.append(
+            Group(
+                entry["fingerprint"],
+                entry["cause"],
+                scenario["name"],
+                message,
+                entry["count"],
+                {cell_id},
             )
-        counted = sum(g.count or 0 for g in groups)
-        by_harness = sum(g.count or 0 for g in groups if g.cause == HARNESS)
-        if counted > failures:
-            # The groups take in the runner's errors as well (cause harness, one hopes): they are
-            # the harness-caused runs then, and never fewer than the errors.
-            harness = max(errors, by_harness)
-        else:
-            harness = errors + by_harness
-            if errors:  # the groups are of failures only: the errors get a group of their own
-                groups.append(
-                    Group("-", HARNESS, name, "runner error (status error)", errors, {cell_id})
-                )
-        return groups, harness
-    # An older file: the distinct messages of the failed and errored runs, without counts. The
-    # cause is only what the run's status says: a runner error is the harness's.
-    messages = scenario.get("messages") or ["(no message)"]
-    cause = HARNESS if not failures else ("failure" if not errors else "failure or error")
-    count = failures + errors if len(messages) == 1 else None
-    for message in messages:
-        groups.append(Group(message_key(name, message), cause, name, message, count, {cell_id}))
-    return groups, errors
+        )
+    by_harness = sum(g.count for g in groups if g.cause == HARNESS)
+    return groups, max(scenario.get("errors", 0), by_harness)
 
 
 def summarise(
     data: dict[str, Any], cell_ids: list[str], scenarios: list[str], runs: int
 ) -> Summary:
     """Per selected cell: runs, failures, errors, runs not run, harness-caused; and the failure
-    groups over all of them. Works with and without failures_by_cause and not_run."""
+    groups over all of them."""
     found = {cell["id"]: cell for cell in data.get("cells", [])}
     by_key: dict[tuple[str, str, str], Group] = {}
     totals = []
-    by_cause = False
     for cell_id in cell_ids:
         cell = found.get(cell_id)
         row = CellTotals(cell_id)
@@ -361,7 +329,6 @@ def summarise(
             row.not_run += max(int(scenario.get("not_run", 0)), runs - scenario.get("runs", 0))
             if scenario.get("not_run_reasons"):
                 row.not_run_reasons[name] = list(scenario["not_run_reasons"])
-            by_cause = by_cause or "failures_by_cause" in scenario
             groups, harness = scenario_groups(cell_id, scenario)
             if scenario.get("status") == "error" and not harness:
                 harness = 1  # an error status is the harness's even where no run says why
@@ -369,12 +336,8 @@ def summarise(
             for group in groups:
                 key = (group.fingerprint, group.scenario, group.cause)
                 if key in by_key:
-                    merged = by_key[key]
-                    if merged.count is None or group.count is None:
-                        merged.count = None
-                    else:
-                        merged.count += group.count
-                    merged.cells |= group.cells
+                    by_key[key].count += group.count
+                    by_key[key].cells |= group.cells
                 else:
                     by_key[key] = group
         if row.status == "error" and not cell.get("scenarios"):
@@ -384,8 +347,8 @@ def summarise(
             group = Group("-", HARNESS, "(cell setup)", cell.get("reason") or "", 1, {cell_id})
             by_key[(f"cell:{cell_id}", "(cell setup)", HARNESS)] = group
         totals.append(row)
-    groups = sorted(by_key.values(), key=lambda g: (-(g.count or 0), g.scenario, g.message))
-    return Summary(totals, groups, by_cause)
+    groups = sorted(by_key.values(), key=lambda g: (-g.count, g.scenario, g.message))
+    return Summary(totals, groups)
 
 
 def incomplete_runs(summary: Summary, runs: int) -> int:
@@ -426,15 +389,9 @@ def print_report(summary: Summary, runs: int) -> None:
     if not summary.groups:
         print("  none")
     else:
-        if not summary.by_cause:
-            print(
-                "  (this results file has no failures_by_cause: grouped by message, the cause"
-                " from the run's status only, counts only where a scenario had one message)"
-            )
         print(f"  {'count':>5}  {'cause':<16} {'scenario':<28} {'fingerprint':<12}  message")
         for g in summary.groups:
-            count = "?" if g.count is None else str(g.count)
-            print(f"  {count:>5}  {g.cause:<16} {g.scenario:<28} {g.fingerprint:<12}  ", end="")
+            print(f"  {g.count:>5}  {g.cause:<16} {g.scenario:<28} {g.fingerprint:<12}  ", end="")
             print(f"{one_line(g.message)}")
             print(f"  {'':>5}  {'':<16} in {', '.join(sorted(g.cells))}")
 
@@ -447,7 +404,7 @@ def verdict(summary: Summary, runs: int) -> int:
     section("harness-caused")
     print(
         f"  {harness} of {total} scenario runs were caused by the harness (runner errors: "
-        f"{errors}; failures with cause harness: {others if summary.by_cause else 'not recorded'}"
+        f"{errors}; failures with cause harness: {others}"
         + (f"; cells whose setup failed, once each: {setup}" if setup else "")
         + ")"
     )
