@@ -15,7 +15,7 @@ from ..core.model import Policy
 from ..core.results import Found
 from ..core.text import one_line
 from ..engine import client as eng
-from ..stages.smoke import ENGINE_FAILURES, REMOTE, smoke_tar
+from ..stages.smoke import ENGINE_FAILURES, REMOTE, copy_runner, killed_after
 
 PROBE_TIMEOUT = 20  # s for the guest to reach its ready marker under KVM
 SLACK = 60  # s for the container, the libvirt daemon's start and the files copied in
@@ -50,24 +50,14 @@ def probe_accel(
         )
     except ENGINE_FAILURES as exc:
         return _failed(f"its container did not start: {one_line(exc)}", lasting=False)
-    timed_out = threading.Event()
-
-    def kill() -> None:
-        timed_out.set()
-        with contextlib.suppress(*ENGINE_FAILURES):
-            container.kill()
-
-    watchdog = threading.Timer(overall, kill)
-    watchdog.daemon = True
-    watchdog.start()
     try:
-        out, err, code = _ask(engine, container, guest_tar, policy)
+        with killed_after(container, overall) as timed_out:
+            out, err, code = _ask(engine, container, guest_tar, policy)
     except ENGINE_FAILURES as exc:
         if timed_out.is_set():  # the kill cut the engine's answer short
             return _failed(f"it did not finish within {overall:.0f} s", lasting=True)
         return _failed(f"the Docker engine failed: {one_line(exc)}", lasting=False)
     finally:
-        watchdog.cancel()
         with contextlib.suppress(*ENGINE_FAILURES):
             container.remove(force=True, v=True)
     _keep_log(log_dir, err or b"")
@@ -81,8 +71,7 @@ def _ask(
     engine: docker.DockerClient, container: Any, guest_tar: Path, policy: Policy
 ) -> tuple[bytes | None, bytes | None, int | None]:
     """Copies the runner and the guest in and runs the runner's probe: (stdout, stderr, exit code)."""
-    for tar in (smoke_tar(), guest_tar.read_bytes()):
-        container.put_archive(REMOTE, tar)
+    copy_runner(container, guest_tar)
     command = [
         "python3",
         "-m",

@@ -15,6 +15,7 @@ import json
 import os
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,31 @@ def smoke_tar() -> bytes:
 
 def kvm_device_available() -> bool:
     return os.path.exists("/dev/kvm")
+
+
+def copy_runner(container: Any, guest: Path) -> None:
+    """The smoke runner and the guest, into a cell's container."""
+    for tar in (smoke_tar(), guest.read_bytes()):
+        container.put_archive(REMOTE, tar)
+
+
+@contextlib.contextmanager
+def killed_after(container: Any, seconds: float) -> Iterator[threading.Event]:
+    """Kills the container once `seconds` have passed; yields the event that says it did."""
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        with contextlib.suppress(*ENGINE_FAILURES):
+            container.kill()
+
+    watchdog = threading.Timer(seconds, kill)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield timed_out
+    finally:
+        watchdog.cancel()
 
 
 def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
@@ -96,7 +122,7 @@ def _run_container(
     name = f"hvgate-{job.run_id}-{label}"
     peer = NO_PEER
     try:
-        files = [smoke_tar(), job.guest.read_bytes()]
+        files = [smoke_tar(), job.guest.read_bytes()]  # also the peer's
         peer = start_peer(
             engine, scenarios, job.run_id, name, label, peer_image or job.image, devices, files
         )
@@ -118,8 +144,7 @@ def _run_container(
             cell.id, None, f"the cell container did not start: {one_line(exc)}", rule=rule
         )
     try:
-        for tar in files:
-            container.put_archive(REMOTE, tar)
+        copy_runner(container, job.guest)
         command = _command(job, scenarios, rule)
         return _watched(engine, container, job, rule, command, peer, label)
     except ENGINE_FAILURES as exc:
@@ -133,17 +158,11 @@ def _run_container(
         peer.close()
 
 
-def _bound(policy: Policy, accel: str) -> float:
+def _bound(policy: Policy) -> float:
     """Seconds the host waits for the runner. The runner starts no scenario past cell_timeout
     and ends each within scenario_timeout (killing what hangs); this bound only catches the
     runner itself failing to stop."""
-    return (
-        policy.cell_timeout
-        + policy.scenario_timeout
-        + 2 * policy.boot_timeout
-        + 120
-        + (30 if accel == "auto" else 0)
-    )
+    return policy.cell_timeout + policy.scenario_timeout + 2 * policy.boot_timeout + 120
 
 
 def _command(job: SmokeJob, scenarios: list[str], rule: StopRule) -> list[str]:
@@ -183,25 +202,13 @@ def _watched(
     """Runs the runner in the container under a watchdog that kills the container at the bound;
     its report, parsed, or why there is none."""
     cell_id = job.cell.id
-    overall = _bound(job.matrix.policy, job.accel)
-    timed_out = threading.Event()
-
-    def kill() -> None:
-        timed_out.set()
-        with contextlib.suppress(docker.errors.APIError):
-            container.kill()
-
-    watchdog = threading.Timer(overall, kill)
-    watchdog.daemon = True
-    try:
-        watchdog.start()
+    overall = _bound(job.matrix.policy)
+    with killed_after(container, overall) as timed_out:
         exec_id = engine.api.exec_create(
             container.id, command, workdir=REMOTE, environment=peer.environment()
         )["Id"]
         stdout, pending = _stream(engine, exec_id, label)
         exit_code = engine.api.exec_inspect(exec_id).get("ExitCode")
-    finally:
-        watchdog.cancel()
     if timed_out.is_set():
         return SmokeRun(
             cell_id, None, f"the smoke run did not finish within {overall:.0f} s", rule=rule
