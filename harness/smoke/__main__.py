@@ -162,14 +162,15 @@ def probe(supervisor, args):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    options = parser()
+    args = options.parse_args(argv)
     if args.list:
         print("\n".join(SCENARIOS))
         return 0
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        parser().error(f"unknown scenarios: {', '.join(unknown)}")
+        options.error(f"unknown scenarios: {', '.join(unknown)}")
 
     daemon = daemons.daemon_name()
     supervisor = Supervisor(daemon, args.boot_timeout, args.kvm_probe_timeout)
