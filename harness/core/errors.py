@@ -39,3 +39,8 @@ class Interrupted(HvgateError):
     """Ctrl-C or SIGTERM; finished results are kept."""
 
     exit_code = 130
+
+
+class InputError(ConfigurationError):
+    """A file the tool reads back (results, history, lock, checkpoint) is malformed or hostile:
+    one line naming the file and the field; nothing has been written."""

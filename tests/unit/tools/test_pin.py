@@ -360,7 +360,8 @@ def test_pin_refuses_a_version_that_could_break_out_of_its_file(tmp_path):
     path = tmp_path / "in.json"
     path.write_text(json.dumps(document(cell("x", versions=bad))))
     with pytest.raises(
-        ConfigurationError, match="cell x: 'libvirt-daemon' '9.0\\\\nPackage: \\*' is not"
+        ConfigurationError,
+        match="cells\\[0\\].versions.libvirt-daemon: '9.0\\\\nPackage: \\*' is not a Debian version",
     ):
         pins.pin(None, str(path), str(tmp_path / "out"), None, tmp_path)
     assert not (tmp_path / "out").exists()
