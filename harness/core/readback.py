@@ -39,7 +39,7 @@ class _Bad(Exception):
     """A value that breaks its grammar: where (a JSON path) and why."""
 
     def __init__(self, where: str, why: str):
-        super().__init__(f"{where}: {why}")
+        super().__init__(f"{where}: {why}" if where else why)
 
 
 # --- strict JSON ----------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def _cause(value: Any, where: str) -> None:
             fingerprint=fingerprint,
             cause=word,
             error_class=word,
-            message=text,
+            message=line,
         ),
     )
 
@@ -325,6 +325,7 @@ def _cell(value: Any, where: str) -> None:
             reason=text,
             image=_optional(_match(re.compile(IMAGE_REF_RE.pattern.strip("^$")), "image")),
             build=_build,
+            accel=_optional(word),
             versions=_dict_of(package, version),
             thresholds=_dict_of(name, anything),
             scenarios=_list_of(_scenario),
