@@ -12,7 +12,6 @@ import concurrent.futures
 import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
