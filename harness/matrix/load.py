@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -11,7 +12,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..core.errors import ConfigurationError
-from ..core.model import Cell, Matrix, expand
+from ..core.model import CLOUD_ARCHIVE_POCKETS, Cell, Matrix, expand
+from ..core.paths import OVERRIDES, ROOT
 from ..core.text import Loc, clip, did_you_mean, format_path
 from . import debs
 
@@ -19,6 +21,7 @@ MAX_BYTES = 1_000_000
 MAX_DEPTH = 32
 MAX_NODES = 100_000
 MAX_ID = 100
+TEMPLATE_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")  # CellSpec.template's grammar
 
 
 class _Tracker:
@@ -298,6 +301,10 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     for name, source in sources.items():
         if isinstance(source, dict) and "stages_for" in source:
             check(("sources", name, "stages_for"), source["stages_for"], sources, "source")
+            if source["stages_for"] == name:
+                problems.append(
+                    (("sources", name, "stages_for"), "a source cannot stage for itself")
+                )
     for index, cell in enumerate(cells):
         if not isinstance(cell, dict):
             continue
@@ -312,6 +319,29 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         ):
             problems.append(
                 (("cells", index, "source"), "a cloud_archive source needs an ubuntu base")
+            )
+        elif isinstance(base, dict) and isinstance(source, dict) and source.get("cloud_archive"):
+            pocket = str(source["cloud_archive"]).removesuffix("-proposed")
+            series = CLOUD_ARCHIVE_POCKETS.get(pocket)
+            if series and base.get("codename") != series:
+                problems.append(
+                    (
+                        ("cells", index, "source"),
+                        f"Cloud Archive pocket {pocket!r} is built for Ubuntu {series}, "
+                        f"not {clip(base.get('codename'))}",
+                    )
+                )
+        template = cell.get("template")
+        if (
+            isinstance(template, str)
+            and TEMPLATE_RE.fullmatch(template)
+            and not (OVERRIDES / template).is_file()
+        ):
+            problems.append(
+                (
+                    ("cells", index, "template"),
+                    f"no override template {template!r} in {OVERRIDES.relative_to(ROOT)}/",
+                )
             )
         check(("cells", index, "source"), cell.get("source", "release"), sources, "source")
         for component in ("libvirt", "qemu"):
