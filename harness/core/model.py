@@ -277,7 +277,7 @@ class Matrix(Strict):
         cls, pairs: tuple[Migration, ...], info: ValidationInfo
     ) -> tuple[Migration, ...]:
         specs = info.data.get("cells") or ()
-        ids = [spec.id or default_cell_id(spec) for spec in specs]
+        ids = {spec.id or default_cell_id(spec) for spec in specs}
         for index, pair in enumerate(pairs):
             for key, value in (("from", pair.from_), ("to", pair.to)):
                 if specs and value not in ids:
