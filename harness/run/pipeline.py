@@ -31,12 +31,13 @@ from ..core.progress import say
 from ..core.results import BuildResult, CellResult, RunResult, Status
 from ..core.text import one_line
 from ..engine import client as eng
+from ..engine import lease
 from ..engine.bases import Bases, base_image_tag
 from ..engine.package_cache import PackageCache
 from ..engine.protocol import Engine
 from ..matrix.load import load
 from ..matrix.lockfile import apply_lock, changes, lock_path, merged, read_lock, write_lock
-from ..matrix.select import select
+from ..matrix.select import select, split_patterns
 from ..matrix.select import shard as take_shard
 from ..stages.formats import coming
 from ..stages.judge import judge_cell, not_run
@@ -402,5 +403,7 @@ def check_outcome(run_result: RunResult) -> None:
         raise UnsafeCells(f"not safe: {', '.join(unsafe)} (see results/latest.md)")
 
 
-def clean() -> list[str]:
-    return eng.remove_labelled(eng.client())
+def clean(runs: str | None = None, everything: bool = False) -> tuple[list[str], list[str]]:
+    """What `matrix.clean` removed and kept (see harness.engine.lease.clean)."""
+    patterns = split_patterns(runs) if runs else None
+    return lease.clean(eng.client(), patterns, everything)
