@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import re
 import secrets
 import threading
 import time
@@ -78,17 +79,19 @@ def alive(client: docker.DockerClient, label: str) -> dict[str, str]:
 
 
 def live_runs(client: docker.DockerClient) -> set[str]:
-    """The run ids whose runs hold a lease on this engine."""
+    """The run ids (or shell patterns of them: `resolve-*`) whose runs hold a lease on this
+    engine."""
     return set(alive(client, LABEL_LEASE).values())
 
 
 def run_lease(client: docker.DockerClient, run_id: str, image: str) -> Lease:
     """A run's lease on the engine: its containers, networks and volumes are kept by `clean`
-    while it is held."""
+    while it is held. `run_id` may be a shell pattern, for a task whose objects carry several
+    (`matrix.resolve`: one per cell)."""
     return Lease(
         client,
         image,
-        f"hvgate-lease-{run_id}-{secrets.token_hex(3)}",
+        f"hvgate-lease-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-{secrets.token_hex(3)}",
         {LABEL_LEASE: run_id},
     )
 
@@ -177,8 +180,9 @@ def clean(
             continue
         what = f"{kind} {item.name}"
         why = None
-        if run in live:
-            why = f"run {run} is alive"
+        holder = next((r for r in sorted(live) if fnmatch.fnmatchcase(run, r)), None)
+        if holder is not None:
+            why = f"run {holder} is alive"
         elif run == CACHE_RUN and cache_users:
             why = f"the package cache is in use by {cache_users} live run(s)"
         elif run in TRANSIENT_RUNS and (live or cache_users):

@@ -80,14 +80,20 @@ def resolve(
     old = read_lock(path)
     engine = eng.client()
     bases = Bases(engine, matrix.bases, log_dir)
+    held: lease.Lease | None = None
     try:
         for name in dict.fromkeys(c.base_name for c in chosen):
             bases.ensure(name)  # apt answers in a container of the base image
+        # Its containers are labelled resolve-CELL: `matrix.clean` keeps them while it runs.
+        held = lease.run_lease(engine, "resolve-*", base_image_tag(chosen[0].base_name))
         entries = resolve_entries(engine, chosen)
     except KeyboardInterrupt:
         for cell in chosen:
             eng.remove_labelled(engine, f"resolve-{cell.id}")
         raise
+    finally:
+        if held is not None:
+            held.release()
     if check:
         return changes(old, entries)
     write_lock(path, merged(old, entries, keep=[c.id for c in all_cells]))

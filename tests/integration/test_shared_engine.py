@@ -15,6 +15,7 @@ from pathlib import Path
 
 import docker.errors
 
+from harness.engine.lease import live_runs
 from tests.cli import ROOT
 from tests.integration.live import LiveRun, containers_of, leftovers, small_matrix
 
@@ -107,3 +108,34 @@ def test_two_checkouts_share_an_engine_and_clean_keeps_their_runs(engine, tmp_pa
     for run_id in ids:
         assert leftovers(engine, run_id) == []
     assert leftovers(engine, dead_run) == []
+
+
+HOLD = """
+import sys, time
+from harness.engine import lease
+import docker
+lease.run_lease(docker.from_env(), sys.argv[1], "hvgate/base:debian-12")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lease_ends_with_its_holder_however_it_ends(engine):
+    run_id = f"test-lease-{secrets.token_hex(4)}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, run_id], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert run_id in live_runs(engine)
+        holder.kill()  # SIGKILL: nothing of the holder runs any more
+        holder.wait()
+        deadline = time.monotonic() + 30
+        while run_id in live_runs(engine):
+            assert time.monotonic() < deadline, "the lease outlived its holder"
+            time.sleep(0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
