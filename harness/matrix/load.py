@@ -431,7 +431,8 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
             problems.append(
                 (
                     ("cells", index, "template"),
-                    f"no override template {template!r} in {OVERRIDES.relative_to(ROOT)}/",
+                    f"no override template {template!r} in "
+                    f"{OVERRIDES.relative_to(ROOT) if OVERRIDES.is_relative_to(ROOT) else OVERRIDES}/",
                 )
             )
         check(("cells", index, "source"), cell.get("source", "release"), sources, "source")
