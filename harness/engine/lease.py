@@ -66,8 +66,11 @@ class Lease:
 
     def release(self) -> None:
         """Ends the lease now (the end of the process would, too)."""
-        with contextlib.suppress(Exception):
-            self._socket.close()
+        # The wrapper and the socket under it (docker's attach gives a SocketIO on a unix one).
+        for end in (self._socket, getattr(self._socket, "_sock", None)):
+            with contextlib.suppress(Exception):
+                if end is not None:
+                    end.close()
         with contextlib.suppress(docker.errors.APIError):
             self.container.remove(force=True)
 
