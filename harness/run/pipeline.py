@@ -384,6 +384,8 @@ def run(options: RunOptions, fleet: Fleet | None = None) -> tuple[RunResult, dic
     with its own options, without redoing its finished cells."""
     opts = checkpoint.resumed(options)
     matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, opts.shard)
+    # The history is read again to publish: a bad one is refused now, not after the run.
+    history.read(history.history_path(opts.results))
     render_all(chosen)
     fleet = fleet or Fleet.of(opts.engines)
     # One run per results directory; the lock is held until close() or the process's end.
