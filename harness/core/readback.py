@@ -27,8 +27,9 @@ WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}")
 # ISO 8601 as the tool writes it; loose, as it only reaches text.
 TIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:.+_-]{0,63}")
 FINGERPRINT_RE = re.compile(r"[0-9a-f]{6,64}")
-# Characters that end or break a line somewhere: C0 and C1 controls and Unicode line separators.
-LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that end or break a line somewhere, or rewrite a terminal: C0 and C1 controls
+# (a tab aside) and Unicode line separators.
+LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 # Free text (a reason, a runner's message) may span lines; no other control character.
 TEXT_BREAKING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_LINE = 4000
@@ -210,7 +211,7 @@ def _mapping(
             if strict:
                 raise _Bad(_where(where, key), "unknown key")
             line(key, _where(where, "(key)"))
-            line(item, _where(where, key))
+            _scalars(item, _where(where, key))
             continue
         check(item, _where(where, key))
 
@@ -245,8 +246,8 @@ def _list_of(item: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
 def _fields(
     cls: type, **checks: Callable[[Any, str], None]
 ) -> dict[str, Callable[[Any, str], None]]:
-    """Every field of a result type, each with its check (numbers and lists of numbers: the
-    type check has them; a one-line text otherwise)."""
+    """Every field of a result type, each with its check; a field without one (numbers, or a
+    field added later) holds one-line text wherever it holds text."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(checks) - known
     assert not unknown, unknown
@@ -254,11 +255,18 @@ def _fields(
 
 
 def _scalars(value: Any, where: str) -> None:
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            line(item, _where(where, index))
-    else:
-        line(value, where)
+    """Numbers, and one-line text in any nesting of lists and objects (keys too)."""
+    stack = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, list):
+            stack.extend((entry, _where(at, index)) for index, entry in enumerate(item))
+        elif isinstance(item, dict):
+            for key, entry in item.items():
+                line(key, _where(at, "(key)"))
+                stack.append((entry, _where(at, key)))
+        else:
+            line(item, at)
 
 
 def _cause(value: Any, where: str) -> None:
