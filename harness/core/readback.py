@@ -291,7 +291,7 @@ def _scenario(value: Any, where: str) -> None:
             ScenarioResult,
             name=name,
             status=status,
-            messages=_list_of(text),
+            messages=anything,  # shown escaped (HTML, JUnit), never in Markdown
             details=anything,
             logs=_dict_of(line, anything),
             failures_by_cause=_list_of(_cause),
