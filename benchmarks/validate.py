@@ -1,5 +1,6 @@
 """How long validation takes on a large matrix: `invoke matrix.list` on a generated matrix of
-N cells (default 20,000), with and without a lock file of as many entries.
+N cells (default 20,000), and on a one-cell matrix whose lock file lists 3 x N versions of it
+(`libvirt: all`; about 10 MB).
 
     python3 benchmarks/validate.py [--cells 20000]
 
@@ -42,6 +43,32 @@ def matrix(cells: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def big_lock(directory: Path, versions: int) -> Path:
+    """A matrix of one `libvirt: all` cell, and a lock of that many versions of it."""
+    sys.path.insert(0, str(ROOT))
+    from harness.matrix.load import load
+    from harness.matrix.lockfile import fingerprint
+
+    path = directory / "matrix.yaml"
+    path.write_text(matrix(1).replace("libvirt: '9.0.0-1'", "libvirt: all"))
+    (cell,) = load(path)[1]
+    locked = [
+        {
+            "id": f"{cell.id}-libvirt-9.{n}.0-1",
+            "packages": {
+                "libvirt-daemon": f"9.{n}.0-1",
+                "python3-libvirt": "9.0.0-1",
+                "qemu-system-x86": "1:7.2+dfsg-7",
+            },
+        }
+        for n in range(versions)
+    ]
+    entry = {"fingerprint": fingerprint(cell), "listed": {}, "cells": locked}
+    lock = {"format": 1, "cells": {cell.spec_id: entry}}
+    (directory / "matrix.lock.json").write_text(json.dumps(lock))
+    return path
+
+
 def timed(path: Path) -> tuple[float, float, int]:
     """Wall-clock and CPU seconds of `matrix.list` on the matrix, and the cells it listed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -78,6 +105,14 @@ def main() -> None:
         per = (cpu - floor_cpu) / listed * 1000
         print(
             f"validation: {cpu - floor_cpu:.2f} s CPU beyond the floor, {per:.3f} s per 1,000 cells"
+        )
+        lock_dir = Path(tmp, "lock")
+        lock_dir.mkdir()
+        lock_matrix = big_lock(lock_dir, 3 * args.cells)
+        seconds, cpu, listed = timed(lock_matrix)
+        size = (lock_dir / "matrix.lock.json").stat().st_size // 1024
+        print(
+            f"matrix.list, 1 cell locked as {listed} ({size} KiB lock): {seconds:.2f} s ({cpu:.2f} s CPU)"
         )
         print(f"load average while measured: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
