@@ -11,6 +11,7 @@ needed. A lease with a fixed name is also a mutex: the engine creates one name o
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
 import re
 import secrets
@@ -28,6 +29,7 @@ from . import client as eng
 LABEL_LEASE = f"{eng.LABEL}.lease"
 # A lease of a user of the shared package cache.
 LABEL_CACHE_USER = f"{eng.LABEL}.cache-user"
+STALE = 30.0
 
 
 class Lease:
@@ -113,14 +115,26 @@ def mutex(
         except docker.errors.APIError as exc:
             if exc.status_code != 409 or time.monotonic() > deadline:
                 raise
+            _remove_if_stale(client, name)
             time.sleep(0.2 + secrets.randbelow(300) / 1000)
     try:
         yield
     finally:
-        held.release()
-        # The name is free once the engine has removed the container.
-        with contextlib.suppress(docker.errors.APIError):
-            client.containers.get(name).wait(timeout=10)
+        held.release()  # removes the container: the name is free again
+
+
+def _remove_if_stale(client: docker.DockerClient, name: str) -> None:
+    """A lease container that never started (its holder died between creating and starting
+    it, a matter of milliseconds) would hold its name for ever: removed after STALE seconds."""
+    with contextlib.suppress(docker.errors.APIError, ValueError):
+        container = client.containers.get(name)
+        created = container.attrs.get("Created", "")
+        age = (
+            time.time()
+            - datetime.datetime.fromisoformat(created[:26]).replace(tzinfo=datetime.UTC).timestamp()
+        )
+        if container.status != "running" and age > STALE:
+            container.remove(force=True)
 
 
 class Leases:
