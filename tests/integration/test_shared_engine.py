@@ -63,13 +63,11 @@ def verdicts(directory: Path) -> dict[str, tuple[str, int, int, int]]:
     }
 
 
-def test_two_checkouts_share_an_engine_and_clean_keeps_their_runs(engine, tmp_path):
+def test_two_checkouts_share_an_engine_and_clean_keeps_their_runs(engine, debian12_base, tmp_path):
     first, second = checkout(tmp_path / "first"), checkout(tmp_path / "second")
     # What a run killed outright leaves: a labelled container and no lease.
     dead_run = f"test-dead-{secrets.token_hex(4)}"
-    dead = engine.containers.create(
-        "hvgate/base:debian-12", ["true"], labels={"io.hvgate.run": dead_run}
-    )
+    dead = engine.containers.create(debian12_base, ["true"], labels={"io.hvgate.run": dead_run})
     runs = [start(first), start(second)]
     try:
         ids = [run.run_id() for run in runs]
@@ -114,16 +112,19 @@ HOLD = """
 import sys, time
 from harness.engine import lease
 import docker
-lease.run_lease(docker.from_env(), sys.argv[1], "hvgate/base:debian-12")
+lease.run_lease(docker.from_env(), sys.argv[1], sys.argv[2])
 print("held", flush=True)
 time.sleep(600)
 """
 
 
-def test_a_lease_ends_with_its_holder_however_it_ends(engine):
+def test_a_lease_ends_with_its_holder_however_it_ends(engine, debian12_base):
     run_id = f"test-lease-{secrets.token_hex(4)}"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, run_id], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, run_id, debian12_base],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
