@@ -324,7 +324,15 @@ class Run(Images):
             runs=self.options.runs or self.matrix.policy.runs,
             accel_reason=reason,
             stop=self.stop,
+            images=self.images(engine),
         )
+
+    def images(self, engine: Engine) -> dict[str, str]:
+        """The cells' images this run has built or found so far (on this engine or another:
+        the smoke stage looks for them on its own)."""
+        with self.lock:
+            builds = list(self.builds.values())
+        return {b.cell_id: b.image for b in builds if b.ok and b.image}
 
     # --- the end ---------------------------------------------------------------------------------
 
