@@ -15,7 +15,7 @@ from invoke.collection import Collection
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from harness.core.errors import HvgateError, UnsafeCells
+from harness.core.errors import ConfigurationError, HvgateError, UnsafeCells
 from harness.core.options import (
     RunOptions,
     accel_flag,
@@ -357,12 +357,29 @@ def bisect_task(c, scenario, base, matrix=MATRIX, component="libvirt", versions=
         )
 
 
-@task(name="clean")
+@task(
+    name="clean",
+    help={
+        "runs": "comma-separated shell patterns of run ids: only their objects (default: every run's)",
+        "all": "remove the objects of live runs too (another checkout's, another CI job's), "
+        "and their leases; needs --yes",
+        "yes": "confirm --all",
+    },
+)
 @reported
-def clean_task(c):
-    """Remove every container, network and volume a (killed) run left behind, found by label."""
-    removed = pipeline.clean()
-    print("\n".join(removed) if removed else "nothing to remove")
+def clean_task(c, runs=None, all_=False, yes=False):
+    """Remove the containers, networks and volumes of runs that are no longer alive (found by
+    label; a live run holds a lease on the engine); say what is kept and why."""
+    if all_ and not yes:
+        raise ConfigurationError(
+            "matrix.clean --all also removes what live runs use, on this engine, from any "
+            "checkout or host: add --yes to confirm"
+        )
+    removed, kept = pipeline.clean(runs, everything=all_)
+    for line in removed + kept:
+        print(line)
+    if not removed:
+        print("nothing to remove")
 
 
 @task(name="schema", help={"check": "only check that the committed schemas are current"})

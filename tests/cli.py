@@ -8,12 +8,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def invoke(*args, results_dir, timeout=120):
-    env = dict(os.environ, HVGATE_RESULTS=str(results_dir))
+def invoke(*args, results_dir, timeout=120, env=None):
+    environ = dict(os.environ, HVGATE_RESULTS=str(results_dir), **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
         cwd=ROOT,
-        env=env,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -39,3 +39,13 @@ class Interrupted(HvgateError):
     """Ctrl-C or SIGTERM; finished results are kept."""
 
     exit_code = 130
+
+
+class InputError(ConfigurationError):
+    """A file the tool reads back (results, history, lock, checkpoint) is malformed or hostile:
+    one line naming the file and the field; nothing has been written."""
+
+    def __init__(self, problem: str):
+        # The line may quote the file's own keys: it stays one line of printable text.
+        printable = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in problem[:1000])
+        super().__init__(printable)

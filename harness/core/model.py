@@ -30,6 +30,16 @@ SUITE_RE = re.compile(
     r"^(?:[a-z0-9]|\{codename\}|\{release\})(?:[a-z0-9./-]|\{codename\}|\{release\})*$"
 )
 URI_RE = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/@%+-]+$")
+# user:password@ in the authority: it would be written into a Dockerfile, an image layer, a
+# command line and logs, which every user of the engine can read.
+CREDENTIALS_RE = re.compile(r"^[a-z]+://[^/]*@")
+# Ubuntu Cloud Archive pockets and the Ubuntu series each is built for.
+CLOUD_ARCHIVE_POCKETS = {
+    **dict.fromkeys(("rocky", "stein", "train", "ussuri"), "bionic"),
+    **dict.fromkeys(("victoria", "wallaby", "xena", "yoga"), "focal"),
+    **dict.fromkeys(("zed", "antelope", "bobcat", "caracal"), "jammy"),
+    **dict.fromkeys(("dalmatian", "epoxy", "flamingo", "gazpacho"), "noble"),
+}
 IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
 
@@ -48,7 +58,29 @@ Name = Annotated[
 PackageName = Annotated[str, AfterValidator(_matches(DEB_PACKAGE_RE, "Debian package name"))]
 Codename = Annotated[str, AfterValidator(_matches(CODENAME_RE, "release codename"))]
 Suite = Annotated[str, AfterValidator(_matches(SUITE_RE, "suite (e.g. '{codename}-backports')"))]
-Uri = Annotated[str, AfterValidator(_matches(URI_RE, "http(s):// or file:// URI"))]
+
+
+def _uri(value: str) -> str:
+    if CREDENTIALS_RE.match(value):
+        # The value is not repeated: it holds a secret.
+        raise ValueError(
+            "a URI with credentials (user:password@) is not accepted: they would be written "
+            "into a Dockerfile, an image and logs; serve the archive without them"
+        )
+    return _matches(URI_RE, "http(s):// or file:// URI")(value)
+
+
+def _cloud_archive(value: str) -> str:
+    pocket = value.removesuffix("-proposed")
+    if pocket not in CLOUD_ARCHIVE_POCKETS:
+        raise ValueError(
+            f"unknown Cloud Archive pocket {value!r}{did_you_mean(pocket, CLOUD_ARCHIVE_POCKETS)}"
+            f"; known: {', '.join(CLOUD_ARCHIVE_POCKETS)}"
+        )
+    return value
+
+
+Uri = Annotated[str, AfterValidator(_uri)]
 ImageRef = Annotated[str, AfterValidator(_matches(IMAGE_REF_RE, "image reference"))]
 
 
@@ -119,7 +151,10 @@ class Source(Strict):
     stages_for: Name | None = None
     """The source whose pocket this one's versions reach next (-proposed stages for -updates):
     the report lists what is coming, beside the verdict of what gates use now."""
-    cloud_archive: Annotated[str, Field(pattern=r"^[a-z]+(?:-proposed)?$")] | None = None
+    cloud_archive: (
+        Annotated[str, Field(pattern=r"^[a-z]+(?:-proposed)?$"), AfterValidator(_cloud_archive)]
+        | None
+    ) = None
     """An Ubuntu Cloud Archive pocket, added by the distro's own `add-apt-repository cloud-archive:NAME`."""
     debs: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./+~-]+$")] | None = None
     """A directory of .deb files (a private or candidate build), relative to the repository
@@ -242,7 +277,7 @@ class Matrix(Strict):
         cls, pairs: tuple[Migration, ...], info: ValidationInfo
     ) -> tuple[Migration, ...]:
         specs = info.data.get("cells") or ()
-        ids = [spec.id or default_cell_id(spec) for spec in specs]
+        ids = {spec.id or default_cell_id(spec) for spec in specs}
         for index, pair in enumerate(pairs):
             for key, value in (("from", pair.from_), ("to", pair.to)):
                 if specs and value not in ids:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +117,6 @@ class SmokeJob:
     runs: int | None  # a fixed count of runs; None: the policy's sequential test decides
     accel_reason: str | None = None
     stop: threading.Event | None = None  # once set (an interrupt), no container starts
+    # The images this run built or found, by cell id: an upgrade migration's source comes from
+    # here first, not from the hvgate/cell:ID tag another checkout may have moved.
+    images: Mapping[str, str] = field(default_factory=dict)

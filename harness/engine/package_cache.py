@@ -9,15 +9,13 @@ remembers nothing."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import tempfile
+import secrets
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import docker
 import docker.errors
@@ -29,10 +27,12 @@ from ..core.paths import HOST_STATE, IMAGES
 from ..core.progress import say
 from ..core.text import one_line
 from . import client as eng
+from . import lease
 from .image_build import content_hash, docker_build
 
 RECIPE = IMAGES / "package-cache"
 NAME = "hvgate-package-cache"  # the container's and the volume's
+STATE_MUTEX = "hvgate-package-cache-state"
 LABEL_CACHE = f"{eng.LABEL}.cache"
 PORT = 3142
 MOUNT = "/var/cache/apt-cacher-ng"
@@ -46,8 +46,9 @@ FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException,
 class PackageCache:
     """The package cache of one engine for one run, started when the first build asks for it.
 
-    Several runs (of other checkouts or results directories) may share the container: each
-    holds a shared lock on a lease file while it uses it, and the last one to leave stops it."""
+    Several runs (of other checkouts, results directories or hosts) may share the container:
+    each holds a lease on the engine while it uses it (harness/engine/lease.py), and the last
+    one to leave stops it."""
 
     def __init__(self, client: docker.DockerClient, base_image: str, log_dir: Path):
         self.client = client
@@ -56,8 +57,7 @@ class PackageCache:
         self._lock = threading.Lock()
         self._asked = False
         self._proxy: str | None = None
-        self._lease: IO[bytes] | None = None
-        self._key: str | None = None
+        self._lease: lease.Lease | None = None
         # Once closed (the run's schedule is over, or interrupted), a build still going on
         # downloads directly and remembers nothing, as without a cache.
         self._closed = False
@@ -114,29 +114,24 @@ class PackageCache:
 
     # --- start and stop, under the engine's lock -----------------------------------------------
 
-    def _lock_file(self, what: str) -> IO[bytes]:
-        """A lock file of this engine, the same for every checkout on this host."""
-        if self._key is None:
-            info = self.client.info()
-            engine_id = "\0".join(str(info.get(k)) for k in ("ID", "Name", "DockerRootDir"))
-            self._key = hashlib.sha256(engine_id.encode()).hexdigest()[:12]
-        directory = Path(tempfile.gettempdir()) / "hvgate-package-cache"
-        directory.mkdir(exist_ok=True)
-        return open(directory / f"{self._key}.{what}", "ab")
-
     @contextlib.contextmanager
     def _state(self) -> Iterator[None]:
-        """Held while the container is started or stopped: a start never meets a stop."""
-        with self._lock_file("state") as state:
-            fcntl.flock(state, fcntl.LOCK_EX)
+        """Held while the container is started or stopped, by any run on this engine, from any
+        checkout or host: a start never meets a stop. A mutex on the engine itself."""
+        with lease.mutex(self.client, self.base_image, STATE_MUTEX):
             yield
 
     def _start(self) -> str:
         started = time.monotonic()
+        image = self._image()
         with self._state():
-            self._lease = self._lock_file("users")
-            fcntl.flock(self._lease, fcntl.LOCK_SH)
-            image = self._image()
+            # This run's lease as a user of the cache, on the engine: the last user stops it.
+            self._lease = lease.Lease(
+                self.client,
+                self.base_image,
+                f"hvgate-cache-user-{secrets.token_hex(6)}",
+                {lease.LABEL_CACHE_USER: "packages"},
+            )
             container = self._container(image)
             address = container.attrs["NetworkSettings"].get("IPAddress")
             if not address:
@@ -196,14 +191,10 @@ class PackageCache:
         return container
 
     def _alone(self) -> bool:
-        """Whether no other run holds a lease (asked under the state lock, so none can start)."""
+        """Whether no other run holds a lease on the cache (asked under the state mutex, so
+        none can start meanwhile)."""
         assert self._lease is not None
-        try:
-            fcntl.flock(self._lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(self._lease, fcntl.LOCK_SH)
-        return True
+        return set(lease.alive(self.client, lease.LABEL_CACHE_USER)) <= {self._lease.name}
 
     def _probe(self, image: str, address: str) -> None:
         """Waits until a container on the default network (where builds run) reaches the cache."""
@@ -227,21 +218,23 @@ class PackageCache:
         """Gives up this run's lease; the last user stops and removes the container."""
         if self._lease is None:
             return
-        lease, self._lease = self._lease, None
-        with self._state(), lease:
-            try:
-                fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # another run still builds through it
-            try:
-                container = self.client.containers.get(NAME)
-                container.stop(timeout=10)
-                container.remove(force=True)
-                say("package-cache", "stopped")
-            except docker.errors.NotFound:
-                pass
-            except FAILURES as exc:
-                say("package-cache", f"warning: could not stop {NAME}: {str(exc)[:200]}")
+        held, self._lease = self._lease, None
+        try:
+            with self._state():
+                others = set(lease.alive(self.client, lease.LABEL_CACHE_USER)) - {held.name}
+                held.release()
+                if others:
+                    return  # another run still builds through it
+                try:
+                    container = self.client.containers.get(NAME)
+                    container.stop(timeout=10)
+                    container.remove(force=True)
+                    say("package-cache", "stopped")
+                except docker.errors.NotFound:
+                    pass
+        except FAILURES as exc:
+            held.release()
+            say("package-cache", f"warning: could not stop {NAME}: {str(exc)[:200]}")
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -11,14 +12,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..core.errors import ConfigurationError
-from ..core.model import Cell, Matrix, expand
+from ..core.model import CLOUD_ARCHIVE_POCKETS, Cell, Matrix, expand
+from ..core.paths import OVERRIDES, ROOT
 from ..core.text import Loc, clip, did_you_mean, format_path
 from . import debs
 
-MAX_BYTES = 1_000_000
+MAX_BYTES = 4_000_000
 MAX_DEPTH = 32
-MAX_NODES = 100_000
+MAX_NODES = 500_000
 MAX_ID = 100
+TEMPLATE_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")  # CellSpec.template's grammar
 
 
 class _Tracker:
@@ -128,6 +131,93 @@ def _path_at(text: str, index: int) -> Loc:
     return loc
 
 
+# libyaml, when PyYAML has it: the one parse of a valid document, many times faster.
+FAST_LOADER: Any = getattr(yaml, "CSafeLoader", None)
+
+
+def _fast_compose(text: str) -> yaml.Node | None:
+    """The node tree from libyaml's events in one pass, composed here without recursion (so
+    that depth is checked as it goes); None when libyaml is not there or the document is not
+    plainly valid (too deep, not YAML, an unknown alias, characters YAML forbids): the slow
+    parser then says why, with the path."""
+    if FAST_LOADER is None or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return None
+    resolver = yaml.resolver.Resolver()  # SafeLoader's
+    anchors: dict[str, yaml.Node] = {}
+    stack: list[list[Any]] = []  # [collection node, pending mapping key or None]
+    root: yaml.Node | None = None
+    documents = 0
+    try:
+        for event in yaml.parse(text, Loader=FAST_LOADER):
+            node: yaml.Node
+            # libyaml's marks are of a type of its own, read the same way.
+            start: Any = event.start_mark
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    return None  # safe_load refuses a second document
+                continue
+            if isinstance(event, NODE_END):
+                node = stack.pop()[0]
+                node.end_mark = event.end_mark
+                if not stack:
+                    root = node
+                continue
+            if isinstance(event, yaml.AliasEvent):
+                if event.anchor not in anchors:
+                    return None
+                node = anchors[event.anchor]
+            elif isinstance(event, yaml.ScalarEvent):
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+                end: Any = event.end_mark
+                node = yaml.ScalarNode(tag, event.value, start, end, style=event.style)
+            elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                kind = (
+                    yaml.SequenceNode
+                    if isinstance(event, yaml.SequenceStartEvent)
+                    else yaml.MappingNode
+                )
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolver.resolve(kind, None, event.implicit)
+                node = kind(tag, [], start, None, flow_style=event.flow_style)
+            else:
+                continue
+            anchor = getattr(event, "anchor", None)
+            if anchor is not None and not isinstance(event, yaml.AliasEvent):
+                anchors[anchor] = node
+            if stack:
+                parent = stack[-1]
+                if isinstance(parent[0], yaml.SequenceNode):
+                    parent[0].value.append(node)
+                elif parent[1] is None:
+                    parent[1] = node
+                else:
+                    parent[0].value.append((parent[1], node))
+                    parent[1] = None
+            if isinstance(node, yaml.CollectionNode) and not isinstance(event, yaml.AliasEvent):
+                stack.append([node, None])
+                if len(stack) > MAX_DEPTH:
+                    return None
+            elif not stack:
+                root = node
+    except yaml.YAMLError:
+        return None
+    return root
+
+
+def _construct(root: yaml.Node | None, text: str) -> Any:
+    """The plain data of a composed document (safe_load's result, without parsing again)."""
+    if root is None:
+        return None
+    try:
+        return yaml.constructor.SafeConstructor().construct_document(root)
+    except yaml.YAMLError:
+        return yaml.safe_load(text)  # raises the same error, with marks the messages use
+
+
 class _Document:
     """The YAML node tree: line numbers for paths, and checks safe_load does not make."""
 
@@ -136,9 +226,13 @@ class _Document:
         self.lines: dict[Loc, int] = {}
         self.problems: list[str] = []
         self.tag_problems: list[str] = []
-        _scan(text, filename)
+        self.root = _fast_compose(text)
+        if self.root is None:
+            # The pure-Python parser knows each problem's path: it reports them.
+            _scan(text, filename)
         try:
-            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+            if self.root is None:
+                self.root = yaml.compose(text, Loader=yaml.SafeLoader)
         except RecursionError:
             raise ConfigurationError(
                 f"{filename}:1: (top level): the document is too deeply nested "
@@ -298,6 +392,10 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     for name, source in sources.items():
         if isinstance(source, dict) and "stages_for" in source:
             check(("sources", name, "stages_for"), source["stages_for"], sources, "source")
+            if source["stages_for"] == name:
+                problems.append(
+                    (("sources", name, "stages_for"), "a source cannot stage for itself")
+                )
     for index, cell in enumerate(cells):
         if not isinstance(cell, dict):
             continue
@@ -312,6 +410,30 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         ):
             problems.append(
                 (("cells", index, "source"), "a cloud_archive source needs an ubuntu base")
+            )
+        elif isinstance(base, dict) and isinstance(source, dict) and source.get("cloud_archive"):
+            pocket = str(source["cloud_archive"]).removesuffix("-proposed")
+            series = CLOUD_ARCHIVE_POCKETS.get(pocket)
+            if series and base.get("codename") != series:
+                problems.append(
+                    (
+                        ("cells", index, "source"),
+                        f"Cloud Archive pocket {pocket!r} is built for Ubuntu {series}, "
+                        f"not {clip(base.get('codename'))}",
+                    )
+                )
+        template = cell.get("template")
+        if (
+            isinstance(template, str)
+            and TEMPLATE_RE.fullmatch(template)
+            and not (OVERRIDES / template).is_file()
+        ):
+            problems.append(
+                (
+                    ("cells", index, "template"),
+                    f"no override template {template!r} in "
+                    f"{OVERRIDES.relative_to(ROOT) if OVERRIDES.is_relative_to(ROOT) else OVERRIDES}/",
+                )
             )
         check(("cells", index, "source"), cell.get("source", "release"), sources, "source")
         for component in ("libvirt", "qemu"):
@@ -328,7 +450,7 @@ def parse(text: str, filename: str = "matrix.yaml") -> tuple[Matrix, tuple[Cell,
     if doc.tag_problems:
         raise ConfigurationError(doc.tag_problems + doc.problems)
     try:
-        data = yaml.safe_load(text)
+        data = _construct(doc.root, text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = _path_at(text, mark.index) if mark else ()

@@ -6,15 +6,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 
-from ..core.errors import ConfigurationError
+from ..core import readback
+from ..core.errors import ConfigurationError, InputError
 from ..core.files import write_atomic
 from ..core.model import COMPONENT_PACKAGES, Cell, Name, PackageName, Strict, Version
+from ..core.text import one_line
+
+# Every version each cell's suites list: far more than the matrix itself, yet bounded.
+MAX_LOCK_BYTES = 16 * readback.MIB
 
 
 class LockedCell(Strict):
@@ -48,17 +54,17 @@ def read_lock(path: Path) -> Lock:
     """The lock file, or an empty lock when there is none; a malformed one is a clear error."""
     if not path.exists():
         return Lock()
+    hint = "regenerate it with `invoke matrix.resolve`"
     try:
-        data = json.loads(path.read_bytes())
+        data = readback.read_json(path, "lock file", MAX_LOCK_BYTES)
+    except InputError as exc:
+        raise InputError(f"{one_line(exc)} ({hint})") from None
+    try:
         return Lock.model_validate(data)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigurationError(
-                f"{path}: {where}: {first['msg']} (regenerate it with `invoke matrix.resolve`)"
-            ) from None
-        raise ConfigurationError(f"{path}: not a lock file: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(document)"
+        raise InputError(f"{path}: {where}: {one_line(first['msg'], 200)} ({hint})") from None
 
 
 def write_lock(path: Path, lock: Lock) -> None:
@@ -111,8 +117,8 @@ def apply_lock(cells: Iterable[Cell], lock: Lock, path: Path) -> tuple[Cell, ...
                     locked=tuple(sorted(locked.packages.items())),
                 )
             )
-    ids = [c.id for c in result]
-    twice = sorted({i for i in ids if ids.count(i) > 1})
+    counted = Counter(c.id for c in result)
+    twice = sorted(i for i, n in counted.items() if n > 1)
     if twice:
         raise ConfigurationError(f"{path}: cell ids {', '.join(twice)} occur twice; set `id:`")
     return tuple(result)

@@ -16,18 +16,55 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ..core.errors import ConfigurationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..core import readback
+from ..core.errors import ConfigurationError, InputError
 from ..core.files import write_atomic
 from ..core.model import Cell, Matrix
 from ..core.options import RESELECTING, RunOptions
 from ..core.progress import say
 from ..core.results import CellResult, RunResult
+from ..core.text import one_line
 from ..stages.render import render
 from .run_lock import RunLock, acquire
 
 RUNNING, INTERRUPTED, FINISHED = "running", "interrupted", "finished"
+MAX_STATE_BYTES = readback.MIB
+MAX_CELL_BYTES = 64 * readback.MIB
+OneLine = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class RunState(BaseModel):
+    """run.json: what --resume takes the run's matrix, selection and options from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    run_id: Annotated[str, Field(pattern=rf"^{readback.RUN_ID_RE.pattern}$")]
+    started: Annotated[str, Field(pattern=rf"^{readback.TIME_RE.pattern}$")]
+    state: Literal["running", "interrupted", "finished"]
+    matrix: OneLine
+    cells: OneLine | None = None
+    exclude: OneLine | None = None
+    accel: Literal["auto", "kvm", "tcg"] | None = None
+    runs: Annotated[int, Field(ge=1, le=1000)] | None = None
+    shard: Annotated[str, Field(pattern=r"^ *[0-9]+ */ *[0-9]+ *$")] | None = None
+    selected: list[Annotated[str, Field(pattern=rf"^{readback.CELL_ID_RE.pattern}$")]] = []
+
+
+def read_state(run_dir: Path) -> RunState:
+    """A run's run.json, checked; InputError naming the file and the field otherwise."""
+    path = run_dir / "run.json"
+    data = readback.read_json(path, "run state", MAX_STATE_BYTES)
+    try:
+        return RunState.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(document)"
+        raise InputError(f"{path}: {where}: {one_line(first['msg'], 200)}") from None
+
+
 # What write_atomic leaves behind when its process is killed between write and rename.
 STALE_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}$")
 
@@ -42,7 +79,7 @@ def resumed(opts: RunOptions) -> RunOptions:
         raise ConfigurationError(
             f"--resume: no interrupted run under {opts.results / 'runs'} to continue"
         )
-    stored = json.loads((run_dir / "run.json").read_text())
+    stored = read_state(run_dir)
     extra = [f"--{name}" for name in RESELECTING if getattr(opts, name) is not None]
     if extra:
         raise ConfigurationError(
@@ -51,12 +88,12 @@ def resumed(opts: RunOptions) -> RunOptions:
         )
     return dataclasses.replace(
         opts,
-        matrix=stored["matrix"],
-        cells=stored["cells"],
-        exclude=stored["exclude"],
-        accel=stored["accel"],
-        runs=stored["runs"],
-        shard=stored.get("shard"),
+        matrix=stored.matrix,
+        cells=stored.cells,
+        exclude=stored.exclude,
+        accel=stored.accel,
+        runs=stored.runs,
+        shard=stored.shard,
         resumed=run_dir.name,
     )
 
@@ -64,11 +101,10 @@ def resumed(opts: RunOptions) -> RunOptions:
 def latest_unfinished(results_dir: Path) -> Path | None:
     """The newest run (run ids sort by time) whose state is not finished."""
     for run_json in sorted((results_dir / "runs").glob("*/run.json"), reverse=True):
-        try:
-            if json.loads(run_json.read_text()).get("state") != FINISHED:
-                return run_json.parent
-        except (OSError, ValueError, AttributeError):
+        if not readback.RUN_ID_RE.fullmatch(run_json.parent.name):
             continue
+        if read_state(run_json.parent).state != FINISHED:
+            return run_json.parent
     return None
 
 
@@ -121,11 +157,15 @@ def start(
     if opts.resumed:
         run_id = opts.resumed
         run_dir = opts.run_dir(run_id)
-        stored = json.loads((run_dir / "run.json").read_text())
-        if stored.get("state") == FINISHED:
+        try:
+            stored = read_state(run_dir)
+        except InputError:
+            lock.release()
+            raise
+        if stored.state == FINISHED:
             lock.release()
             raise ConfigurationError(f"--resume: run {run_id} finished meanwhile")
-        started = stored["started"]
+        started = stored.started
         _sweep(run_dir)
         _sweep(run_dir / "cells")
         for cell in chosen:
@@ -153,13 +193,21 @@ def start(
 
 def _finished_cell(run_dir: Path, cell_id: str, expected: str) -> CellResult | None:
     path = run_dir / "cells" / f"{cell_id}.json"
-    try:
-        record = json.loads(path.read_text())
-        result = cell_from_json(record["result"])
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        say(cell_id, f"{path}: unreadable ({exc}); running the cell again")
+    try:
+        record = readback.read_json(path, "cell result", MAX_CELL_BYTES)
+        if not isinstance(record, dict) or not isinstance(record.get("result"), dict):
+            raise InputError(f"{path}: result: not an object")
+        readback.check_cell(record["result"], path)
+        result = cell_from_json(record["result"])
+        if result.id != cell_id:
+            raise InputError(f"{path}: result.id: {result.id} is not the file's cell")
+    except InputError as exc:
+        say(cell_id, f"{one_line(exc)}; running the cell again")
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        say(cell_id, f"{path}: unreadable ({one_line(exc, 200)}); running the cell again")
         return None
     if record.get("fingerprint") != expected:
         say(cell_id, "changed since the interrupted run (Dockerfile, scenarios or policy); again")
@@ -169,7 +217,7 @@ def _finished_cell(run_dir: Path, cell_id: str, expected: str) -> CellResult | N
 
 def _set_state(run_dir: Path, state: str) -> None:
     path = run_dir / "run.json"
-    data = json.loads(path.read_text())
+    data = read_state(run_dir).model_dump()
     data["state"] = state
     write_atomic(path, json.dumps(data, indent=1) + "\n")
 

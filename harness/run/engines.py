@@ -15,6 +15,7 @@ from ..core.options import SmokeJob
 from ..core.results import BuildResult, Found, SmokeRun
 from ..engine import client as eng
 from ..engine.bases import Bases
+from ..engine.lease import Leases
 from ..engine.package_cache import PackageCache, serving
 from ..stages.build import build_cell, build_guest, existing_image
 from ..stages.smoke import run_cell
@@ -28,6 +29,9 @@ class DockerEngine:
         self.name = name  # as the user gave it: a URL or a Docker context's name
         self.client = client
         self._bases: Bases | None = None
+        # The run's lease on this engine, taken before its first container (with that
+        # container's image): `matrix.clean` elsewhere keeps what a live run has.
+        self.leases = Leases(client)
 
     def __repr__(self) -> str:
         return f"DockerEngine({self.name!r})"
@@ -68,12 +72,14 @@ class DockerEngine:
         return serving(self.client, base_image, log_dir)
 
     def probe(self, job: SmokeJob) -> Found:
+        self.leases.hold(job.run_id, job.image)
         policy = job.matrix.policy
         return probe_accel(
             self.client, job.image, job.guest, policy, job.run_id, job.log_dir, job.stop
         )
 
     def smoke(self, job: SmokeJob) -> SmokeRun:
+        self.leases.hold(job.run_id, job.image)
         return run_cell(self.client, job)
 
     def cleanup(self, run_id: str) -> None:

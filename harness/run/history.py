@@ -10,11 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..core import readback
+from ..core.errors import InputError
 from ..core.progress import say
 from ..core.results import RunResult, Status
+from ..core.text import one_line
+from ..stages.publish import read_results
 from .checkpoint import FINISHED
 
 HISTORY = "history.jsonl"
+# Years of nightly runs of a large matrix.
+MAX_HISTORY_BYTES = 256 * readback.MIB
 # The statuses that judge libvirt and QEMU; the others say nothing about them, so a regression
 # or a fix is found against the last of these, not against an interrupted or unreachable run.
 VERDICTS = (Status.SAFE, Status.FLAKY, Status.BROKEN)
@@ -39,23 +45,26 @@ def lines_of(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read(path: Path) -> list[dict[str, Any]]:
-    """Every kept line, oldest first. A torn last line (a crash mid-write) is skipped, not fatal."""
+    """Every kept line, oldest first, each checked (InputError names the file, line and field).
+    A torn last line (a crash mid-write: no newline at its end) is skipped, not fatal."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
+        text = readback.read_text(path, "history", MAX_HISTORY_BYTES)
+    except InputError:
+        if not path.exists():
+            return []
+        raise
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    numbered = list(readback.lines(text))
+    for number, line in numbered:
         try:
-            entry = json.loads(line)
-            if not isinstance(entry, dict) or not {"run_id", "cell", "status"} <= entry.keys():
-                raise ValueError("not a history line")
-        except ValueError:
-            say("history", f"{path}:{number}: skipped a line that is not a history entry")
-            continue
-        entries.append(entry)
+            entry = readback.parse_json(line)
+        except ValueError as exc:
+            if number == numbered[-1][0] and not text.endswith("\n"):
+                say("history", f"{path}:{number}: skipped a torn last line")
+                continue
+            raise InputError(f"{path}:{number}: not a history line: {exc}") from None
+        readback.check_history_line(entry, f"{path}:{number}")
+        entries.append({"time": "", "versions": {}, **entry})
     return entries
 
 
@@ -87,10 +96,11 @@ def backfill(results_dir: Path) -> None:
         if not finished(results.parent):
             continue
         try:
-            data = json.loads(results.read_text())
-            runs.append((data["started"], data["run_id"], data))
-        except (OSError, ValueError, KeyError, TypeError):
-            say("history", f"{results}: not a results file; left out of the history")
+            data = read_results(results)
+        except InputError as exc:
+            say("history", f"left out of the history: {one_line(exc)}")
+            continue
+        runs.append((data["started"], data["run_id"], data))
     for _, _, data in sorted(runs, key=lambda run: (run[0], run[1])):
         append(path, data)
 

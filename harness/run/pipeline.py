@@ -31,12 +31,13 @@ from ..core.progress import say
 from ..core.results import BuildResult, CellResult, RunResult, Status
 from ..core.text import one_line
 from ..engine import client as eng
+from ..engine import lease
 from ..engine.bases import Bases, base_image_tag
 from ..engine.package_cache import PackageCache
 from ..engine.protocol import Engine
 from ..matrix.load import load
 from ..matrix.lockfile import apply_lock, changes, lock_path, merged, read_lock, write_lock
-from ..matrix.select import select
+from ..matrix.select import select, split_patterns
 from ..matrix.select import shard as take_shard
 from ..stages.formats import coming
 from ..stages.judge import judge_cell, not_run
@@ -79,14 +80,20 @@ def resolve(
     old = read_lock(path)
     engine = eng.client()
     bases = Bases(engine, matrix.bases, log_dir)
+    held: lease.Lease | None = None
     try:
         for name in dict.fromkeys(c.base_name for c in chosen):
             bases.ensure(name)  # apt answers in a container of the base image
+        # Its containers are labelled resolve-CELL: `matrix.clean` keeps them while it runs.
+        held = lease.run_lease(engine, "resolve-*", base_image_tag(chosen[0].base_name))
         entries = resolve_entries(engine, chosen)
     except KeyboardInterrupt:
         for cell in chosen:
             eng.remove_labelled(engine, f"resolve-{cell.id}")
         raise
+    finally:
+        if held is not None:
+            held.release()
     if check:
         return changes(old, entries)
     write_lock(path, merged(old, entries, keep=[c.id for c in all_cells]))
@@ -317,7 +324,15 @@ class Run(Images):
             runs=self.options.runs or self.matrix.policy.runs,
             accel_reason=reason,
             stop=self.stop,
+            images=self.images(engine),
         )
+
+    def images(self, engine: Engine) -> dict[str, str]:
+        """The cells' images this run has built or found so far (on this engine or another:
+        the smoke stage looks for them on its own)."""
+        with self.lock:
+            builds = list(self.builds.values())
+        return {b.cell_id: b.image for b in builds if b.ok and b.image}
 
     # --- the end ---------------------------------------------------------------------------------
 
@@ -377,6 +392,8 @@ def run(options: RunOptions, fleet: Fleet | None = None) -> tuple[RunResult, dic
     with its own options, without redoing its finished cells."""
     opts = checkpoint.resumed(options)
     matrix, chosen = selected(opts.matrix, opts.cells, opts.exclude, opts.shard)
+    # The history is read again to publish: a bad one is refused now, not after the run.
+    history.read(history.history_path(opts.results))
     render_all(chosen)
     fleet = fleet or Fleet.of(opts.engines)
     # One run per results directory; the lock is held until close() or the process's end.
@@ -402,5 +419,7 @@ def check_outcome(run_result: RunResult) -> None:
         raise UnsafeCells(f"not safe: {', '.join(unsafe)} (see results/latest.md)")
 
 
-def clean() -> list[str]:
-    return eng.remove_labelled(eng.client())
+def clean(runs: str | None = None, everything: bool = False) -> tuple[list[str], list[str]]:
+    """What `matrix.clean` removed and kept (see harness.engine.lease.clean)."""
+    patterns = split_patterns(runs) if runs else None
+    return lease.clean(eng.client(), patterns, everything)

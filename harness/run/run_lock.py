@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from ..core.errors import Busy
+from ..core.text import one_line
 
 LOCK_NAME = ".lock"
 
@@ -70,6 +71,7 @@ def _holder(text: str) -> str:
     try:
         facts = json.loads(text)
         run = f" run {facts['run_id']}," if facts.get("run_id") else ""
-        return f" ({facts['task']},{run} pid {facts['pid']}, since {facts['since']})"
+        # Another process wrote it: it stays one line of the message, however it was written.
+        return " " + one_line(f"({facts['task']},{run} pid {facts['pid']}, since {facts['since']})")
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import re
+import secrets
 import tarfile
 import time
 from pathlib import Path
@@ -93,7 +94,9 @@ def build_cell(
         return _remembered(cell, known)
     started = time.monotonic()
     say(cell.id, f"building {tag}")
-    unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}"
+    # Unique to this build: two runs (of any checkout or host) building the cell at once never
+    # label or remove each other's image; the shared tags are set once the image is whole.
+    unlabelled = f"hvgate/cell-unlabelled:{cell.id}-{digest}-{secrets.token_hex(4)}"
     ok, lines = _build(engine, cell, context, unlabelled, log_path, timeout, cache)
     if not ok:
         return _failed(cell, tag, lines, log_path, time.monotonic() - started, cache)

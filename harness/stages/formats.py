@@ -218,7 +218,7 @@ def notes(data: dict[str, Any]) -> list[str]:
     lines = []
     for cell in data["cells"]:
         if cell.get("reason"):
-            lines.append(f"`{cell['id']}` {cell['status']}: {cell['reason']}")
+            lines.append(f"`{cell['id']}` {cell['status']}: {flat(cell['reason'])}")
         if change(cell):
             since = (cell.get("history") or {}).get("previous")
             lines.append(
@@ -226,7 +226,7 @@ def notes(data: dict[str, Any]) -> list[str]:
             )
         for scenario in cell.get("scenarios", []):
             if scenario.get("status") != "safe" and scenario.get("decision"):
-                lines.append(f"`{cell['id']}` {scenario['name']}: {scenario['decision']}")
+                lines.append(f"`{cell['id']}` {scenario['name']}: {flat(scenario['decision'])}")
         if summary := failure_summary(cell, code_md):
             lines.append(f"`{cell['id']}` {summary}")
         for scenario in cell.get("scenarios", []):
@@ -292,7 +292,7 @@ def coming_lines(data: dict[str, Any]) -> list[str]:
         )
         now = f"now {entry['target_status']} in `{entry['target']}`"
         flag = "**REGRESSION** " if entry["regression"] else ""
-        what = moved or f"not read: {entry['reason'] or 'no versions'}"
+        what = moved or f"not read: {flat(entry['reason'] or 'no versions')}"
         lines.append(f"{flag}`{entry['cell']}` ({entry['status']}; {now}): {what}")
     return lines
 
@@ -320,7 +320,7 @@ def markdown(data: dict[str, Any]) -> str:
             ]
         )
     lines = ["| " + " | ".join(cell_md(v) for v in row) + " |" for row in rows]
-    text = f"Run `{data['run_id']}`, {data['started']} – {data['finished']}.\n\n"
+    text = f"Run {code_md(data['run_id'])}, {flat(data['started'])} – {flat(data['finished'])}.\n\n"
     if staged := coming_lines(data):
         text += "Coming to your gate (in a staging pocket, not yet in the one gates use):\n\n"
         text += "\n".join(f"- {line}" for line in staged) + "\n\n"
@@ -339,6 +339,11 @@ def markdown(data: dict[str, Any]) -> str:
     if lines := notes(data):
         text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     return text
+
+
+def flat(value: object) -> str:
+    """Text on one line: a line break in a value never starts a Markdown heading or row."""
+    return " ".join(str(value).split())
 
 
 def cell_md(value: object) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,14 +158,20 @@ def _serve(container: Any) -> dict[str, Any]:
     return dict(info)
 
 
-def cell_image(engine: docker.DockerClient, cell_id: str) -> str | None:
-    """The newest image built for a cell (`matrix.build` tags it hvgate/cell:ID), or None."""
-    tag = f"hvgate/cell:{cell_id}"
-    try:
-        engine.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return None
-    return tag
+def cell_image(
+    engine: docker.DockerClient, cell_id: str, images: Mapping[str, str] | None = None
+) -> str | None:
+    """The cell's image: the one this run built or found (`images`), else the newest built
+    for it by any checkout (`matrix.build` tags it hvgate/cell:ID), if the engine has it."""
+    for tag in ((images or {}).get(cell_id), f"hvgate/cell:{cell_id}"):
+        if tag is None:
+            continue
+        try:
+            engine.images.get(tag)
+        except docker.errors.ImageNotFound:
+            continue
+        return tag
+    return None
 
 
 def pairs_into(matrix: Matrix, cell_id: str) -> list[Migration]:
@@ -178,6 +184,7 @@ def upgrades(
     matrix: Matrix,
     cell: Cell,
     run_source: Callable[[Cell, str], tuple[SmokeReport | None, str | None]],
+    images: Mapping[str, str] | None = None,
 ) -> SmokeReport | None:
     """Adds the upgrade migrations into `cell` to its smoke report, as scenario
     `upgrade-migration`: `run_source(older cell, its image)` runs the older cell's container
@@ -195,7 +202,7 @@ def upgrades(
         say(cell.id, f"{UPGRADE} not applicable: {reason}")
 
     for pair in pairs:
-        image = cell_image(engine, pair.from_)
+        image = cell_image(engine, pair.from_, images)
         if image is None:
             not_applicable(
                 f"from {pair.from_}: its image is not built "

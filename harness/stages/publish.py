@@ -10,16 +10,20 @@ from typing import Any
 
 import pydantic
 
-from ..core.errors import ConfigurationError
+from ..core import readback
+from ..core.errors import ConfigurationError, InputError
 from ..core.files import write_atomic
 from ..core.paths import ROOT
 from ..core.results import FORMAT, RunResult
+from ..core.text import clip, one_line
 from .formats import html, junit, markdown, step_summary
 
 __all__ = ["markdown", "publish", "read_results", "report"]
 
 RESULTS_SCHEMA_PATH = ROOT / "results.schema.json"
 ADAPTER = pydantic.TypeAdapter(RunResult)
+# A results document of 20,000 cells with their logs stays well below this.
+MAX_RESULTS_BYTES = 256 * readback.MIB
 
 # Each format's file name after the document's stem: latest.json -> latest.md, latest.html, ...
 SUFFIXES = {"markdown": ".md", "html": ".html", "junit": ".junit.xml"}
@@ -83,8 +87,8 @@ def stored_results(
     if results_dir is None:
         raise TypeError("stored_results: a results directory is needed without an input path")
     if run_id:
-        if not run_id.strip() or Path(run_id).name != run_id:
-            raise ConfigurationError(f"--run {run_id!r}: not a run id (see results/runs/)")
+        if not readback.RUN_ID_RE.fullmatch(run_id):
+            raise ConfigurationError(f"--run {clip(run_id)}: not a run id (see results/runs/)")
         path = results_dir / "runs" / run_id / "results.json"
         if not path.is_file():
             raise ConfigurationError(f"--run {run_id}: no results at {path}")
@@ -94,25 +98,16 @@ def stored_results(
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """A stored results document, checked against this version's format; ConfigurationError
-    (one line naming the file and the problem) when it is not one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigurationError(f"{path}: no such results file") from None
-    except UnicodeDecodeError:
-        raise ConfigurationError(f"{path}: not UTF-8 text, not a results document") from None
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
+    """A stored results document, checked against this version's format, its types and the
+    grammars of its values; InputError (one line naming the file and the field) when it is not
+    one."""
+    data = readback.read_json(path, "results file", MAX_RESULTS_BYTES)
     if not isinstance(data, dict) or "cells" not in data:
-        raise ConfigurationError(f"{path}: not an hvgate results document (no `cells`)")
+        raise InputError(f"{path}: not an hvgate results document (no `cells`)")
     if data.get("format") != FORMAT:
-        raise ConfigurationError(
-            f"{path}: results format {data.get('format')!r}; this hvgate reads format {FORMAT}"
+        raise InputError(
+            f"{path}: results format {clip(data.get('format'), 20)}; this hvgate reads format "
+            f"{FORMAT}"
         )
     try:
         ADAPTER.validate_python(data)
@@ -120,9 +115,10 @@ def read_results(path: Path) -> dict[str, Any]:
         errors = exc.errors()
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigurationError(
-            f"{path}: {location(first['loc'])}: {first['msg']}{more}"
+        raise InputError(
+            f"{path}: {location(first['loc'])}: {one_line(first['msg'], 200)}{more}"
         ) from None
+    readback.check_results(data, path)
     return data
 
 

@@ -97,7 +97,7 @@ def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
         )
         return done.report, done.error
 
-    report = upgrades(smoke.report, engine, job.matrix, job.cell, older)
+    report = upgrades(smoke.report, engine, job.matrix, job.cell, older, job.images)
     return dataclasses.replace(smoke, report=report)
 
 

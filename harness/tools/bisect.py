@@ -8,7 +8,6 @@ again. The verdict of a step is the scenario's sequential-test verdict under the
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import subprocess
@@ -21,13 +20,14 @@ from typing import Any
 import yaml
 from debian.debian_support import Version
 
-from ..core.errors import ConfigurationError, UnsafeCells
+from ..core.errors import ConfigurationError, InputError, UnsafeCells
 from ..core.model import COMPONENT_PACKAGES, DEB_VERSION_RE, SCENARIOS, version_slug
 from ..core.options import RESULTS_ENV
 from ..core.paths import ROOT
 from ..core.progress import say
 from ..matrix.load import load
 from ..matrix.lockfile import lock_path, read_lock
+from ..stages.publish import read_results
 from ..stages.render import source_suite
 
 FAILING = ("flaky", "broken")
@@ -144,9 +144,9 @@ def run_step(
     )
     (directory / "run.log").write_text(done.stdout + done.stderr)
     try:
-        data = json.loads((directory / "results" / "latest.json").read_text())
+        data = read_results(directory / "results" / "latest.json")
         (cell,) = data["cells"]
-    except (OSError, ValueError):
+    except (InputError, ValueError):
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return Step(candidate, "error", f"the run failed: {last}", directory)
     found = [s for s in cell.get("scenarios", []) if s["name"] == scenario]

@@ -143,6 +143,7 @@ def merge_files(
     out_dir (its JSON and every format, and its place in out_dir's history)."""
     documents = [(str(path), read_results(path)) for path in inputs(specs)]
     run = RunResult.from_json(json.loads(json.dumps(merge(documents, order))))
+    history.read(history.history_path(out_dir))  # a bad history is refused before any write
     lock = acquire(out_dir, "matrix.merge")  # not while a run writes to the same directory
     try:
         return history.record(run, lambda result: publish(result, out_dir), out_dir)

@@ -209,7 +209,17 @@ def evidence(pin: Pin, plan: Plan) -> list[str]:
     return lines
 
 
+# A line break inside a comment line would start a line apt or the shell reads.
+BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def header(pin: Pin, plan: Plan, what: str, command: str) -> list[str]:
+    """The comment lines every pin file starts with, each one line whatever it quotes (a path
+    given on the command line)."""
+    return [BREAKS.sub(" ", line) for line in _header(pin, plan, what, command)]
+
+
+def _header(pin: Pin, plan: Plan, what: str, command: str) -> list[str]:
     cell = pin.cell
     return [
         f"{what}: libvirt and QEMU as hvgate found them safe on {cell['distro']} {cell['release']} "

@@ -57,13 +57,19 @@ def _default_id(cell: dict) -> str:
 
 
 class LiveRun:
-    def __init__(self, *args: str, results_dir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str,
+        results_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ):
         self.lines: list[str] = []
         self.stdout = ""
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "invoke", *args],
-            cwd=ROOT,
+            cwd=cwd,  # its tasks.py and harness/ are that checkout's
             env=dict(os.environ, HVGATE_RESULTS=str(results_dir), **(env or {})),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

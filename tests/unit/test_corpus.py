@@ -161,3 +161,13 @@ def test_a_download_cut_short_by_a_full_disk_is_not_blamed_on_the_archive(cell):
     ]
     status, reason = diagnose(lines, cell)
     assert status == "failed" and reason.startswith("the build ran out of disk space")
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in MATRIX_CASES if c.stem.startswith("credentials-")], ids=lambda c: c.stem
+)
+def test_credentials_in_a_uri_are_refused_without_being_repeated(case):
+    with pytest.raises(ConfigurationError) as info:
+        load(case)
+    assert "credentials" in str(info.value)
+    assert "s3cret" not in str(info.value) and "builder" not in str(info.value)

@@ -335,3 +335,12 @@ def test_a_bad_flag_is_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch
     done = cli.invoke(*args, results_dir=tmp_path / "results")
     assert (done.returncode, done.stdout, done.stderr) == (2, "", line + "\n")
     assert not (tmp_path / "results").exists()
+
+
+def test_clean_all_needs_a_confirmation(tmp_path, monkeypatch):
+    # Refused before the engine is asked: no engine here, and the exit code is 2, not 3.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    done = cli.invoke("matrix.clean", "--all", results_dir=tmp_path)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: matrix.clean --all") and "--yes" in line

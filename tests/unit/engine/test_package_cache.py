@@ -3,7 +3,7 @@ remembered 'unavailable' outcomes. tests/integration/test_package_cache.py uses 
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import io
 import tarfile
 import threading
@@ -43,19 +43,30 @@ class StubContainers:
 
 
 class StubClient:
-    def __init__(self, engine_id: str = "engine") -> None:
-        self.containers = StubContainers()
-        self.engine_id = engine_id
+    """An engine's cache container and the users' leases running on it."""
 
-    def info(self) -> dict[str, str]:
-        return {"ID": self.engine_id, "Name": "host", "DockerRootDir": "/var/lib/docker"}
+    def __init__(self) -> None:
+        self.containers = StubContainers()
+        self.leases: set[str] = set()
+
+
+class StubLease:
+    def __init__(self, client: StubClient, name: str) -> None:
+        self.client, self.name = client, name
+        client.leases.add(name)
+
+    def release(self) -> None:
+        self.client.leases.discard(self.name)
 
 
 @pytest.fixture(autouse=True)
 def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(cache, "UNAVAILABLE", tmp_path / "unavailable")
+    # The engine's leases and state mutex, as the stub engine keeps them.
+    monkeypatch.setattr(
+        cache.lease, "alive", lambda client, label: dict.fromkeys(client.leases, "packages")
+    )
+    monkeypatch.setattr(cache.lease, "mutex", lambda *args: contextlib.nullcontext())
 
 
 def test_switched_off_by_flag_or_environment() -> None:
@@ -127,8 +138,7 @@ def test_a_closed_cache_remembers_nothing_and_sends_no_proxy(
 
 def lease(pc: cache.PackageCache) -> None:
     """What _start does about leases, without an engine."""
-    pc._lease = pc._lock_file("users")
-    fcntl.flock(pc._lease, fcntl.LOCK_SH)
+    pc._lease = StubLease(pc.client, f"user-{id(pc)}")  # type: ignore[assignment, arg-type]
 
 
 def test_the_last_run_to_leave_stops_the_container() -> None:
@@ -148,7 +158,7 @@ def test_the_last_run_to_leave_stops_the_container() -> None:
 
 
 def test_leases_are_per_engine() -> None:
-    one, other = StubClient("one"), StubClient("other")
+    one, other = StubClient(), StubClient()
     a = cache.PackageCache(one, "base", Path("/tmp"))  # type: ignore[arg-type]
     b = cache.PackageCache(other, "base", Path("/tmp"))  # type: ignore[arg-type]
     lease(a)
@@ -211,7 +221,9 @@ def test_builds_reach_the_cache_by_build_arg_only(
     # The same Dockerfile and context, so the same content hash and image tag.
     assert dockerfile_of(without) == dockerfile_of(through)
     assert PROXY not in dockerfile_of(through)
-    assert through["tag"] == without["tag"]
+    # The build's temporary tag ends in a token of its own; the content hash before it is shared.
+    assert through["tag"].rsplit("-", 1)[0] == without["tag"].rsplit("-", 1)[0]
+    assert through["tag"] != without["tag"]
     # The proxy's answer for a host that does not resolve reads as apt's own.
     assert (
         direct.reason

@@ -88,7 +88,7 @@ def test_ids_that_collide_after_expansion_are_refused(cell_by_id, tmp_path):
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (b"{", "not a lock file"),
+        (b"{", "not JSON"),
         (b"\xff\xfe", "not a lock file"),
         (b'{"format": 2}', "format"),
         (b'{"format": 1, "cells": {"x": {"fingerprint": "nothex"}}}', "cells.x.fingerprint"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigurationError
+from harness.core.errors import ConfigurationError, InputError
 from harness.core.options import RunOptions
 from harness.core.results import Status
 from harness.run import checkpoint
@@ -121,3 +121,36 @@ def test_temporary_files_of_a_killed_writer_are_swept(tmp_path, unit_matrix):
     start(tmp_path, unit_matrix, opts).lock.release()
     assert [p.exists() for p in stale] == [False, False]
     assert all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"matrix": "m.yaml\n## FORGED"}, "matrix"),
+        ({"accel": "kvm; reboot"}, "accel"),
+        ({"selected": ["../x"]}, "selected.0"),
+        ({"forged": 1}, "forged"),
+    ],
+)
+def test_a_tampered_run_state_is_refused_in_one_line(tmp_path, unit_matrix, change, field):
+    first = start(tmp_path, unit_matrix)
+    first.lock.release()
+    path = first.run_dir / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(InputError) as info:
+        checkpoint.resumed(resuming(tmp_path))
+    assert str(info.value).startswith(f"{path}: {field}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_a_tampered_cell_result_is_run_again(tmp_path, unit_matrix, cell_by_id):
+    first = start(tmp_path, unit_matrix)
+    first.keep(not_run(cell_by_id["debian-12-release"], "x"))
+    path = first.run_dir / "cells" / "debian-12-release.json"
+    record = json.loads(path.read_text())
+    record["result"]["source"] = "../../FORGED"
+    path.write_text(json.dumps(record))
+    first.lock.release()
+    again = start(tmp_path, unit_matrix, checkpoint.resumed(resuming(tmp_path)))
+    again.lock.release()
+    assert again.finished == {}

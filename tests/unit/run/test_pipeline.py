@@ -14,7 +14,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from harness.core.errors import EngineError, Interrupted
+from harness.core.errors import EngineError, InputError, Interrupted
 from harness.core.options import RunOptions, SmokeJob
 from harness.core.results import Found, Status
 from harness.engine.protocol import Engine
@@ -381,3 +381,12 @@ def test_matrix_build_builds_each_cell_once_through_the_package_cache(fake, jobs
 def test_the_engines_follow_the_protocol(fake):
     assert isinstance(fake, Engine)
     assert isinstance(DockerEngine("default", client=object()), Engine)  # type: ignore[arg-type]
+
+
+def test_a_bad_history_is_refused_before_the_run_does_anything(fake):
+    fake.results.mkdir(parents=True)
+    (fake.results / "history.jsonl").write_text('{"run_id": "r1", "cell": "x", "status": 5}\n')
+    with pytest.raises(InputError, match=r"history.jsonl:1: status: 5 is not a status"):
+        run(fake)
+    assert fake.events == []
+    assert sorted(p.name for p in fake.results.iterdir()) == ["history.jsonl"]

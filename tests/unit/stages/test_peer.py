@@ -446,3 +446,31 @@ def test_the_call_is_split_at_the_start_of_the_transfer(migration):
     watch = migration.JobWatch(object(), 120)
     watch.started, watch.transfer_started, watch.ended = 100.0, 141.0, 141.3
     assert watch.figures() == {"call_s": 41.3, "transfer_s": 0.3, "before_transfer_s": 41.0}
+
+
+def test_the_older_image_is_the_runs_own_before_the_shared_tag():
+    class Images:
+        def __init__(self, present):
+            self.present = present
+
+        def get(self, tag):
+            if tag not in self.present:
+                raise docker.errors.ImageNotFound(tag)
+
+    class Engine:
+        def __init__(self, *present):
+            self.images = Images(present)
+
+    mine = "hvgate/cell:debian-12-release-0123456789abcdef"
+    shared = "hvgate/cell:debian-12-release"
+    # Another checkout may have moved the shared tag to an image of its own.
+    assert (
+        migrate.cell_image(Engine(mine, shared), "debian-12-release", {"debian-12-release": mine})
+        == mine
+    )
+    # Built on another engine of the run: this engine's newest image of the cell, if any.
+    assert (
+        migrate.cell_image(Engine(shared), "debian-12-release", {"debian-12-release": mine})
+        == shared
+    )
+    assert migrate.cell_image(Engine(), "debian-12-release", {"debian-12-release": mine}) is None

@@ -360,7 +360,8 @@ def test_pin_refuses_a_version_that_could_break_out_of_its_file(tmp_path):
     path = tmp_path / "in.json"
     path.write_text(json.dumps(document(cell("x", versions=bad))))
     with pytest.raises(
-        ConfigurationError, match="cell x: 'libvirt-daemon' '9.0\\\\nPackage: \\*' is not"
+        ConfigurationError,
+        match="cells\\[0\\].versions.libvirt-daemon: '9.0\\\\nPackage: \\*' is not a Debian version",
     ):
         pins.pin(None, str(path), str(tmp_path / "out"), None, tmp_path)
     assert not (tmp_path / "out").exists()
@@ -388,3 +389,15 @@ def test_pin_task_with_an_unknown_run_exits_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: --run nope: no ")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_line_break_in_the_input_path_stays_in_its_comment(tmp_path):
+    # The path is the user's, not the file's: it is quoted in each file's evidence lines.
+    folder = tmp_path / "a\nPackage: FORGED\nPin: version 0\n"
+    folder.mkdir()
+    path = folder / "in.json"
+    path.write_text(json.dumps(document(cell("x"))))
+    _, written = pins.pin(None, str(path), str(tmp_path / "out"), None, tmp_path)
+    for target in written:
+        forged = [line for line in target.read_text().splitlines() if "FORGED" in line]
+        assert forged and all(line.startswith(("#", ' "comment"', '  "')) for line in forged)
