@@ -422,7 +422,9 @@ def test_cloud_archive_through_a_mirror(matrix_text, cells_of, trusted, keyring)
     assert cloud_archive_pockets(dockerfile) == []
     assert "software-properties-common" not in dockerfile
     (line,) = run_lines(dockerfile, "/opt/hvgate/bin/add-apt-source")
-    expected = f"/opt/hvgate/bin/add-apt-source cloud-archive-epoxy noble-updates/epoxy main {mirror}"
+    expected = (
+        f"/opt/hvgate/bin/add-apt-source cloud-archive-epoxy noble-updates/epoxy main {mirror}"
+    )
     assert line == "RUN " + expected + (" trusted=yes" if trusted else "")
     assert ("ubuntu-cloud-keyring" in dockerfile) == keyring
     if keyring:
