@@ -141,6 +141,7 @@ def matrix(archive, tmp_path_factory):
             f"""\
             bases:
               ubuntu-24.04: {{distro: ubuntu, release: "24.04", codename: noble}}
+              debian-12: {{distro: debian, release: "12", codename: bookworm}}
             sources:
               cloud-archive-epoxy:
                 cloud_archive: epoxy
@@ -153,6 +154,7 @@ def matrix(archive, tmp_path_factory):
             scenarios: [boot]
             policy: {{unsafe_failure_rate: 0.5, confidence: 0.8, max_runs: 8}}
             accel: tcg
+            guest: {{base: debian-12}}
             """
         )
     )
@@ -171,6 +173,7 @@ def test_the_archive_is_laid_out_like_the_cloud_archive(archive):
 @pytest.fixture(scope="module")
 def resolved(engine, matrix, results_dir):
     done = invoke("matrix.resolve", "--matrix", str(matrix), results_dir=results_dir, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     return done, json.loads(matrix.with_suffix(".lock.json").read_text())
 
 

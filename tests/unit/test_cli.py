@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 
+import invoke
 import pytest
+from invoke.program import Program
 
 from harness.core import errors
 from tests import cli
@@ -239,3 +241,13 @@ def test_the_readme_table_of_exit_codes_is_the_code():
         if isinstance(cls, type) and issubclass(cls, errors.HvgateError)
     }
     assert documented == {0} | codes
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_invoke_help_works_on_every_task(capsys, name):
+    """`invoke --help TASK` through Invoke's own Program, which loads tasks.py as `invoke` does."""
+    program = Program(version=invoke.__version__, binary="inv[oke]", binary_names=["invoke", "inv"])
+    with pytest.raises(SystemExit) as info:
+        program.run(["invoke", "-r", str(cli.ROOT), "--help", f"matrix.{name}"])
+    assert info.value.code in (0, None)
+    assert capsys.readouterr().out.startswith(f"Usage: inv[oke] [--core-opts] matrix.{name} ")
