@@ -50,8 +50,8 @@ def commands(scripts):
 
 def test_actionlint_accepts_the_workflow():
     actionlint = shutil.which("actionlint")
-    assert actionlint, "actionlint is a test dependency: pip install -e '.[test]'"
-    assert shutil.which("shellcheck"), "shellcheck is a test dependency: pip install -e '.[test]'"
+    assert actionlint, "actionlint is a test dependency: scripts/install --test"
+    assert shutil.which("shellcheck"), "shellcheck is a test dependency: scripts/install --test"
     done = subprocess.run(
         [actionlint, "-verbose", str(WORKFLOW)],
         capture_output=True,

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -105,3 +106,68 @@ def test_the_playbooks_pass_ansibles_syntax_check(tmp_path):
             cwd=tmp_path,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("code", "change", "fails", "message"),
+    [
+        (0, None, False, None),
+        (1, "fix", False, None),  # a finding alone: the table shows it
+        (1, "regression", True, "regressions: c1"),
+        (2, None, True, "exited 2 (bad input)"),
+        (3, None, True, "exited 3 (the tool failed)"),
+        (130, None, True, "exited 130 (interrupted)"),
+    ],
+)
+def test_the_role_fails_on_a_tool_failure_or_a_regression(tmp_path, code, change, fails, message):
+    """The role's verdict (tasks/judge.yaml) run by ansible-playbook on a run's exit code and
+    results as the run step leaves them."""
+    results = tmp_path / "results"
+    results.mkdir()
+    cells = [{"id": "c1", "status": "flaky", "history": {"change": change} if change else None}]
+    (results / "latest.json").write_text(json.dumps({"cells": cells}))
+    variables = {
+        "hvgate_run": {"rc": code, "stderr_lines": ["error: something"]},
+        "hvgate_latest": {"stat": {"exists": True}},
+        "hvgate_results_dir": str(results),
+        "hvgate_become": False,
+        "ansible_python_interpreter": sys.executable,
+    }
+    playbook = tmp_path / "judge.yaml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": "localhost",
+                    "connection": "local",
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "ansible.builtin.include_role": {
+                                "name": "hvgate",
+                                "tasks_from": "judge.yaml",
+                            }
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    done = subprocess.run(
+        [
+            shutil.which("ansible-playbook") or "ansible-playbook",
+            "-i",
+            "localhost,",
+            "-e",
+            json.dumps(variables),
+            str(playbook),
+        ],
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(cli.ROOT / "roles"), "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert (done.returncode != 0) == fails, done.stdout[-3000:]
+    if message:
+        assert message in done.stdout
