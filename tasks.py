@@ -1,4 +1,6 @@
-"""hvgate tasks: `invoke --list`, `invoke --help matrix.run`. Each task calls one function of harness/."""
+"""hvgate tasks: `hvgate --list`, `hvgate --help matrix.run` (or the same with `invoke`). Each task
+calls one function of harness/; `main` is the `hvgate` command, Invoke's Program with the tool's
+exit codes for every failure, its usage errors included."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from invoke.collection import Collection
-from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.exceptions import Exit, ParseError
+from invoke.program import Program
+from invoke.tasks import Task
+from invoke.tasks import task as invoke_task
 
 from harness.core.errors import ConfigurationError, HvgateError, UnsafeCells
 from harness.core.options import (
@@ -24,6 +29,8 @@ from harness.core.options import (
     results_dir,
     runs_flag,
 )
+from harness.core.paths import ROOT
+from harness.core.text import one_line
 from harness.matrix.schema import write_schema
 from harness.matrix.select import parse_shard
 from harness.run import pipeline
@@ -34,7 +41,10 @@ from harness.tools.diff import diff, load_run
 from harness.tools.merge import merge_files
 from harness.tools.pin import pin
 
-MATRIX = "matrix.yaml"
+# The checkout's matrix wherever the tasks are run from (`invoke -r DIR`, `hvgate` anywhere).
+MATRIX = "matrix.yaml" if Path.cwd() == ROOT else str(ROOT / "matrix.yaml")
+# Short flags, the same in every task that has the flag; -h is always --help.
+SHORT_FLAGS = {"matrix": "m", "cells": "c", "exclude": "x", "jobs": "j", "out": "o", "input": "i"}
 SELECT_HELP = {
     "matrix": f"the matrix file (default: {MATRIX})",
     "cells": "comma-separated shell patterns of cell ids to include, e.g. 'debian-12*' (default: all)",
@@ -50,18 +60,57 @@ ENGINES_HELP = {
 }
 
 
+class FlagsTask(Task):
+    """A task whose short flags come from SHORT_FLAGS rather than from each name's first free
+    letter, which made -h mean --shard in one task and --check in another."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "auto_shortflags": False})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # `--dry` asks Invoke to echo shell commands instead of running them; these tasks run
+        # none, so they would do their real work: refused before any.
+        if args and args[0] is not None and args[0].config.run.dry:
+            raise Exit(
+                f"error: --dry: matrix.{self.name} runs no shell command to echo; "
+                "`matrix.list` shows the cells a run would take",
+                code=ConfigurationError.exit_code,
+            )
+        return super().__call__(*args, **kwargs)
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Any]:
+        # Invoke pops each flag's help as it builds the flags: kept for the next parser.
+        kept = dict(self.help)
+        try:
+            return super().get_arguments(ignore_unknown_help)
+        finally:
+            self.help = kept
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"] = [*opts["names"], SHORT_FLAGS[name]]
+        return opts
+
+
+task = functools.partial(invoke_task, klass=FlagsTask)
+
+
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 def reported(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns the tool's errors into one clear message and its exit code; never a traceback."""
+    """Turns every failure into one clear message and its exit code; never a traceback: the
+    tool's errors carry their code, anything else is the tool failing (3)."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         signal.signal(signal.SIGTERM, _sigterm)
         try:
             return function(*args, **kwargs)
+        except Exit:
+            raise
         except HvgateError as exc:
             lines = str(exc).splitlines() or [type(exc).__name__]
             if exc.exit_code != 1:  # a failure of the tool or of the input, not a verdict
@@ -69,6 +118,8 @@ def reported(function: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit("\n".join(lines), code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except Exception as exc:
+            raise Exit(f"error: {type(exc).__name__}: {one_line(exc)}", code=3) from None
 
     return wrapper
 
@@ -278,14 +329,14 @@ def resolve_task(c, matrix=MATRIX, cells=None, exclude=None, check=False):
     help={
         "run": "a stored run's id, read from results/runs/RUN_ID/results.json",
         "input": "a results JSON file to read (default: results/latest.json)",
-        "output": "the directory to write to (default: the input's own)",
+        "out": "the directory to write to (default: the input's own)",
     },
 )
 @reported
-def report_task(c, run=None, input=None, output=None):
+def report_task(c, run=None, input=None, out=None):
     """Render the Markdown, HTML and JUnit results again from a stored results JSON; runs nothing."""
     where = results_dir(os.environ)
-    for path in report(run_id=run, input_path=input, output_dir=output, results_dir=where).values():
+    for path in report(run_id=run, input_path=input, output_dir=out, results_dir=where).values():
         print(path)
 
 
@@ -360,14 +411,14 @@ def bisect_task(c, scenario, base, matrix=MATRIX, component="libvirt", versions=
 @task(
     name="clean",
     help={
-        "runs": "comma-separated shell patterns of run ids: only their objects (default: every run's)",
+        "run_ids": "comma-separated shell patterns of run ids: only their objects (default: every run's)",
         "all": "remove the objects of live runs too (another checkout's, another CI job's), "
         "and their leases; needs --yes",
         "yes": "confirm --all",
     },
 )
 @reported
-def clean_task(c, runs=None, all_=False, yes=False):
+def clean_task(c, run_ids=None, all_=False, yes=False):
     """Remove the containers, networks and volumes of runs that are no longer alive (found by
     label; a live run holds a lease on the engine); say what is kept and why."""
     if all_ and not yes:
@@ -375,7 +426,7 @@ def clean_task(c, runs=None, all_=False, yes=False):
             "matrix.clean --all also removes what live runs use, on this engine, from any "
             "checkout or host: add --yes to confirm"
         )
-    removed, kept = pipeline.clean(runs, everything=all_)
+    removed, kept = pipeline.clean(run_ids, everything=all_)
     for line in removed + kept:
         print(line)
     if not removed:
@@ -410,3 +461,52 @@ for t in (
 ):
     matrix_tasks.add_task(t)
 namespace = Collection(matrix_tasks)
+
+
+class Gate(Program):
+    """Invoke's Program with the tool's exit codes: a usage error (unknown task or flag, missing
+    argument, bad value) is bad input, 2, where Invoke says 1, the code of a finding; anything
+    uncaught is one line and 3; an interruption 130."""
+
+    def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
+        argv = list(sys.argv if argv is None else argv)
+        # `TASK -h` is that task's help, also where the task has required arguments.
+        named = [i for i, arg in enumerate(argv) if arg.startswith("matrix.")]
+        if named and {"-h", "--help"} & set(argv[named[0] + 1 :]):
+            argv = [*argv[: named[0]], "--help", argv[named[0]]]
+        try:
+            self.create_config()
+            try:
+                self.parse_core(argv)
+                self.parse_collection()
+                self.parse_tasks()
+                self.parse_cleanup()
+            except ValueError as exc:  # a flag's value Invoke could not convert, e.g. -T abc
+                raise ParseError(str(exc)) from None
+            self.update_config()
+            self.execute()
+            code = 0
+        except ParseError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = 2
+        except Exit as exc:
+            if exc.message:
+                print(exc.message, file=sys.stderr)
+            code = exc.code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            code = 130
+        except Exception as exc:
+            print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+            code = 3
+        if exit:
+            sys.exit(code)
+
+
+def main() -> None:
+    """The `hvgate` command: these tasks, the exit codes of the README."""
+    Gate(name="hvgate", binary="hvgate", namespace=namespace, version=version("hvgate")).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -144,7 +144,8 @@ class Source(Strict):
     """None: the base image's own apt sources as they are; else a suite template."""
     components: tuple[Name, ...] = ("main",)
     uri: Uri | None = None
-    """None: the mirror the base image's own apt sources use."""
+    """None: the mirror the base image's own apt sources use. With cloud_archive: a mirror of
+    the Cloud Archive (its dists/CODENAME-updates/POCKET/ layout) in place of the public host."""
     check_valid_until: bool = True
     trusted: bool = False
     """True accepts an unsigned archive (a local build of one's own); never for a distro archive."""
@@ -164,10 +165,10 @@ class Source(Strict):
     def _one_kind(self) -> Source:
         if self.debs and (self.suite or self.uri or self.cloud_archive):
             raise ValueError("a debs source takes no suite, uri or cloud_archive")
-        if self.cloud_archive and (self.suite or self.uri):
-            raise ValueError("a cloud_archive source takes no suite or uri")
-        if self.uri and not self.suite:
-            raise ValueError("a source with a uri needs a suite")
+        if self.cloud_archive and self.suite:
+            raise ValueError("a cloud_archive source takes no suite (uri: its mirror)")
+        if self.uri and not (self.suite or self.cloud_archive):
+            raise ValueError("a source with a uri needs a suite (or cloud_archive)")
         return self
 
 

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NamedTuple, NotRequired, Required, TypedDict
+from typing import Any, Literal, NamedTuple
+
+# typing's own on Python 3.11+; pydantic reads TypedDicts from here before 3.12.
+from typing_extensions import NotRequired, Required, TypedDict
 
 from .stats import StopRule
 
 FORMAT = 1
 
 
-class Status(enum.StrEnum):
+# A status is its own string in JSON, f-strings and comparisons (what enum.StrEnum, from Python
+# 3.11, does). No docstring: the results schema would carry it.
+class Status(str, enum.Enum):
+    def __str__(self) -> str:
+        return str(self.value)
+
     # The first three are decisions of the sequential test in harness/core/stats.py.
     SAFE = "safe"  # the failure rate is at most the policy's safe rate
     FLAKY = "flaky"  # it fails sometimes: neither safe nor broken

@@ -61,7 +61,7 @@ def acquire(results_dir: Path, task: str) -> RunLock:
     lock.note(
         pid=os.getpid(),
         task=task,
-        since=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        since=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         argv=sys.argv[1:],
     )
     return lock

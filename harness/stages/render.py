@@ -51,6 +51,18 @@ def packages(cell: Cell) -> list[str]:
     return [f"{name}={locked[name]}" if name in locked else name for name in names]
 
 
+def apt_options(source: Source) -> list[str]:
+    """The sources.list options a source asks for."""
+    return [
+        option
+        for option, wanted in (
+            ("check-valid-until=no", not source.check_valid_until),
+            ("trusted=yes", source.trusted),
+        )
+        if wanted
+    ]
+
+
 def source_steps(cell: Cell) -> list[str]:
     """Dockerfile instructions that add the cell's extra apt sources, one layer each; the same
     RUN commands set up the container that `matrix.resolve` reads the indexes in."""
@@ -59,7 +71,8 @@ def source_steps(cell: Cell) -> list[str]:
 
 def _source_steps(cell: Cell) -> list[str]:
     steps = []
-    for index, (_, source) in enumerate(s for s in cell.sources if s[1].cloud_archive):
+    public = [source for _, source in cell.sources if source.cloud_archive and not source.uri]
+    for index, source in enumerate(public):
         if index == 0:
             # The distro's own tool knows the Cloud Archive; this layer is shared by every pocket.
             steps.append(
@@ -71,28 +84,37 @@ def _source_steps(cell: Cell) -> list[str]:
             f"apt-get update && add-apt-repository -y -n cloud-archive:{shell(source.cloud_archive)}"
             " && rm -rf /var/lib/apt/lists/*"
         )
+    if any(s.cloud_archive and s.uri and not s.trusted for _, s in cell.sources):
+        # A mirror is signed with the Cloud Archive's key, which the distro archive ships.
+        steps.append(
+            "apt-get update && apt-get install -y --no-install-recommends "
+            "ubuntu-cloud-keyring && rm -rf /var/lib/apt/lists/*"
+        )
     for name, source in cell.sources:
         if source.debs:
             # The repository (the .debs and an index made on the host) is in the build context.
             steps.append(f"COPY debs/{name}/ {debs.IN_IMAGE}/{name}/")
             command = ["/opt/hvgate/bin/add-apt-source", name, name, "main", debs.uri(name)]
             steps.append(" ".join(shell(part) for part in [*command, "trusted=yes"]))
-        elif source.suite or source.uri:
-            options = [
-                option
-                for option, wanted in (
-                    ("check-valid-until=no", not source.check_valid_until),
-                    ("trusted=yes", source.trusted),
-                )
-                if wanted
+        elif source.cloud_archive and source.uri:
+            # A mirror of the Cloud Archive, in place of the public host add-apt-repository names.
+            command = [
+                "/opt/hvgate/bin/add-apt-source",
+                name,
+                source_suite(source, cell.base),
+                " ".join(source.components),
+                source.uri,
+                *apt_options(source),
             ]
+            steps.append(" ".join(shell(part) for part in command))
+        elif source.suite or source.uri:
             command = [
                 "/opt/hvgate/bin/add-apt-source",
                 name,
                 suite(source.suite or "{codename}", cell.base),
                 " ".join(source.components),
                 source.uri or "",
-                *options,
+                *apt_options(source),
             ]
             steps.append(" ".join(shell(part) for part in command))
     return steps

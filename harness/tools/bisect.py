@@ -210,7 +210,7 @@ def run(
     results_dir: Path,
 ) -> tuple[Step | None, Step | None, list[Step]]:
     found = candidates(matrix_path, base, component, versions, builds, scenario)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     root = results_dir / "bisect" / f"{stamp}-{scenario}-{base}"
     say("bisect", f"{len(found)} candidates for {scenario} on {base}: evidence in {root}")
 

@@ -130,7 +130,7 @@ def merged_run_id(runs: Sequence[dict[str, Any]]) -> str:
     digest = hashlib.sha256("\n".join(sorted(p["run_id"] for p in runs)).encode()).hexdigest()
     try:
         first = datetime.datetime.fromisoformat(min(p["started"] for p in runs))
-        stamp = first.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ") + "-"
+        stamp = first.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
     except ValueError:
         stamp = ""
     return f"{stamp}merge-{digest[:8]}"

@@ -5,10 +5,15 @@ circles; the host never imports the container side (harness/smoke)."""
 from __future__ import annotations
 
 import ast
-import tomllib
+import sys
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "harness"

@@ -1,5 +1,6 @@
-"""The nightly GitHub workflow: actionlint accepts it (shell steps through shellcheck), and every
-`invoke` command it runs is a task of the collection, with flags that task has."""
+"""The nightly GitHub workflow: actionlint accepts it (shell steps through shellcheck), every
+`hvgate` command it runs is a task of the collection, with flags that task has, and its steps act
+on the exit codes: a finding does not fail a cell job, a crash does."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests import cli
 
 WORKFLOW = cli.ROOT / ".github" / "workflows" / "nightly.yml"
 # A command: at the start of a line, after `$(`, `&&`, `||` or `;` (not inside a message).
-INVOKE = re.compile(r"(?:^|\$\(|&&|\|\||;)\s*invoke\s+(matrix\.[^\n|;&)]*)", re.MULTILINE)
+INVOKE = re.compile(r"(?:^|\$\(|&&|\|\||;)\s*hvgate\s+(matrix\.[^\n|;&)]*)", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def scripts(workflow):
 
 @pytest.fixture(scope="module")
 def commands(scripts):
-    """(job, argv) of every `invoke matrix.TASK ...` the workflow runs."""
+    """(job, argv) of every `hvgate matrix.TASK ...` the workflow runs."""
     return [
         (job, shlex.split(match.group(1)))
         for job, _, script in scripts
@@ -49,8 +50,8 @@ def commands(scripts):
 
 def test_actionlint_accepts_the_workflow():
     actionlint = shutil.which("actionlint")
-    assert actionlint, "actionlint is a test dependency: pip install -e '.[test]'"
-    assert shutil.which("shellcheck"), "shellcheck is a test dependency: pip install -e '.[test]'"
+    assert actionlint, "actionlint is a test dependency: scripts/install --test"
+    assert shutil.which("shellcheck"), "shellcheck is a test dependency: scripts/install --test"
     done = subprocess.run(
         [actionlint, "-verbose", str(WORKFLOW)],
         capture_output=True,
@@ -81,7 +82,7 @@ def test_every_invoke_command_is_a_task_with_its_flags(commands):
     names = {f"matrix.{name}" for name in tasks.matrix_tasks.task_names}
     called = []
     for job, argv in commands:
-        assert argv[0] in names, f"{job}: `invoke {argv[0]}` is not a task"
+        assert argv[0] in names, f"{job}: `hvgate {argv[0]}` is not a task"
         parser.parse_argv(argv)  # ParseError for a flag the task does not have
         called.append(argv[0])
     assert set(called) >= {
@@ -114,7 +115,7 @@ def test_triggers(workflow):
 def test_the_cells_become_the_job_matrix(workflow, tmp_path):
     plan, cell = workflow["jobs"]["plan"], workflow["jobs"]["cell"]
     list_step = next(s for s in plan["steps"] if s.get("id") == "list")
-    assert "invoke matrix.list --json" in list_step["run"]
+    assert "hvgate matrix.list --json" in list_step["run"]
     assert plan["outputs"]["cells"] == "${{ steps.list.outputs.cells }}"
     assert cell["needs"] == "plan"
     assert cell["strategy"]["matrix"]["cell"] == "${{ fromJSON(needs.plan.outputs.cells) }}"
@@ -129,7 +130,7 @@ def test_the_cells_become_the_job_matrix(workflow, tmp_path):
 def test_each_cell_job_runs_its_cell_and_uploads_its_results(workflow):
     cell = workflow["jobs"]["cell"]
     runs = " ".join(s["run"] for s in cell["steps"] if "run" in s)
-    assert 'invoke matrix.run --cells "$CELL"' in runs
+    assert 'hvgate matrix.run --cells "$CELL"' in runs
     upload = next(
         s for s in cell["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")
     )
@@ -149,12 +150,12 @@ def test_the_last_job_merges_publishes_and_fails_loudly(workflow):
     assert download["pattern"] == "results-*"
     # Back where the cell jobs wrote them ($HVGATE_RESULTS there), and read from there.
     assert download["path"] == "cell-results" and download["merge-multiple"] is True
-    assert "invoke matrix.merge 'cell-results/runs/*/results.json'" in " ".join(
+    assert "hvgate matrix.merge 'cell-results/runs/*/results.json'" in " ".join(
         s.get("run", "") for s in steps
     )
     runs = [s.get("run", "") for s in steps]
     order = [
-        next(i for i, r in enumerate(runs) if f"invoke matrix.{t}" in r)
+        next(i for i, r in enumerate(runs) if f"hvgate matrix.{t}" in r)
         for t in ("merge", "report", "pin")
     ]
     assert order == sorted(order)
@@ -163,3 +164,72 @@ def test_the_last_job_merges_publishes_and_fails_loudly(workflow):
     last = steps[-1]
     assert uses.index("actions/deploy-pages") < len(steps) - 1  # the page first, then the verdict
     assert '"regression"' in last["run"] and "exit" in last["run"]
+
+
+# --- the steps act on the exit codes ------------------------------------------------------------
+
+
+def step(workflow, job, test):
+    return next(s for s in workflow["jobs"][job]["steps"] if test(s))
+
+
+def run_step(script, tmp_path, code, env=None):
+    """The step's script as GitHub runs it (bash -eo pipefail) with `hvgate` exiting `code`:
+    (bash's exit code, the outputs it set)."""
+    output = tmp_path / f"output-{code}"
+    output.write_text("")
+    done = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", f"hvgate() {{ return {code}; }}\n{script}"],
+        env={"PATH": "/usr/bin:/bin", "GITHUB_OUTPUT": str(output), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = output.read_text().splitlines()
+    return done.returncode, dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+@pytest.mark.parametrize(
+    ("code", "fails"), [(0, False), (1, False), (2, True), (3, True), (130, True)]
+)
+def test_a_cell_job_fails_on_a_crash_not_on_a_finding(workflow, tmp_path, code, fails):
+    script = step(workflow, "cell", lambda s: "matrix.run" in s.get("run", ""))["run"]
+    assert (run_step(script, tmp_path, code)[0] != 0) == fails
+
+
+@pytest.mark.parametrize(
+    ("code", "fails", "moved"),
+    [(0, False, "false"), (1, False, "true"), (2, True, "false"), (3, True, "false")],
+)
+def test_the_plan_tells_a_moved_archive_from_a_failure(workflow, tmp_path, code, fails, moved):
+    script = step(workflow, "plan", lambda s: s.get("id") == "lock")["run"]
+    returncode, outputs = run_step(script, tmp_path, code, {"CELLS": "", "EXCLUDE": ""})
+    assert (returncode != 0) == fails
+    assert outputs["moved"] == moved
+    assert workflow["jobs"]["plan"]["outputs"]["moved"] == "${{ steps.lock.outputs.moved }}"
+
+
+@pytest.mark.parametrize(("code", "annotation"), [(0, None), (1, "no safe cell"), (3, "exit 3")])
+def test_the_last_job_tells_nothing_to_pin_from_a_failure(workflow, tmp_path, code, annotation):
+    pin = step(workflow, "publish", lambda s: s.get("id") == "pin")["run"]
+    returncode, outputs = run_step(pin, tmp_path, code)
+    assert returncode == 0  # the page is deployed first; the last step judges
+    assert outputs["code"] == str(code)
+    last = workflow["jobs"]["publish"]["steps"][-1]["run"]
+    verdict = last[last.index('if [ "$CELL_JOBS"') :]
+    done = subprocess.run(
+        ["bash", "-c", "status=0\n" + verdict],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CELL_JOBS": "success",
+            "PIN": outputs["code"],
+            "MOVED": "false",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if annotation is None:
+        assert done.returncode == 0 and "::error" not in done.stdout
+    else:
+        assert done.returncode == 1 and annotation in done.stdout

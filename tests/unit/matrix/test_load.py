@@ -201,15 +201,23 @@ def test_cloud_archive_source_needs_an_ubuntu_base(matrix_text, problems_of):
 
 
 @pytest.mark.parametrize(
-    "extra", [{"suite": "{codename}-updates"}, {"uri": "http://archive.example.org/ubuntu"}]
+    "extra",
+    [{"suite": "{codename}-updates"}, {"suite": "x", "uri": "http://archive.example.org/ubuntu"}],
 )
-def test_cloud_archive_source_takes_no_suite_or_uri(matrix_text, problems_of, extra):
+def test_cloud_archive_source_takes_no_suite(matrix_text, problems_of, extra):
     text = matrix_text(lambda d: d["sources"]["cloud-archive-epoxy"].update(extra))
     problem = problem_at(problems_of(text), "sources.cloud-archive-epoxy")
     assert problem == (
         f"matrix.yaml:{line_of(text, 'cloud-archive-epoxy:')}: sources.cloud-archive-epoxy: "
-        "a cloud_archive source takes no suite or uri"
+        "a cloud_archive source takes no suite (uri: its mirror)"
     )
+
+
+def test_cloud_archive_source_takes_a_mirror(matrix_text, cells_of):
+    mirror = "http://mirror.invalid/ubuntu-cloud-archive"
+    text = matrix_text(lambda d: d["sources"]["cloud-archive-epoxy"].update(uri=mirror))
+    cell = next(c for c in cells_of(text) if c.id == "ubuntu-24.04-cloud-archive-epoxy")
+    assert dict(cell.sources)["cloud-archive-epoxy"].uri == mirror
 
 
 @pytest.mark.parametrize("pocket", ["Epoxy", "epoxy-updates", "epoxy; reboot", ""])

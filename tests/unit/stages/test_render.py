@@ -409,3 +409,32 @@ def test_render_all_writes_nothing_when_a_cell_fails(tmp_path, unit_matrix):
     with pytest.raises(ConfigurationError):
         render_all(cells, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("trusted", "keyring"), [(False, True), (True, False)])
+def test_cloud_archive_through_a_mirror(matrix_text, cells_of, trusted, keyring):
+    """A mirror of the Cloud Archive stands in for the public host: the pocket's suite on that
+    mirror, signed by the distro's ubuntu-cloud-keyring unless the mirror is trusted."""
+    mirror = "http://mirror.invalid/ubuntu-cloud-archive"
+    text = matrix_text(
+        lambda d: d["sources"]["cloud-archive-epoxy"].update(uri=mirror, trusted=trusted)
+    )
+    cell = next(c for c in cells_of(text) if c.id == "ubuntu-24.04-cloud-archive-epoxy")
+    dockerfile = render(cell)
+    assert cloud_archive_pockets(dockerfile) == []
+    assert "software-properties-common" not in dockerfile
+    (line,) = run_lines(dockerfile, "/opt/hvgate/bin/add-apt-source")
+    expected = (
+        f"/opt/hvgate/bin/add-apt-source cloud-archive-epoxy noble-updates/epoxy main {mirror}"
+    )
+    assert line == "RUN " + expected + (" trusted=yes" if trusted else "")
+    assert ("ubuntu-cloud-keyring" in dockerfile) == keyring
+    if keyring:
+        assert dockerfile.index("ubuntu-cloud-keyring") < dockerfile.index("add-apt-source")
+    assert {command[2] for command in pin_commands(dockerfile)} == {"noble-updates/epoxy"}
+
+
+def test_a_cloud_archive_source_takes_no_suite(matrix_text, cells_of):
+    text = matrix_text(lambda d: d["sources"]["cloud-archive-epoxy"].update(suite="noble"))
+    with pytest.raises(ConfigurationError, match="takes no suite"):
+        cells_of(text)
