@@ -131,7 +131,9 @@ def _remove_if_stale(client: docker.DockerClient, name: str) -> None:
         created = container.attrs.get("Created", "")
         age = (
             time.time()
-            - datetime.datetime.fromisoformat(created[:26]).replace(tzinfo=datetime.UTC).timestamp()
+            - datetime.datetime.fromisoformat(created[:26])
+            .replace(tzinfo=datetime.timezone.utc)
+            .timestamp()
         )
         if container.status != "running" and age > STALE:
             container.remove(force=True)

@@ -76,7 +76,14 @@ def test_two_checkouts_share_an_engine_and_clean_keeps_their_runs(engine, debian
         # The third checkout: this one. Only these runs' objects are its business here (other
         # runs of other checkouts may share this engine, and are not this test's).
         done = subprocess.run(
-            [sys.executable, "-m", "invoke", "matrix.clean", "--run-ids", ",".join([*ids, dead_run])],
+            [
+                sys.executable,
+                "-m",
+                "invoke",
+                "matrix.clean",
+                "--run-ids",
+                ",".join([*ids, dead_run]),
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -96,7 +96,7 @@ def test_a_missing_argument_is_a_usage_error(tasks, capsys, name):
 
 def value_flags(tasks, name: str) -> list[str]:
     args = tasks.matrix_tasks[name].get_arguments()
-    return [a.name for a in args if not a.positional and a.kind is not bool]
+    return [a.names[0] for a in args if not a.positional and a.kind is not bool]
 
 
 @pytest.mark.parametrize("name", [n for n in TASKS if value_flags(tasks_module(), n)])

@@ -64,7 +64,7 @@ def command(case: str, index: int, work: Path, source: Path) -> tuple[list[str],
         task = RESULT_TASKS[index % len(RESULT_TASKS)]
         valid = str(VALID / "results.json")
         args = {
-            "matrix.report": ["--input", str(source), "--output", str(out)],
+            "matrix.report": ["--input", str(source), "--out", str(out)],
             "matrix.pin": ["--input", str(source), "--out", str(out)],
             # The good file first: every input is read before anything is written.
             "matrix.merge": [f"{valid},{source}", "--out", str(out)],
