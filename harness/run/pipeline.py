@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import json
 import os
 import platform
@@ -362,10 +361,20 @@ class Run(Images):
         with self.lock:
             cells = [self.results.get(c.id) or not_run(c, reason) for c in self.cells]
         host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
-        run_result = RunResult(self.run_id, self.progress.started, now_iso(), host, cells)
+        # The policy the verdicts were judged by, as matrix.yaml has it (--runs as `runs`).
+        policy = self.matrix.policy.model_dump(mode="json")
+        if self.options.runs:
+            policy["runs"] = self.options.runs
+        run_result = RunResult(
+            self.run_id, self.progress.started, now_iso(), host, cells, policy=policy
+        )
         # The history annotates the run before it is published and keeps it once it is.
         results_dir = self.options.results
-        publish_run = functools.partial(publish, results_dir=results_dir, latest=not interrupted)
+
+        def publish_run(result: RunResult) -> dict[str, Path]:
+            past = history.read(history.history_path(results_dir))
+            return publish(result, results_dir, latest=not interrupted, history=past)
+
         return history.record(run_result, publish_run, results_dir, keep=not interrupted)
 
 
