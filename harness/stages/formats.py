@@ -120,7 +120,19 @@ def interval_text(scenario: dict[str, Any], data: Mapping[str, Any] | None = Non
     if interval is None:
         return None
     low, high = interval
-    return f"{percent(low).rstrip('%')}–{percent(high)}"
+    return f"{bound(low, up=False)}–{bound(high, up=True)}%"
+
+
+def bound(value: float, up: bool) -> str:
+    """An interval's end as a percentage, rounded away from the inside (never narrower): one
+    decimal below 10%, none above."""
+    number = value * 100
+    places = 1 if 0 < number < 10 else 0
+    scaled = number * 10**places
+    # Rounding noise (57.50000001) must not push an end out by a whole step.
+    rounded = math.ceil(scaled - 1e-6) if up else math.floor(scaled + 1e-6)
+    text = f"{rounded / 10**places:.{places}f}"
+    return text[:-2] if text.endswith(".0") else text
 
 
 def interval_legend(data: Mapping[str, Any] | None) -> str:
@@ -706,6 +718,7 @@ def grid_cell(cell: dict[str, Any], data: Mapping[str, Any], links: Links) -> di
         "qemu": versions.get(QEMU_PACKAGE),
         "scenarios": scenarios,
         "safe_failed": [s["name"] for s in cell.get("scenarios", []) if safe_failed(s)],
+        "change": change(cell),
         "failures": failure_summary(cell),
         "logs": links.href(cell.get("log_dir"), directory=True),
         "build_log": links.href((cell.get("build") or {}).get("log")),
