@@ -612,7 +612,7 @@ def chart_x(rate: float) -> float:
 def interval_chart(data: Mapping[str, Any]) -> dict[str, Any]:
     """Every scenario's decision interval, a row per cell and distinct outcome (scenarios with
     the same runs and failures share a row, named), against the policy's p0 and p1."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cell in data["cells"]:
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for scenario in cell.get("scenarios", []):
@@ -1028,7 +1028,7 @@ def attention(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             found.append((cell["id"], f"{MARKS_SAFE_FAILED} {status}", f"failed runs: {runs}"))
         elif change(cell):
             found.append((cell["id"], status, why))
-    for entry in coming(data):
+    for entry in coming(dict(data)):
         if entry["regression"]:
             found.append(
                 (
