@@ -1014,30 +1014,27 @@ WHY_LIMIT = 150  # a reason longer than this is cut: the files have it whole
 
 
 def attention(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(cell, what, why) for every cell a maintainer should look at: not safe, safe with failed
-    runs, just changed, or a regression coming to the gate."""
-    found = []
-    for cell in data["cells"]:
-        status, why = cell["status"], cell.get("reason") or ""
-        if change(cell):
-            status += f" ({change(cell)})"
-        if cell["status"] != "safe" and cell["status"] != "not-applicable":
-            found.append((cell["id"], status, why or "no reason recorded"))
-        elif flaky := [s for s in cell.get("scenarios", []) if safe_failed(s)]:
-            runs = ", ".join(f"{s['name']} {failed(s)}/{s.get('runs', 0)}" for s in flaky)
-            found.append((cell["id"], f"{MARKS_SAFE_FAILED} {status}", f"failed runs: {runs}"))
-        elif change(cell):
-            found.append((cell["id"], status, why))
+    """(cell, what, why) for every cell a maintainer should look at, worst first: a regression
+    coming to the gate, cells not safe, safe ones with failed runs or a change."""
+    found: list[tuple[int, str, str, str]] = []
     for entry in coming(dict(data)):
         if entry["regression"]:
+            why = f"now {entry['target_status']} in {entry['target']}"
+            found.append((-1, entry["cell"], "coming: regression", why))
+    for cell in data["cells"]:
+        status, why = cell["status"], cell.get("reason") or ""
+        what = f"{status} ({change(cell)})" if change(cell) else status
+        if status not in ("safe", "not-applicable"):
+            found.append((rank(status), cell["id"], what, why or "no reason recorded"))
+        elif flaky := [s for s in cell.get("scenarios", []) if safe_failed(s)]:
+            runs = ", ".join(f"{s['name']} {failed(s)}/{s.get('runs', 0)}" for s in flaky)
             found.append(
-                (
-                    entry["cell"],
-                    "coming: regression",
-                    f"now {entry['target_status']} in {entry['target']}",
-                )
+                (rank(status), cell["id"], f"{MARKS_SAFE_FAILED} {what}", f"failed runs: {runs}")
             )
-    return [(cell, what, one_line(why, WHY_LIMIT)) for cell, what, why in found]
+        elif change(cell):
+            found.append((rank(status), cell["id"], what, why))
+    found.sort(key=lambda item: item[0])  # stable: the document's order within a status
+    return [(cell, what, one_line(why, WHY_LIMIT)) for _, cell, what, why in found]
 
 
 def summary(data: Mapping[str, Any], files: Mapping[str, object] | None = None) -> Group:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from pathlib import Path
 import re
+from pathlib import Path
 
 import pytest
 
