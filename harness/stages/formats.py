@@ -712,16 +712,22 @@ def grid_cell(cell: dict[str, Any], data: Mapping[str, Any], links: Links) -> di
         }
         for s in cell.get("scenarios", [])
     ]
+    marked = [s["name"] for s in cell.get("scenarios", []) if safe_failed(s)]
+    found = [
+        ("smoke logs", links.href(cell.get("log_dir"), directory=True)),
+        ("build log", links.href((cell.get("build") or {}).get("log"))),
+        # The page's "Why" section has the cells with a reason or failed runs.
+        ("why", f"#cell-{cell['id']}" if cell.get("reason") or failure_summary(cell) else None),
+    ]
     return {
         "cell": cell,
         "libvirt": versions.get(LIBVIRT_PACKAGE),
         "qemu": versions.get(QEMU_PACKAGE),
         "scenarios": scenarios,
-        "safe_failed": [s["name"] for s in cell.get("scenarios", []) if safe_failed(s)],
+        "links": [(text, link) for text, link in found if link],
+        "safe_failed": marked,
         "change": change(cell),
         "failures": failure_summary(cell),
-        "logs": links.href(cell.get("log_dir"), directory=True),
-        "build_log": links.href((cell.get("build") or {}).get("log")),
     }
 
 
