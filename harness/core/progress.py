@@ -78,7 +78,7 @@ def bar(total: int, log: Path, terminal: bool | None = None) -> Iterator[Bar]:
                 TextColumn("{task.description}"),
             )
             with Progress(*columns, console=console, transient=False) as progress:
-                console.print(f"progress lines: {log}")
+                console.print(f"progress lines: {log}", soft_wrap=True, highlight=False)
                 yield Bar(progress, progress.add_task("", total=total))
         finally:
             with _LOCK:
