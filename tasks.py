@@ -28,7 +28,7 @@ from harness.matrix.schema import write_schema
 from harness.matrix.select import parse_shard
 from harness.run import history, pipeline
 from harness.run.fleet import addresses
-from harness.stages.formats import TERMINAL_WIDTH, summary
+from harness.stages.formats import TERMINAL_WIDTH, files_text, summary
 from harness.stages.publish import markdown, report, stored_results, write_results_schema
 from harness.tools import bisect
 from harness.tools.diff import diff, load_run
@@ -222,9 +222,8 @@ def show(paths: Mapping[str, Path], chosen: str) -> None:
         console = Console(highlight=False)
         # Not a terminal (a pipe, a CI log): as wide as a terminal would allow, no wider.
         width = min(TERMINAL_WIDTH, console.width) if console.is_terminal else TERMINAL_WIDTH
-        Console(width=width, highlight=False).print(
-            summary(data, {k: v for k, v in files.items() if v})
-        )
+        Console(width=width, highlight=False).print(summary(data))
+        print(files_text({k: v for k, v in files.items() if v}), end="")
 
 
 def _run(options: RunOptions, chosen: str) -> None:

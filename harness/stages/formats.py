@@ -1043,9 +1043,9 @@ def attention(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return [(cell, what, one_line(why, WHY_LIMIT)) for _, cell, what, why in found]
 
 
-def summary(data: Mapping[str, Any], files: Mapping[str, object] | None = None) -> Group:
+def summary(data: Mapping[str, Any]) -> Group:
     """The terminal's summary of a run: counts per status, what to pin, the cells that need
-    attention and why, and where the files are."""
+    attention and why (files_text says where the files are)."""
     tally = ", ".join(f"{n} {status}" for status, n in counts(dict(data)))
     parts: list[Any] = [
         f"[bold]hvgate[/] run {data['run_id']}: {len(data['cells'])} cells: {tally}",
@@ -1068,9 +1068,12 @@ def summary(data: Mapping[str, Any], files: Mapping[str, object] | None = None) 
         parts.append(table)
     else:
         parts.append("nothing needs attention: every cell is safe, with no failed run")
-    if files:
-        parts.append("\n".join(f"{kind + ':':<9} {path}" for kind, path in files.items()))
     return Group(*parts)
+
+
+def files_text(files: Mapping[str, object]) -> str:
+    """Where the files are, a line each; a path is printed whole, to be copied, however long."""
+    return "".join(f"{kind + ':':<9} {path}\n" for kind, path in files.items())
 
 
 def summary_text(
@@ -1081,5 +1084,5 @@ def summary_text(
     console = Console(
         file=out, width=width, color_system=None, force_terminal=False, highlight=False
     )
-    console.print(summary(data, files))
-    return out.getvalue()
+    console.print(summary(data))
+    return out.getvalue() + files_text(files or {})

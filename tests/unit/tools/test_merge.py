@@ -250,10 +250,23 @@ def test_merge_task(tmp_path, shard_dirs):
         results_dir=tmp_path / "r",
     )
     assert done.returncode == 0, done.stderr
-    assert "| ubuntu-24.04-release |" in done.stdout
-    assert f"results: {out}/runs/" in done.stderr
+    # The summary: what needs attention, and where the merge is.
+    assert done.stdout.startswith("hvgate run ")
+    assert "debian-13-release-qemu-backports" in done.stdout
+    assert f"results:  {out}/latest.json" in done.stdout.splitlines()
     assert len(json.loads((out / "latest.json").read_text())["cells"]) == 6
     assert not (tmp_path / "r").exists()  # --out, not HVGATE_RESULTS
+    table = cli.invoke(
+        "matrix.merge",
+        str(tmp_path / "shards" / "*"),
+        "--out",
+        str(out),
+        "--format",
+        "markdown",
+        results_dir=tmp_path / "r",
+    )
+    assert table.returncode == 0, table.stderr
+    assert "| ubuntu-24.04-release |" in table.stdout
 
 
 def missing(directory):
