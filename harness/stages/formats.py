@@ -588,11 +588,6 @@ class Links:
         return []
 
 
-def href(path: str | None, base: Path | None, directory: bool = False) -> str | None:
-    """A link to a file from a page written in `base` (paths relative to `base`)."""
-    return Links(base, base).href(path, directory)
-
-
 # --- the page's charts -----------------------------------------------------------------------
 
 CHART_WIDTH = 1000
