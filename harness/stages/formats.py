@@ -452,7 +452,10 @@ def provenance(data: Mapping[str, Any]) -> str:
     text = ""
     if made := data.get("hvgate"):
         commit = made.get("commit")
-        text += f", by hvgate {made.get('version')}" + (f" ({commit[:12]})" if commit else "")
+        if commit:
+            dirty = " with changes" if commit.endswith("-dirty") else ""
+            commit = f" ({commit[:12]}{dirty})"
+        text += f", by hvgate {made.get('version')}{commit or ''}"
     if policy := data.get("policy"):
         text += (
             f", policy p0 {policy.get('safe_failure_rate')}, p1"
