@@ -19,6 +19,7 @@ from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 from invoke.tasks import Task
 from invoke.tasks import task as invoke_task
+from rich.console import Console
 
 from harness.core.errors import ConfigurationError, HvgateError, UnsafeCells
 from harness.core.options import (
@@ -33,9 +34,10 @@ from harness.core.paths import ROOT
 from harness.core.text import one_line
 from harness.matrix.schema import write_schema
 from harness.matrix.select import parse_shard
-from harness.run import pipeline
+from harness.run import history, pipeline
 from harness.run.fleet import addresses
-from harness.stages.publish import markdown, report, write_results_schema
+from harness.stages.formats import TERMINAL_WIDTH, files_text, summary
+from harness.stages.publish import markdown, report, stored_results, write_results_schema
 from harness.tools import bisect
 from harness.tools.diff import diff, load_run
 from harness.tools.merge import merge_files
@@ -239,18 +241,50 @@ RUN_HELP = {
 }
 
 
-def _run(options: RunOptions) -> None:
+FORMATS = ("summary", "markdown", "json")
+FORMAT_HELP = {
+    "format": "what to print: summary (default: counts, what to pin, the cells that need "
+    "attention, where the files are; 100 columns at most), markdown (the whole table) or json "
+    "(the results document)",
+}
+
+
+def output_format(value: str | None) -> str:
+    """The --format flag, checked before anything runs."""
+    chosen = value or "summary"
+    if chosen not in FORMATS:
+        raise ConfigurationError(f"--format {value!r}: one of {', '.join(FORMATS)}")
+    return chosen
+
+
+def show(paths: Mapping[str, Path], chosen: str) -> None:
+    """Prints a published result set as the document itself holds it, in the chosen format."""
+    data = json.loads(paths.get("latest_json", paths["json"]).read_text(encoding="utf-8"))
+    if chosen == "json":
+        print(json.dumps(data, indent=1))
+    elif chosen == "markdown":
+        print(markdown(data))
+    else:
+        files = {
+            "results": paths.get("latest_json", paths["json"]),
+            "page": paths.get("latest_html", paths.get("html")),
+            "table": paths.get("latest_markdown", paths.get("markdown")),
+            "junit": paths.get("latest_junit", paths.get("junit")),
+        }
+        console = Console(highlight=False)
+        # Not a terminal (a pipe, a CI log): as wide as a terminal would allow, no wider.
+        width = min(TERMINAL_WIDTH, console.width) if console.is_terminal else TERMINAL_WIDTH
+        Console(width=width, highlight=False).print(summary(data))
+        print(files_text({k: v for k, v in files.items() if v}), end="")
+
+
+def _run(options: RunOptions, chosen: str) -> None:
     result, paths = pipeline.run(options)
-    print(markdown(result.to_json()))
-    print(
-        f"results: {paths['json']}\ntable:   {paths['markdown']}\npage:    {paths['html']}"
-        f"\njunit:   {paths['junit']}",
-        file=sys.stderr,
-    )
+    show(paths, chosen)
     pipeline.check_outcome(result)
 
 
-@task(name="test", help=RUN_HELP)
+@task(name="test", help={**RUN_HELP, **FORMAT_HELP})
 @reported
 def test_task(
     c,
@@ -263,12 +297,15 @@ def test_task(
     shard=None,
     engines=None,
     jobs=None,
+    format=None,
 ):
     """Smoke-test the already built images of the selected cells, judge and publish."""
-    _run(run_options(build=False, **flags_of(locals())))
+    chosen = output_format(format)
+    flags = {k: v for k, v in flags_of(locals()).items() if k not in ("format", "chosen")}
+    _run(run_options(build=False, **flags), chosen)
 
 
-@task(name="run", help={**RUN_HELP, **CACHE_HELP})
+@task(name="run", help={**RUN_HELP, **CACHE_HELP, **FORMAT_HELP})
 @reported
 def run_task(
     c,
@@ -282,9 +319,12 @@ def run_task(
     engines=None,
     jobs=None,
     no_cache=False,
+    format=None,
 ):
-    """Render, build, smoke-test, judge and publish: the whole pipeline. Prints the table."""
-    _run(run_options(**flags_of(locals())))
+    """Render, build, smoke-test, judge and publish: the whole pipeline. Prints a summary."""
+    chosen = output_format(format)
+    flags = {k: v for k, v in flags_of(locals()).items() if k not in ("format", "chosen")}
+    _run(run_options(**flags), chosen)
 
 
 @task(
@@ -294,16 +334,17 @@ def run_task(
         "directories holding a latest.json; quoted shell patterns work: 'shards/*/latest.json'",
         "out": "the results directory to write the merge to (default: results/, or $HVGATE_RESULTS)",
         "matrix": f"the matrix whose cell order the merge follows (default: {MATRIX})",
+        **FORMAT_HELP,
     },
 )
 @reported
-def merge_task(c, results, out=None, matrix=MATRIX):
+def merge_task(c, results, out=None, matrix=MATRIX, format=None):
     """Merge the results of several runs or shards into one result set and publish it."""
+    chosen = output_format(format)
     _, cells = pipeline.selected(matrix, None, None)
     out_dir = Path(out) if out else results_dir(os.environ)
-    run, paths = merge_files(results, out_dir, [c.id for c in cells])
-    print(markdown(run.to_json()))
-    print(f"results: {paths['json']}\ntable:   {paths['markdown']}", file=sys.stderr)
+    _, paths = merge_files(results, out_dir, [c.id for c in cells])
+    show(paths, chosen)
 
 
 @task(
@@ -330,14 +371,28 @@ def resolve_task(c, matrix=MATRIX, cells=None, exclude=None, check=False):
         "run": "a stored run's id, read from results/runs/RUN_ID/results.json",
         "input": "a results JSON file to read (default: results/latest.json)",
         "out": "the directory to write to (default: the input's own)",
+        "format": "what to print besides the files written: nothing (default), summary, "
+        "markdown or json",
     },
 )
 @reported
-def report_task(c, run=None, input=None, out=None):
+def report_task(c, run=None, input=None, out=None, format=None):
     """Render the Markdown, HTML and JUnit results again from a stored results JSON; runs nothing."""
+    chosen = output_format(format) if format else None
     where = results_dir(os.environ)
-    for path in report(run_id=run, input_path=input, output_dir=out, results_dir=where).values():
-        print(path)
+    written = report(
+        run_id=run,
+        input_path=input,
+        output_dir=out,
+        results_dir=where,
+        history=lambda root: history.read(history.history_path(root)),
+    )
+    if chosen is None:
+        for path in written.values():
+            print(path)
+        return
+    _, source = stored_results(run, input, where)
+    show({"json": source, **written}, chosen)
 
 
 @task(

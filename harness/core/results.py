@@ -229,6 +229,8 @@ class CellResult:
     daemon: str | None = None
     thresholds: dict[str, bool] = field(default_factory=dict)
     scenarios: list[ScenarioResult] = field(default_factory=list)
+    # Stored relative to the results directory (the one holding latest.json and runs/); older
+    # documents hold absolute paths, which readers still follow.
     log_dir: str | None = None
     duration_s: float | None = None
     # since, first_seen, last_seen (run ids), previous (status), change: regression | fix | None
@@ -245,6 +247,10 @@ class RunResult:
     host: dict[str, Any]
     cells: list[CellResult]
     format: int = FORMAT
+    # What wrote the document: {"version": ..., "commit": ... or None} (publish fills it in).
+    hvgate: dict[str, Any] | None = None
+    # The matrix's policy the verdicts were judged by (with --runs as `runs`), as matrix.yaml has it.
+    policy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import json
 import os
 import platform
@@ -27,7 +26,7 @@ from ..core.files import write_atomic
 from ..core.model import Cell, Matrix
 from ..core.options import RunOptions, SmokeJob
 from ..core.paths import HOST_STATE
-from ..core.progress import say
+from ..core.progress import Bar, bar, say
 from ..core.results import BuildResult, CellResult, RunResult, Status
 from ..core.text import one_line
 from ..engine import client as eng
@@ -235,21 +234,24 @@ class Run(Images):
         self.results: dict[str, CellResult] = dict(progress.finished)
         self.choice = AccelChoice(*initial_accel(options.accel or matrix.accel))
         self.log_root = options.run_dir(self.run_id) / "logs"
+        self.bar = Bar(None, None)
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
         An interrupt or an engine's failure ends the run with what finished, published under its
         own id only."""
         todo = tuple(cell for cell in self.cells if cell.id not in self.results)
+        log = self.options.run_dir(self.run_id) / "progress.log"
         try:
-            if self.options.resumed:
-                self.cleanup()  # what the interrupted attempt left running
-            # Builds feed smoke tests, --jobs of each at a time.
-            with self.package_caches(self.options.package_cache and self.options.build):
-                left = schedule.spread(self.fleet, todo, self, self.options.jobs)
-            for cell in left:  # on no engine: judged as not built
-                engine = self.fleet.engines[0]
-                self.smoke(engine, cell, self.build(engine, cell))
+            with bar(len(todo), log) as self.bar:
+                if self.options.resumed:
+                    self.cleanup()  # what the interrupted attempt left running
+                # Builds feed smoke tests, --jobs of each at a time.
+                with self.package_caches(self.options.package_cache and self.options.build):
+                    left = schedule.spread(self.fleet, todo, self, self.options.jobs)
+                for cell in left:  # on no engine: judged as not built
+                    engine = self.fleet.engines[0]
+                    self.smoke(engine, cell, self.build(engine, cell))
         except KeyboardInterrupt:
             self.interrupted()
         except ENGINE_FAILURES as exc:
@@ -340,6 +342,7 @@ class Run(Images):
         with self.lock:
             self.results[result.id] = result
         self.progress.keep(result)
+        self.bar.advance(result.id)
 
     def cleanup(self) -> None:
         for engine in self.fleet.engines:
@@ -377,10 +380,20 @@ class Run(Images):
         with self.lock:
             cells = [self.results.get(c.id) or not_run(c, reason) for c in self.cells]
         host = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()}
-        run_result = RunResult(self.run_id, self.progress.started, now_iso(), host, cells)
+        # The policy the verdicts were judged by, as matrix.yaml has it (--runs as `runs`).
+        policy = self.matrix.policy.model_dump(mode="json")
+        if self.options.runs:
+            policy["runs"] = self.options.runs
+        run_result = RunResult(
+            self.run_id, self.progress.started, now_iso(), host, cells, policy=policy
+        )
         # The history annotates the run before it is published and keeps it once it is.
         results_dir = self.options.results
-        publish_run = functools.partial(publish, results_dir=results_dir, latest=not interrupted)
+
+        def publish_run(result: RunResult) -> dict[str, Path]:
+            past = history.read(history.history_path(results_dir))
+            return publish(result, results_dir, latest=not interrupted, history=past)
+
         return history.record(run_result, publish_run, results_dir, keep=not interrupted)
 
 

@@ -5,18 +5,26 @@ Pure functions of the JSON: nothing here reads the disk or the in-memory result 
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from debian.debian_support import Version
+from rich.console import Console, Group
+from rich.table import Table
 
 from ..core.results import SEVERITY
+from ..core.stats import wilson_interval
+from ..core.text import one_line
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -30,6 +38,9 @@ MARKS = {
     "unavailable": "–",
     "not-applicable": "n/a",
 }
+# A safe verdict over runs of which some failed: safe by the test, but not clean.
+SAFE_FAILED = "safe-failed"
+MARKS_SAFE_FAILED = "✓*"
 # Background colours of the HTML page (the browser test reads them back from a screenshot).
 COLOURS = {
     "safe": "#b7e4c7",
@@ -40,6 +51,7 @@ COLOURS = {
     "unavailable": "#a9c6e8",
     "not-applicable": "#f1f1f1",
 }
+COLOUR_SAFE_FAILED = "#e9f5c4"
 ORDER = [str(s) for s in SEVERITY] + ["not-applicable"]
 LIBVIRT_PACKAGE = "libvirt-daemon"
 QEMU_PACKAGE = "qemu-system-x86"
@@ -69,29 +81,91 @@ def failed(scenario: dict[str, Any]) -> int:
     return int(scenario.get("failures", 0)) + int(scenario.get("errors", 0))
 
 
-def interval_text(scenario: dict[str, Any]) -> str | None:
-    """The failure rate's 95% interval as percentages, when the verdict computed one."""
-    interval = scenario.get("interval")
-    if not interval or len(interval) != 2:
+def decision_confidence(data: Mapping[str, Any] | None) -> float:
+    """The policy's confidence: the sequential test's alpha = beta = 1 - it (0.95 when the
+    document does not record its policy, the matrix's default)."""
+    policy = (data or {}).get("policy") or {}
+    return float(policy.get("confidence") or 0.95)
+
+
+def decision_interval(
+    scenario: dict[str, Any], data: Mapping[str, Any] | None = None
+) -> tuple[float, float] | None:
+    """The failure rate's interval at the error rates the verdict was decided with: the
+    sequential test wrongly accepts p <= p0 or p >= p1 with chance 1 - confidence each, so each
+    end of this Wilson interval is a one-sided bound at the policy's confidence (a two-sided
+    90% interval at 0.95). None when the verdict computed no failure rate."""
+    if scenario.get("failure_rate") is None:
+        return None
+    observed = int(scenario.get("runs") or 0) - int(scenario.get("errors") or 0)
+    if observed <= 0:
+        return None
+    level = 2 * decision_confidence(data) - 1
+    low, high = wilson_interval(int(scenario.get("failures") or 0), observed, level)
+    # Rounded outwards, so rounding never narrows it.
+    return math.floor(low * 1e4) / 1e4, math.ceil(high * 1e4) / 1e4
+
+
+def percent(value: float) -> str:
+    """A rate as a short percentage: 0.5 digits below 10%, none above."""
+    number = value * 100
+    if number == 0 or number >= 10 or number == round(number):
+        return f"{number:.0f}%"
+    return f"{number:.1f}%"
+
+
+def interval_text(scenario: dict[str, Any], data: Mapping[str, Any] | None = None) -> str | None:
+    """The decision's interval of the failure rate (see decision_interval), when known."""
+    interval = decision_interval(scenario, data)
+    if interval is None:
         return None
     low, high = interval
-    return f"{low * 100:.0f}–{high * 100:.0f}%"
+    return f"{bound(low, up=False)}–{bound(high, up=True)}%"
 
 
-def scenario_text(scenario: dict[str, Any] | None) -> str:
-    """A scenario's table cell: its mark, its runs or failed runs / runs, and the failure
-    rate's interval when known."""
+def bound(value: float, up: bool) -> str:
+    """An interval's end as a percentage, rounded away from the inside (never narrower): one
+    decimal below 10%, none above."""
+    number = value * 100
+    places = 1 if 0 < number < 10 else 0
+    scaled = number * 10**places
+    # Rounding noise (57.50000001) must not push an end out by a whole step.
+    rounded = math.ceil(scaled - 1e-6) if up else math.floor(scaled + 1e-6)
+    text = f"{rounded / 10**places:.{places}f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def interval_legend(data: Mapping[str, Any] | None) -> str:
+    level = decision_confidence(data)
+    return (
+        f"in brackets the failure rate's interval the verdict rests on (each end a one-sided"
+        f" {level * 100:.4g}% Wilson bound, the sequential test's error rates)"
+    )
+
+
+def safe_failed(scenario: dict[str, Any] | None) -> bool:
+    """A safe verdict over runs of which some failed: not to be read as a clean one."""
+    return bool(scenario and scenario.get("status") == "safe" and failed(scenario))
+
+
+def mark_of(scenario: dict[str, Any]) -> str:
+    if safe_failed(scenario):
+        return MARKS_SAFE_FAILED
+    status = scenario.get("status", "")
+    return MARKS.get(status, status)
+
+
+def scenario_text(scenario: dict[str, Any] | None, data: Mapping[str, Any] | None = None) -> str:
+    """A scenario's table cell: its mark (✓* for a safe one with failed runs), its runs or
+    failed runs / runs, and the decision's interval when known."""
     if scenario is None:
         return "–"
-    status, runs = scenario.get("status", ""), scenario.get("runs", 0)
-    mark = MARKS.get(status, status)
-    if failed(scenario):
-        text = f"{mark} {failed(scenario)}/{runs} failed"
-    else:
-        text = f"{mark} {runs} run" + ("" if runs == 1 else "s")
+    runs = scenario.get("runs", 0)
+    mark = mark_of(scenario)
+    text = f"{mark} {failed(scenario)}/{runs}" if failed(scenario) else f"{mark} {runs}"
     if scenario.get("errors"):
-        text += f" ({scenario['errors']} errors)"
-    interval = interval_text(scenario)
+        text += f" ({scenario['errors']} err)"
+    interval = interval_text(scenario, data)
     return f"{text} [{interval}]" if interval else text
 
 
@@ -151,9 +225,12 @@ def failure_summary(cell: dict[str, Any], code: Callable[[object], str] = str) -
     return text
 
 
-def scenario_title(scenario: dict[str, Any]) -> str:
+def scenario_title(scenario: dict[str, Any], data: Mapping[str, Any] | None = None) -> str:
     """Everything known about one scenario of one cell, one fact a line (a tooltip, a note)."""
-    lines = [f"{scenario['name']}: {scenario.get('status')}"]
+    status = str(scenario.get("status"))
+    if safe_failed(scenario):
+        status += f", with {failed(scenario)} failed run{'' if failed(scenario) == 1 else 's'}"
+    lines = [f"{scenario['name']}: {status}"]
     runs = scenario.get("runs", 0)
     lines.append(
         f"{runs} run{'' if runs == 1 else 's'}, {scenario.get('failures', 0)} failed,"
@@ -164,9 +241,10 @@ def scenario_title(scenario: dict[str, Any]) -> str:
     if durations:
         lines.append(f"mean {sum(durations) / len(durations):.1f} s, max {max(durations):.1f} s")
     if scenario.get("failure_rate") is not None:
-        rate = f"failure rate {scenario['failure_rate'] * 100:.0f}%"
-        interval = interval_text(scenario)
-        lines.append(rate + (f", 95% interval {interval}" if interval else ""))
+        rate = f"failure rate {percent(scenario['failure_rate'])}"
+        interval = interval_text(scenario, data)
+        level = decision_confidence(data) * 100
+        lines.append(rate + (f", {level:.4g}% one-sided bounds {interval}" if interval else ""))
     if scenario.get("decision"):
         lines.append(str(scenario["decision"]))
     causes = scenario.get("failures_by_cause") or []
@@ -227,6 +305,11 @@ def notes(data: dict[str, Any]) -> list[str]:
         for scenario in cell.get("scenarios", []):
             if scenario.get("status") != "safe" and scenario.get("decision"):
                 lines.append(f"`{cell['id']}` {scenario['name']}: {flat(scenario['decision'])}")
+            elif safe_failed(scenario):
+                lines.append(
+                    f"`{cell['id']}` {scenario['name']}: safe with {failed(scenario)} failed"
+                    f" run{'' if failed(scenario) == 1 else 's'}: {flat(scenario.get('decision') or '')}"
+                )
         if summary := failure_summary(cell, code_md):
             lines.append(f"`{cell['id']}` {summary}")
         for scenario in cell.get("scenarios", []):
@@ -315,20 +398,23 @@ def markdown(data: dict[str, Any]) -> str:
                 versions.get(LIBVIRT_PACKAGE) or "–",
                 versions.get(QEMU_PACKAGE) or "–",
                 cell.get("accel") or "–",
-                *[scenario_text(by_name.get(n)) for n in names],
+                *[scenario_text(by_name.get(n), data) for n in names],
                 *[threshold_mark(cell, t) for t in thresholds],
             ]
         )
     lines = ["| " + " | ".join(cell_md(v) for v in row) + " |" for row in rows]
-    text = f"Run {code_md(data['run_id'])}, {flat(data['started'])} – {flat(data['finished'])}.\n\n"
+    text = f"Run {code_md(data['run_id'])}, {flat(data['started'])} – {flat(data['finished'])}"
+    text += f"{provenance(data)}.\n\n"
+    text += "Recommended per release (the newest safe versions outside a staging pocket):\n\n"
+    text += "\n".join(f"- {recommendation_text(r)}" for r in recommendations(data)) + "\n\n"
     if staged := coming_lines(data):
         text += "Coming to your gate (in a staging pocket, not yet in the one gates use):\n\n"
         text += "\n".join(f"- {line}" for line in staged) + "\n\n"
     text += "\n".join(lines) + "\n"
     if names:
         text += (
-            "\nEach scenario: its runs when none failed, else failed runs / runs; in brackets the"
-            " failure rate's 95% interval when known.\n"
+            "\nEach scenario: its mark (✓* safe, with failed runs), its runs when none failed,"
+            f" else failed runs / runs; {interval_legend(data)}.\n"
         )
     if thresholds:
         text += (
@@ -366,38 +452,337 @@ def step_summary(data: dict[str, Any]) -> str:
     return f"## hvgate: {tally}\n\n{markdown(data)}\n"
 
 
-def href(path: str | None, base: Path | None, directory: bool = False) -> str | None:
-    """A link to a log from the page written in `base`: relative, so a copied results tree and
-    file:// both work."""
-    if not path:
-        return None
-    target = Path(path)
-    if target.is_absolute() and base is not None:
-        target = Path(os.path.relpath(target, base.resolve()))
-    link = target.as_uri() if target.is_absolute() else urllib.parse.quote(target.as_posix())
-    return link + "/" if directory and not link.endswith("/") else link
+def provenance(data: Mapping[str, Any]) -> str:
+    """ ", by hvgate VERSION (COMMIT), policy p0 ... p1 ... at ... confidence", as recorded."""
+    text = ""
+    if made := data.get("hvgate"):
+        commit = made.get("commit")
+        if commit:
+            dirty = " with changes" if commit.endswith("-dirty") else ""
+            commit = f" ({commit[:12]}{dirty})"
+        text += f", by hvgate {made.get('version')}{commit or ''}"
+    if policy := data.get("policy"):
+        text += (
+            f", policy p0 {policy.get('safe_failure_rate')}, p1"
+            f" {policy.get('unsafe_failure_rate')} at {policy.get('confidence')} confidence"
+        )
+    return text
 
 
-def html(data: dict[str, Any], base: Path | None = None) -> str:
-    """The results page: one self-contained file (no network), sortable and filterable.
+# --- what to pin per release -----------------------------------------------------------------
 
-    `base` is the directory the page is written to; links to logs are relative to it.
+
+def release_of(cell: Mapping[str, Any]) -> str:
+    return f"{cell.get('distro', '')} {cell.get('release', '')}".strip()
+
+
+def pocket_of(cell: Mapping[str, Any]) -> str:
+    """The cell's column in the grid: its id after the base (release, backports,
+    release-qemu-backports, ...), else its source."""
+    prefix = f"{cell.get('distro')}-{cell.get('release')}-"
+    cell_id = str(cell["id"])
+    return cell_id[len(prefix) :] if cell_id.startswith(prefix) else str(cell.get("source"))
+
+
+def version_key(cell: Mapping[str, Any]) -> tuple[Version, Version]:
+    versions = cell.get("versions") or {}
+    return (
+        Version(versions.get(LIBVIRT_PACKAGE) or "0"),
+        Version(versions.get(QEMU_PACKAGE) or "0"),
+    )
+
+
+def pin_names(cell: Mapping[str, Any]) -> list[str]:
+    """The names `invoke matrix.pin` may have given the cell's files (base and source, and a
+    component from another source, as the cell id says)."""
+    base = f"{cell.get('distro')}-{cell.get('release')}"
+    plain = base if cell.get("source") == cell.get("release") else f"{base}-{cell.get('source')}"
+    return list(dict.fromkeys([str(cell["id"]), plain]))
+
+
+def recommendations(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per distro release, in the document's order: the safe cell with the newest libvirt and
+    QEMU that is not a staging pocket (those are "coming to your gate"), or none; and the other
+    safe ones."""
+    releases: dict[str, list[dict[str, Any]]] = {}
+    for cell in data["cells"]:
+        releases.setdefault(release_of(cell), []).append(cell)
+    found = []
+    for release, cells in releases.items():
+        safe = [
+            c
+            for c in cells
+            if c["status"] == "safe" and not c.get("stages_for") and (c.get("versions") or {})
+        ]
+        ranked = sorted(safe, key=version_key, reverse=True)
+        unsafe = [c for c in cells if c["status"] in ("flaky", "broken", "inconclusive", "error")]
+        found.append(
+            {
+                "release": release,
+                "cell": ranked[0] if ranked else None,
+                "others": ranked[1:],
+                "unsafe": unsafe,
+                "cells": cells,
+            }
+        )
+    return found
+
+
+def pin_line(cell: Mapping[str, Any]) -> str:
+    versions = cell.get("versions") or {}
+    return (
+        f"libvirt {versions.get(LIBVIRT_PACKAGE) or '?'} / QEMU {versions.get(QEMU_PACKAGE) or '?'}"
+        f" from {pocket_of(cell)}"
+    )
+
+
+def recommendation_text(entry: Mapping[str, Any]) -> str:
+    cell = entry["cell"]
+    if cell is None:
+        statuses = ", ".join(f"{c['id']} {c['status']}" for c in entry["cells"])
+        return f"**{entry['release']}**: nothing safe yet ({statuses})"
+    text = f"**{entry['release']}**: pin {pin_line(cell)} (`{cell['id']}`)"
+    if safe_with_failures := [s["name"] for s in cell.get("scenarios", []) if safe_failed(s)]:
+        text += f"; safe with failed runs in {', '.join(safe_with_failures)}"
+    if entry["unsafe"]:
+        text += "; not: " + ", ".join(f"`{c['id']}` {c['status']}" for c in entry["unsafe"])
+    return text
+
+
+# --- links from a page -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Links:
+    """Links from a page in `page` to the files of the results directory `root`, whose
+    document holds paths relative to it (older documents: absolute ones). A file that is not
+    there gets no link: the page never points at nothing."""
+
+    root: Path | None = None
+    page: Path | None = None
+
+    def target(self, path: str) -> Path | None:
+        target = Path(path)
+        if not target.is_absolute():
+            if self.root is None:
+                return None
+            target = self.root / target
+        return target
+
+    def href(self, path: str | None, directory: bool = False) -> str | None:
+        if not path:
+            return None
+        target = self.target(path)
+        if target is None or not target.exists():
+            return None
+        if self.page is not None:
+            link = urllib.parse.quote(
+                Path(os.path.relpath(target.resolve(), self.page.resolve())).as_posix()
+            )
+        else:
+            link = target.resolve().as_uri()
+        return link + "/" if directory and not link.endswith("/") else link
+
+    def pins(self, data: Mapping[str, Any], cell: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(file name, link) of the cell's pin files under pins/RUN_ID/, where they are."""
+        for name in pin_names(cell):
+            found = [
+                (f"{name}{suffix}", link)
+                for suffix in (".pref", ".local.conf", ".json")
+                if (link := self.href(f"pins/{data['run_id']}/{name}{suffix}"))
+            ]
+            if found:
+                return found
+        return []
+
+
+# --- the page's charts -----------------------------------------------------------------------
+
+CHART_WIDTH = 1000
+LABEL_WIDTH = 420
+ROW = 16
+LABEL_CHARS = 62
+TICKS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def chart_x(rate: float) -> float:
+    """A failure rate's x in the chart: a square-root scale, so 1% and 25% both show."""
+    return round(
+        LABEL_WIDTH + math.sqrt(max(0.0, min(1.0, rate))) * (CHART_WIDTH - LABEL_WIDTH - 20), 1
+    )
+
+
+def interval_chart(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every scenario's decision interval, a row per cell and distinct outcome (scenarios with
+    the same runs and failures share a row, named), against the policy's p0 and p1."""
+    rows: list[dict[str, Any]] = []
+    for cell in data["cells"]:
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for scenario in cell.get("scenarios", []):
+            interval = decision_interval(scenario, data)
+            if interval is None:
+                continue
+            key = (
+                scenario.get("status"),
+                safe_failed(scenario),
+                failed(scenario),
+                scenario.get("runs"),
+                interval,
+            )
+            groups.setdefault(key, []).append(scenario)
+        for (status, is_safe_failed, failures, runs, (low, high)), members in groups.items():
+            names = [m["name"] for m in members]
+            shown = ", ".join(names) if len(names) <= 2 else f"{len(names)} scenarios"
+            label = f"{cell['id']}: {shown}"
+            if len(label) > LABEL_CHARS:  # the label column holds this many
+                label = label[: LABEL_CHARS - 1] + "…"
+            rate = failures / runs if runs else 0.0
+            rows.append(
+                {
+                    "y": len(rows) * ROW + 30,
+                    "label": label,
+                    "title": f"{cell['id']}: {', '.join(names)}: {failures}/{runs} failed,"
+                    f" interval {percent(low)}–{percent(high)}, {status}",
+                    "status": SAFE_FAILED if is_safe_failed else status,
+                    "x1": chart_x(low),
+                    "x2": chart_x(high),
+                    "xr": chart_x(rate),
+                }
+            )
+    policy = data.get("policy") or {}
+    lines = [
+        (name, float(policy[key]), chart_x(float(policy[key])))
+        for name, key in (("p0", "safe_failure_rate"), ("p1", "unsafe_failure_rate"))
+        if policy.get(key) is not None
+    ]
+    return {
+        "rows": rows,
+        "height": len(rows) * ROW + 40,
+        "width": CHART_WIDTH,
+        "label_width": LABEL_WIDTH,
+        "ticks": [(percent(t), chart_x(t)) for t in TICKS],
+        "lines": [(name, percent(rate), x) for name, rate, x in lines],
+    }
+
+
+TREND_RUNS = 30  # the newest runs a trend shows
+
+
+def trends(data: Mapping[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell: its statuses over the history's runs (up to TREND_RUNS, oldest first), this
+    run's last."""
+    past: dict[str, list[dict[str, Any]]] = {}
+    for entry in history:
+        if entry.get("run_id") != data["run_id"] and isinstance(entry.get("cell"), str):
+            past.setdefault(entry["cell"], []).append(entry)
+    rows = []
+    for cell in data["cells"]:
+        entries = sorted(
+            past.get(cell["id"], []), key=lambda e: (str(e.get("time")), str(e["run_id"]))
+        )
+        points = [(str(e["run_id"]), str(e.get("status"))) for e in entries]
+        points = [*points, (str(data["run_id"]), str(cell["status"]))][-TREND_RUNS:]
+        rows.append(
+            {
+                "cell": cell["id"],
+                "points": [
+                    {"x": i * 14, "run": run, "status": status}
+                    for i, (run, status) in enumerate(points)
+                ],
+                "since": (cell.get("history") or {}).get("since"),
+            }
+        )
+    return rows
+
+
+def grid(data: Mapping[str, Any], names: list[str], links: Links) -> dict[str, Any]:
+    """Releases by pockets: each cell's verdict, versions, scenarios and evidence."""
+    pockets = list(dict.fromkeys(pocket_of(c) for c in data["cells"]))
+    releases: dict[str, dict[str, dict[str, Any]]] = {}
+    for cell in data["cells"]:
+        releases.setdefault(release_of(cell), {})[pocket_of(cell)] = grid_cell(cell, data, links)
+    return {"pockets": pockets, "releases": releases}
+
+
+def grid_cell(cell: dict[str, Any], data: Mapping[str, Any], links: Links) -> dict[str, Any]:
+    versions = cell.get("versions") or {}
+    scenarios = [
+        {
+            "name": s["name"],
+            "status": SAFE_FAILED if safe_failed(s) else s.get("status"),
+            "text": scenario_text(s, data),
+            "title": scenario_title(s, data),
+        }
+        for s in cell.get("scenarios", [])
+    ]
+    marked = [s["name"] for s in cell.get("scenarios", []) if safe_failed(s)]
+    found = [
+        ("smoke logs", links.href(cell.get("log_dir"), directory=True)),
+        ("build log", links.href((cell.get("build") or {}).get("log"))),
+        # The page's "Why" section has the cells with a reason or failed runs.
+        ("why", f"#cell-{cell['id']}" if cell.get("reason") or failure_summary(cell) else None),
+    ]
+    return {
+        "cell": cell,
+        "libvirt": versions.get(LIBVIRT_PACKAGE),
+        "qemu": versions.get(QEMU_PACKAGE),
+        "scenarios": scenarios,
+        "links": [(text, link) for text, link in found if link],
+        "safe_failed": marked,
+        "change": change(cell),
+        "failures": failure_summary(cell),
+    }
+
+
+def html(
+    data: dict[str, Any],
+    links: Links | Path | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> str:
+    """The results page: one self-contained file (no network): what to pin per release, what
+    is coming, the grid of verdicts, the intervals and trends, and the full table.
+
+    `links` says where the page and the results directory are (a Path: both in one);
+    `history`, the results directory's history entries, for the trends.
     """
+    if not isinstance(links, Links):
+        links = Links(links, links)
     names = scenario_names(data)
     thresholds = threshold_names(data)
-    rows = [html_row(cell, names, thresholds, base) for cell in data["cells"]]
+    rows = [html_row(cell, names, thresholds, links, data) for cell in data["cells"]]
+    recommended = [
+        {
+            **entry,
+            "text": pin_line(entry["cell"]) if entry["cell"] else None,
+            "pins": links.pins(data, entry["cell"]) if entry["cell"] else [],
+            "safe_failed": [s["name"] for s in entry["cell"].get("scenarios", []) if safe_failed(s)]
+            if entry["cell"]
+            else [],
+        }
+        for entry in recommendations(data)
+    ]
     return (
         environment()
         .get_template("results.html.j2")
         .render(
             data=data,
+            provenance=provenance(data),
             names=names,
             thresholds=[(t, threshold_legend(data, t)) for t in thresholds],
             rows=rows,
+            recommended=recommended,
+            grid=grid(data, names, links),
+            chart=interval_chart(data),
+            trends=trends(data, history or []),
             coming=coming(data),
             counts=counts(data),
-            colours=COLOURS,
-            marks=MARKS,
+            colours={**COLOURS, SAFE_FAILED: COLOUR_SAFE_FAILED},
+            marks={
+                "safe": MARKS["safe"],
+                SAFE_FAILED: MARKS_SAFE_FAILED,
+                **{k: v for k, v in MARKS.items() if k != "safe"},
+            },
+            interval_legend=interval_legend(data),
         )
     )
 
@@ -406,7 +791,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def html_row(
-    cell: dict[str, Any], names: list[str], thresholds: list[str], base: Path | None
+    cell: dict[str, Any],
+    names: list[str],
+    thresholds: list[str],
+    links: Links,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the page shows of one cell, every optional field looked up with a default."""
     by_name = {s["name"]: s for s in cell.get("scenarios", [])}
@@ -416,7 +805,7 @@ def html_row(
         {
             "name": s["name"],
             "status": s.get("status"),
-            "title": scenario_title(s),
+            "title": scenario_title(s, data),
             "logs": [(name, lines) for name, lines in (s.get("logs") or {}).items() if lines],
         }
         for s in cell.get("scenarios", [])
@@ -442,10 +831,10 @@ def html_row(
         "rank": rank(cell["status"]),
         "change": change(cell),
         "history": cell.get("history") or {},
-        "scenarios": [scenario_cell(n, by_name.get(n)) for n in names],
+        "scenarios": [scenario_cell(n, by_name.get(n), data) for n in names],
         "thresholds": [(t, threshold_mark(cell, t)) for t in thresholds],
-        "logs": href(cell.get("log_dir"), base, directory=True),
-        "build_log": href(build.get("log"), base),
+        "logs": links.href(cell.get("log_dir"), directory=True),
+        "build_log": links.href(build.get("log")),
         "failing": failing,
         "build_tail": build_tail,
         "failures": failures,
@@ -461,13 +850,23 @@ def html_row(
     }
 
 
-def scenario_cell(name: str, result: dict[str, Any] | None) -> dict[str, Any]:
+def scenario_cell(
+    name: str, result: dict[str, Any] | None, data: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """One scenario's column of a cell's row; a scenario the cell did not run has no result."""
     return {
         "name": name,
         "result": result,
-        "text": scenario_text(result),
-        "title": scenario_title(result) if result is not None else "not run in this cell",
+        "status": SAFE_FAILED if safe_failed(result) else (result or {}).get("status"),
+        "text": mark_of(result)
+        + (
+            f" {failed(result)}/{result.get('runs', 0)}"
+            if failed(result)
+            else f" {result.get('runs', 0)}"
+        )
+        if result is not None
+        else "–",
+        "title": scenario_title(result, data) if result is not None else "not run in this cell",
         "rank": rank(result.get("status")) if result is not None else len(ORDER) + 1,
     }
 
@@ -507,22 +906,26 @@ JUNIT_ELEMENTS = {
     "flaky": "failure",
     "broken": "failure",
     "error": "error",
-    "inconclusive": "skipped",
+    # Not decided within max_runs: the run's exit code counts it as unsafe, and so does CI.
+    "inconclusive": "failure",
     "unavailable": "skipped",
     "not-applicable": "skipped",
 }
 
 
-def junit_counts(tally: Mapping[str, int], seconds: float) -> dict[str, str]:
-    """The count attributes of a <testsuite> or <testsuites>."""
-    counts = {k: str(tally[k]) for k in ("tests", "failures", "errors", "skipped")}
+def junit_counts(
+    tally: Mapping[str, int], seconds: float, kinds: tuple[str, ...] = ("skipped",)
+) -> dict[str, str]:
+    """The count attributes of a <testsuite> (or, without `skipped`, which the schema of
+    Jenkins' xunit does not allow there, of <testsuites>)."""
+    counts = {k: str(tally[k]) for k in ("tests", "failures", "errors", *kinds)}
     return {**counts, "time": f"{seconds:.3f}"}
 
 
 def junit(data: dict[str, Any]) -> str:
     """JUnit XML: a test suite per cell, a test case per cell and scenario."""
     names = scenario_names(data) or ["cell"]
-    root = ET.Element("testsuites", name="hvgate", timestamp=str(data.get("started", "")))
+    root = ET.Element("testsuites", name="hvgate")
     totals: Counter[str] = Counter()
     for cell in data["cells"]:
         suite = ET.SubElement(root, "testsuite", name=cell["id"], timestamp=str(data["started"]))
@@ -561,10 +964,23 @@ def junit(data: dict[str, Any]) -> str:
                     element.set("type", str(scenario["status"] if scenario else cell["status"]))
                 if text:
                     element.text = xml_text(text)
+            if safe_failed(scenario):
+                # Passed, with failed runs: what Surefire calls a flaky test.
+                for cause in (scenario or {}).get("failures_by_cause") or []:
+                    tag = "flakyError" if cause.get("cause") == "harness" else "flakyFailure"
+                    flaky = ET.SubElement(
+                        case,
+                        tag,
+                        type=xml_text(cause.get("error_class") or "failure"),
+                        message=xml_text(cause_text(cause)),
+                    )
+                    flaky.text = xml_text(example(cause))
+            if scenario is not None:
+                ET.SubElement(case, "system-out").text = xml_text(scenario_title(scenario, data))
         suite.attrib.update(junit_counts(tally, seconds))
         totals.update(tally)
         totals["seconds"] += round(seconds * 1000)
-    root.attrib.update(junit_counts(totals, totals["seconds"] / 1000))
+    root.attrib.update(junit_counts(totals, totals["seconds"] / 1000, ()))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -579,8 +995,8 @@ def junit_outcome(
         if status == "safe":
             return "skipped", "not one of this cell's scenarios", ""
         kind = JUNIT_ELEMENTS.get(status, "error")
-        if kind == "failure":  # a cell cannot fail a scenario it did not run
-            kind = "error"
+        if kind == "failure" and status != "inconclusive":
+            kind = "error"  # a cell cannot fail a scenario it did not run
         return kind, f"{status}: {cell.get('reason') or 'not run'}", ""
     status = scenario.get("status", "")
     if status == "safe":
@@ -598,3 +1014,78 @@ def junit_outcome(
         f"\n\n--- {name} ---\n" + "\n".join(lines) for name, lines in logs.items() if lines
     )
     return kind, message, text
+
+
+# --- the terminal ------------------------------------------------------------------------------
+
+TERMINAL_WIDTH = 100
+WHY_LIMIT = 150  # a reason longer than this is cut: the files have it whole
+
+
+def attention(data: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(cell, what, why) for every cell a maintainer should look at, worst first: a regression
+    coming to the gate, cells not safe, safe ones with failed runs or a change."""
+    found: list[tuple[int, str, str, str]] = []
+    for entry in coming(dict(data)):
+        if entry["regression"]:
+            why = f"now {entry['target_status']} in {entry['target']}"
+            found.append((-1, entry["cell"], "coming: regression", why))
+    for cell in data["cells"]:
+        status, why = cell["status"], cell.get("reason") or ""
+        what = f"{status} ({change(cell)})" if change(cell) else status
+        if status not in ("safe", "not-applicable"):
+            found.append((rank(status), cell["id"], what, why or "no reason recorded"))
+        elif flaky := [s for s in cell.get("scenarios", []) if safe_failed(s)]:
+            runs = ", ".join(f"{s['name']} {failed(s)}/{s.get('runs', 0)}" for s in flaky)
+            found.append(
+                (rank(status), cell["id"], f"{MARKS_SAFE_FAILED} {what}", f"failed runs: {runs}")
+            )
+        elif change(cell):
+            found.append((rank(status), cell["id"], what, why))
+    found.sort(key=lambda item: item[0])  # stable: the document's order within a status
+    return [(cell, what, one_line(why, WHY_LIMIT)) for _, cell, what, why in found]
+
+
+def summary(data: Mapping[str, Any]) -> Group:
+    """The terminal's summary of a run: counts per status, what to pin, the cells that need
+    attention and why (files_text says where the files are)."""
+    tally = ", ".join(f"{n} {status}" for status, n in counts(dict(data)))
+    parts: list[Any] = [
+        f"[bold]hvgate[/] run {data['run_id']}: {len(data['cells'])} cells: {tally}",
+    ]
+    pins = Table(title="what to pin", title_justify="left", expand=False, show_edge=False)
+    pins.add_column("release", no_wrap=True)
+    pins.add_column("pin (the newest safe versions outside a staging pocket)")
+    for entry in recommendations(data):
+        cell = entry["cell"]
+        pins.add_row(entry["release"], pin_line(cell) if cell else "[bold]nothing safe yet[/]")
+    parts.append(pins)
+    need = attention(data)
+    if need:
+        table = Table(title="needs attention", title_justify="left", show_edge=False)
+        table.add_column("cell", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("why")
+        for cell, what, why in need:
+            table.add_row(cell, what, why)
+        parts.append(table)
+    else:
+        parts.append("nothing needs attention: every cell is safe, with no failed run")
+    return Group(*parts)
+
+
+def files_text(files: Mapping[str, object]) -> str:
+    """Where the files are, a line each; a path is printed whole, to be copied, however long."""
+    return "".join(f"{kind + ':':<9} {path}\n" for kind, path in files.items())
+
+
+def summary_text(
+    data: Mapping[str, Any], files: Mapping[str, object] | None = None, width: int = TERMINAL_WIDTH
+) -> str:
+    """The summary as plain text `width` columns wide at most."""
+    out = io.StringIO()
+    console = Console(
+        file=out, width=width, color_system=None, force_terminal=False, highlight=False
+    )
+    console.print(summary(data))
+    return out.getvalue() + files_text(files or {})

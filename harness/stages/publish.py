@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from ..core.files import write_atomic
 from ..core.paths import ROOT
 from ..core.results import FORMAT, RunResult
 from ..core.text import clip, one_line
-from .formats import html, junit, markdown, step_summary
+from ..core.version import hvgate_version
+from .formats import Links, html, junit, markdown, step_summary
 
 __all__ = ["markdown", "publish", "read_results", "report"]
 
@@ -29,27 +31,79 @@ MAX_RESULTS_BYTES = 256 * readback.MIB
 SUFFIXES = {"markdown": ".md", "html": ".html", "junit": ".junit.xml"}
 
 
-def formats(data: dict[str, Any], directory: Path, stem: str) -> dict[str, tuple[Path, str]]:
-    """Every format of one document, rendered before anything is written."""
+def formats(
+    data: dict[str, Any],
+    directory: Path,
+    stem: str,
+    root: Path | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, tuple[Path, str]]:
+    """Every format of one document, rendered before anything is written. `root` is the results
+    directory its paths are relative to (default: `directory`); `history`, the entries of its
+    history.jsonl, for the page's trend."""
     texts = {
         "markdown": markdown(data),
-        "html": html(data, directory),
+        "html": html(data, Links(root or directory, directory), history or []),
         "junit": junit(data),
     }
     return {kind: (directory / f"{stem}{SUFFIXES[kind]}", text) for kind, text in texts.items()}
 
 
-def publish(run: RunResult, results_dir: Path, latest: bool = True) -> dict[str, Path]:
+def results_root(path: Path) -> Path:
+    """The results directory a stored document's paths are relative to: the one above runs/ for
+    runs/RUN_ID/results.json, else the document's own directory."""
+    parent = path.parent
+    if parent.parent.name == "runs" and path.name == "results.json":
+        return parent.parent.parent
+    return parent
+
+
+def relative_to(path: str | None, root: Path) -> str | None:
+    """A path as this process sees it (absolute, or relative to the working directory), made
+    relative to the results directory, so that a copied or published tree keeps its links."""
+    if not path:
+        return path
+    return Path(os.path.relpath(Path(path).resolve(), root.resolve())).as_posix()
+
+
+def portable(data: dict[str, Any], results_dir: Path) -> dict[str, Any]:
+    """The document with every file path it holds relative to `results_dir`."""
+    cells = []
+    for cell in data["cells"]:
+        cell = {**cell, "log_dir": relative_to(cell.get("log_dir"), results_dir)}
+        if isinstance(cell.get("build"), dict) and cell["build"].get("log"):
+            cell["build"] = {**cell["build"], "log": relative_to(cell["build"]["log"], results_dir)}
+        cells.append(cell)
+    return {**data, "cells": cells}
+
+
+def document(run: RunResult, results_dir: Path) -> str:
+    """The results JSON as written: portable paths, and which hvgate wrote it."""
+    data = portable(run.to_json(), results_dir)
+    data["hvgate"] = data.get("hvgate") or hvgate_version()
+    return json.dumps(data, indent=1, sort_keys=False) + "\n"
+
+
+def publish(
+    run: RunResult,
+    results_dir: Path,
+    latest: bool = True,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Path]:
     """Writes the run's JSON and its formats under runs/RUN_ID/ and, unless told not to (a run
-    cut short: its partial table must not replace the last complete one), as latest.*."""
-    text = json.dumps(run.to_json(), indent=1, sort_keys=False) + "\n"
+    cut short: its partial table must not replace the last complete one), as latest.*.
+
+    The run's paths are as this process sees them; the JSON holds them relative to
+    `results_dir`. `history`: the directory's history entries, for the page's trend."""
+    text = document(run, results_dir)
     data = json.loads(text)  # the formats see exactly what the file holds
     run_dir = results_dir / "runs" / run.run_id
     outputs = {"json": (run_dir / "results.json", text)}
-    outputs.update(formats(data, run_dir, "results"))
+    outputs.update(formats(data, run_dir, "results", results_dir, history))
     if latest:
         outputs["latest_json"] = (results_dir / "latest.json", text)
-        outputs.update({f"latest_{k}": v for k, v in formats(data, results_dir, "latest").items()})
+        latest_formats = formats(data, results_dir, "latest", results_dir, history)
+        outputs.update({f"latest_{k}": v for k, v in latest_formats.items()})
     for path, content in outputs.values():
         write_atomic(path, content)
     append_step_summary(data)
@@ -61,15 +115,23 @@ def report(
     input_path: str | Path | None = None,
     output_dir: str | Path | None = None,
     results_dir: Path | None = None,
+    history: Callable[[Path], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Path]:
     """Renders every format again from a stored document, next to it (or in output_dir).
 
     Nothing runs; the document itself is not rewritten. `results_dir` is needed without
-    `input_path`.
+    `input_path`; `history` reads the history entries of a results directory.
     """
     data, path = stored_results(run_id, input_path, results_dir)
     directory = Path(output_dir) if output_dir else path.parent
-    outputs = formats(data, directory, path.stem if path.suffix == ".json" else path.name)
+    root = results_root(path)
+    outputs = formats(
+        data,
+        directory,
+        path.stem if path.suffix == ".json" else path.name,
+        root,
+        history(root) if history else None,
+    )
     for target, content in outputs.values():
         write_atomic(target, content)
     append_step_summary(data)

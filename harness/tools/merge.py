@@ -16,7 +16,7 @@ from ..core.results import FORMAT, RunResult
 from ..matrix.select import split_patterns
 from ..run import history
 from ..run.run_lock import acquire
-from ..stages.publish import publish, read_results
+from ..stages.publish import publish, read_results, results_root
 
 # A merged document keeps the runs it was made of here, so that merging it again with one of
 # them finds the same runs, the same run id, and so the same document.
@@ -115,8 +115,21 @@ def merge(
             "finished": max(p["finished"] for p in runs),
             "host": {**common(p["host"] for p in runs), PARTS: runs},
         }
+    policies = {
+        json.dumps(d.get("policy"), sort_keys=True) for _, d in documents if d.get("policy")
+    }
+    if len(policies) > 1:
+        raise ConfigurationError(
+            "the inputs were judged by different policies; merge runs of one policy"
+        )
+    policy = json.loads(policies.pop()) if policies else None
     # read_results has refused any other format.
-    return {**header, "cells": [cells[cell_id][1] for cell_id in ordered], "format": FORMAT}
+    return {
+        **header,
+        "cells": [cells[cell_id][1] for cell_id in ordered],
+        "format": FORMAT,
+        "policy": policy,
+    }
 
 
 def common(hosts: Any) -> dict[str, Any]:
@@ -136,16 +149,39 @@ def merged_run_id(runs: Sequence[dict[str, Any]]) -> str:
     return f"{stamp}merge-{digest[:8]}"
 
 
+def located(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The document with its paths absolute: each input's are relative to its own results
+    directory, and publishing makes them relative to the merge's."""
+    root = results_root(path)
+
+    def where(value: str | None) -> str | None:
+        return str((root / value).resolve()) if value else value
+
+    cells = []
+    for cell in data["cells"]:
+        cell = {**cell, "log_dir": where(cell.get("log_dir"))}
+        if isinstance(cell.get("build"), dict) and cell["build"].get("log"):
+            cell["build"] = {**cell["build"], "log": where(cell["build"]["log"])}
+        cells.append(cell)
+    return {**data, "cells": cells}
+
+
 def merge_files(
     specs: str | Sequence[str], out_dir: Path, order: Sequence[str] = ()
 ) -> tuple[RunResult, dict[str, Path]]:
     """Reads every input before writing anything, merges them, and publishes the merge to
     out_dir (its JSON and every format, and its place in out_dir's history)."""
-    documents = [(str(path), read_results(path)) for path in inputs(specs)]
+    documents = [(str(path), located(read_results(path), path)) for path in inputs(specs)]
     run = RunResult.from_json(json.loads(json.dumps(merge(documents, order))))
     history.read(history.history_path(out_dir))  # a bad history is refused before any write
     lock = acquire(out_dir, "matrix.merge")  # not while a run writes to the same directory
     try:
-        return history.record(run, lambda result: publish(result, out_dir), out_dir)
+        return history.record(
+            run,
+            lambda result: publish(
+                result, out_dir, history=history.read(history.history_path(out_dir))
+            ),
+            out_dir,
+        )
     finally:
         lock.release()

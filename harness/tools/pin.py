@@ -197,7 +197,7 @@ def evidence(pin: Pin, plan: Plan) -> list[str]:
     runs = sum(s.get("runs", 0) for s in scenarios)
     failures = sum(s.get("failures", 0) + s.get("errors", 0) for s in scenarios)
     lines = [
-        f"Evidence: run {data['run_id']} ({data.get('started')} – {data.get('finished')}), {plan.origin}",
+        f"Evidence: run {data['run_id']} ({data.get('started')} – {data.get('finished')}), {plan.origin.name}",
         f"Cell {cell['id']}: {cell['status']}; {len(scenarios)} scenarios, {runs} runs, "
         f"{failures} failures; accel {cell.get('accel') or '?'}",
     ]
@@ -299,7 +299,7 @@ def as_json(pin: Pin, plan: Plan, command: str) -> str:
             "run_id": data["run_id"],
             "started": data.get("started"),
             "finished": data.get("finished"),
-            "results": str(plan.origin),
+            "results": plan.origin.name,
             "accel": cell.get("accel"),
             "scenarios": [
                 {
@@ -340,7 +340,8 @@ def pin(
     data, origin = stored_results(run_id, input_file, results_dir)
     chosen = plan(data, origin, Sources.read(matrix))
     command = "invoke matrix.pin " + (
-        f"--run {run_id}" if run_id else f"--input {input_file}" if input_file else ""
+        # The input's name only: pins made from a copy elsewhere are the same files.
+        f"--run {run_id}" if run_id else f"--input {Path(input_file).name}" if input_file else ""
     )
     directory = Path(out) if out else results_dir / "pins" / data["run_id"]
     rendered = files(chosen, directory, command.strip())

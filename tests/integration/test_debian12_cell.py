@@ -19,10 +19,14 @@ def run_result(debian12_run):
     return debian12_run.done, {**data, "cells": [debian12_run.cell(CELL)]}
 
 
-def test_run_exits_zero_and_prints_the_table(run_result):
-    done, _ = run_result
+def test_run_exits_zero_and_prints_a_summary(run_result):
+    done, data = run_result
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"| {CELL} |" in done.stdout
+    summary, files = done.stdout.split("\nresults:  ")
+    assert summary.startswith("hvgate run ") and "debian 12" in summary
+    assert max(len(line) for line in summary.splitlines()) <= 100
+    assert files.splitlines()[0].endswith("/latest.json")
+    assert any(c["id"] == CELL for c in data["cells"])
 
 
 def test_every_scenario_passes_with_a_duration(run_result):

@@ -28,7 +28,7 @@ def test_every_format_is_written(outputs):
     for suffix in FORMATS:
         assert (results_dir / f"latest{suffix}").is_file()
         assert (run_dir / f"results{suffix}").is_file()
-    assert f"page:    {run_dir / 'results.html'}" in done.stderr
+    assert f"page:     {results_dir / 'latest.html'}" in done.stdout.splitlines()
     (cell,) = [c for c in data["cells"] if c["id"] == CELL]
     assert f"| {CELL} | **{cell['status']}** |" in summary.read_text()
 

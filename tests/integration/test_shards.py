@@ -57,6 +57,8 @@ def runs(engine, tmp_path_factory):
     merged = invoke(
         "matrix.merge",
         str(base / "shard-*"),
+        "--format",
+        "markdown",
         "--out",
         str(base / "merged"),
         "--matrix",

@@ -156,7 +156,7 @@ def test_the_last_job_merges_publishes_and_fails_loudly(workflow):
     runs = [s.get("run", "") for s in steps]
     order = [
         next(i for i, r in enumerate(runs) if f"hvgate matrix.{t}" in r)
-        for t in ("merge", "report", "pin")
+        for t in ("merge", "pin", "report")  # the page links the pins: pinned first
     ]
     assert order == sorted(order)
     assert publish["permissions"]["pages"] == "write"

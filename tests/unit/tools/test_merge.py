@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -211,9 +212,12 @@ def test_merge_files_publishes_and_is_idempotent(tmp_path, shard_dirs, whole):
     assert all(cell_id in table for cell_id in ORDER)
     assert (out / "latest.html").exists()
     assert [c["id"] for c in stored["cells"]] == ORDER
-    assert without_history(stored["cells"]) == without_history(
+    # Each shard's paths, relative to its own results directory, lead to the same files from
+    # the merge's.
+    assert without_history(m.located(stored, out / "latest.json")["cells"]) == without_history(
         sorted(whole["cells"], key=lambda c: ORDER.index(c["id"]))
     )
+    assert not any(Path(c.get("log_dir") or "").is_absolute() for c in stored["cells"])
     assert stored["cells"][0]["history"]["first_seen"] == run.run_id  # annotated where published
     # The merge merged again with one of its inputs, elsewhere: the same document.
     again = tmp_path / "again"
@@ -246,10 +250,23 @@ def test_merge_task(tmp_path, shard_dirs):
         results_dir=tmp_path / "r",
     )
     assert done.returncode == 0, done.stderr
-    assert "| ubuntu-24.04-release |" in done.stdout
-    assert f"results: {out}/runs/" in done.stderr
+    # The summary: what needs attention, and where the merge is.
+    assert done.stdout.startswith("hvgate run ")
+    assert "debian-13-release-qemu-backports" in done.stdout
+    assert f"results:  {out}/latest.json" in done.stdout.splitlines()
     assert len(json.loads((out / "latest.json").read_text())["cells"]) == 6
     assert not (tmp_path / "r").exists()  # --out, not HVGATE_RESULTS
+    table = cli.invoke(
+        "matrix.merge",
+        str(tmp_path / "shards" / "*"),
+        "--out",
+        str(out),
+        "--format",
+        "markdown",
+        results_dir=tmp_path / "r",
+    )
+    assert table.returncode == 0, table.stderr
+    assert "| ubuntu-24.04-release |" in table.stdout
 
 
 def missing(directory):
