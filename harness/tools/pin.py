@@ -24,6 +24,7 @@ from ..core.model import (
     Cell,
     Matrix,
 )
+from ..core.paths import ROOT
 from ..core.results import Status
 from ..core.text import one_line
 from ..matrix.load import load as load_matrix
@@ -48,8 +49,11 @@ ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # run and cell ids: th
 TIME_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-][0-9]{2}:[0-9]{2})?"
 )
-# Free text on a comment line: printable, one line.
-TEXT_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{0,500}")
+# Free text on a comment line (a decision: "SPRT accepted p<=0.01 ..."): one line, no quote, no
+# shell expansion, nothing apt or sh would read as more than a comment.
+TEXT_RE = re.compile(r"[A-Za-z0-9 .,:<>=%()+_~-]{0,300}")
+COMMAND_RE = re.compile(r"[A-Za-z0-9 ._/:+~-]{1,1000}")  # the command line, in a comment
+PATH_RE = re.compile(r"[A-Za-z0-9._/+~-]{1,500}")  # the results file, as the command names it
 SNAPSHOT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[A-Za-z0-9._~%+-]+)*")
 DISTROS = ("debian", "ubuntu")
 # Only where a run recorded no origins: the suites of a release a node has without adding any.
@@ -330,8 +334,10 @@ def check(plan: Plan, command: str) -> None:
     for key in ("started", "finished"):
         value = data.get(key)
         need(isinstance(value, str) and bool(TIME_RE.fullmatch(value)), key, "a time", value)
-    text(str(origin), "the results file's path")
-    text(command, "the command")
+    need(
+        bool(PATH_RE.fullmatch(str(origin))), "the results file's path", "a plain path", str(origin)
+    )
+    need(bool(COMMAND_RE.fullmatch(command)), "the command", "a plain command line", command)
     for pin in plan.pins:
         cell = pin.cell
         at = f"cell {cell.get('id')!r}"
@@ -664,6 +670,9 @@ def pin(
     """Reads a run, chooses what to pin, and writes the pin files (to results/pins/RUN_ID/ unless
     told where). Writes nothing when nothing is safe, or when any value fails its grammar."""
     data, origin = stored_results(run_id, input_file, results_dir)
+    # The evidence names the checkout's files as the checkout does, wherever it is.
+    if origin.is_absolute() and origin.is_relative_to(ROOT):
+        origin = origin.relative_to(ROOT)
     if not (isinstance(data.get("run_id"), str) and ID_RE.fullmatch(data["run_id"])):
         raise _bad(origin, "run_id", "a run id", data.get("run_id"))
     chosen = plan(data, origin, Sources.read(matrix), block, snapshot)
