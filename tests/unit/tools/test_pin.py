@@ -1,5 +1,5 @@
-"""harness.tools.pin: each base and source's newest safe versions as apt preferences, a devstack
-local.conf fragment and JSON; everything else refused, one line each."""
+"""harness.tools.pin: each base and source's newest safe versions as apt preferences, a shell
+check and JSON; everything else refused, one line each; tampered results refused whole."""
 
 from __future__ import annotations
 
