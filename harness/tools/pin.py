@@ -151,7 +151,7 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
         # These strings go into apt and shell files: refuse anything but Debian's grammar.
         if not DEB_PACKAGE_RE.fullmatch(package) or not DEB_VERSION_RE.fullmatch(version):
             raise ConfigurationError(
-                f"{origin}: cell {cell['id']}: {package!r} {version!r} is not a Debian package and version"
+                f"{origin}: cell {one_line(cell['id'], 120)}: {package!r} {version!r} is not a Debian package and version"
             )
     packages = dict(versions)
     for package, recorded in SAME_BUILD.items():
@@ -165,7 +165,7 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
     derived = ""
     if cell.get("origins") is not None:
         for i, entry in enumerate(cell["origins"]):
-            where = f"cell {cell['id']}: origins[{i}]"
+            where = f"cell {one_line(cell['id'], 120)}: origins[{i}]"
             if not isinstance(entry, dict):
                 raise _bad(origin, where, "a package, version and suites", entry)
             package, version = entry.get("package"), entry.get("version")
@@ -192,7 +192,7 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
         if matrix_suites is None or not set(matrix_suites) <= own:
             extra = ", ".join(matrix_suites or ()) or "suites the matrix does not name"
             return (
-                f"refused {cell['id']} (safe): the run recorded no package origins (results "
+                f"refused {one_line(cell['id'], 120)} (safe): the run recorded no package origins (results "
                 f"from before hvgate recorded them) and the cell took packages from {extra}: "
                 "a fresh run of the cell records what to pin"
             )
@@ -283,9 +283,13 @@ def plan(
     groups: dict[str, list[Pin]] = {}
     for cell in data["cells"]:
         if cell.get("status") != Status.SAFE:
-            refused.append(f"refused {cell['id']} ({cell.get('status')}): {why_not(cell)}")
+            refused.append(
+                f"refused {one_line(cell['id'], 120)} ({cell.get('status')}): {why_not(cell)}"
+            )
         elif not cell.get("versions"):
-            refused.append(f"refused {cell['id']} (safe): the run recorded no package versions")
+            refused.append(
+                f"refused {one_line(cell['id'], 120)} (safe): the run recorded no package versions"
+            )
         else:
             found = pin_of(cell, origin, sources)
             if isinstance(found, str):
@@ -446,7 +450,7 @@ def evidence(pin: Pin, plan: Plan) -> list[str]:
     failures = sum(s.get("failures", 0) + s.get("errors", 0) for s in scenarios)
     lines = [
         f"Evidence: run {data['run_id']} ({data.get('started')} – {data.get('finished')}), {plan.origin}",
-        f"Cell {cell['id']}: {cell['status']}; {len(scenarios)} scenarios, {runs} runs, "
+        f"Cell {one_line(cell['id'], 120)}: {cell['status']}; {len(scenarios)} scenarios, {runs} runs, "
         f"{failures} failures; accel {cell.get('accel') or '?'}",
     ]
     for s in scenarios:
