@@ -402,12 +402,16 @@ def report_task(c, run=None, input=None, out=None, format=None):
         "input": "a results JSON file to read (default: results/latest.json)",
         "out": "the directory to write to (default: results/pins/RUN_ID/)",
         "matrix": f"the matrix that names each cell's apt suites (default: {MATRIX})",
+        "block": "also pin the libvirt and QEMU versions the run found flaky or broken at -1",
+        "snapshot": "a snapshot archive's base URL: the pins name it as of the run's start "
+        "(default: $HVGATE_PIN_SNAPSHOT)",
     },
 )
 @reported
-def pin_task(c, run=None, input=None, out=None, matrix=MATRIX):
-    """Write apt preferences, devstack local.conf and JSON pins of each base and source's newest safe versions."""
-    plan, paths = pin(run, input, out, matrix, results_dir(os.environ))
+def pin_task(c, run=None, input=None, out=None, matrix=MATRIX, block=False, snapshot=None):
+    """Write apt preferences, a shell check and JSON pins of each base and source's newest safe versions."""
+    snapshot = snapshot or os.environ.get("HVGATE_PIN_SNAPSHOT") or None
+    plan, paths = pin(run, input, out, matrix, results_dir(os.environ), block, snapshot)
     for line in plan.refused + plan.superseded:
         print(line)
     for path in paths:

@@ -29,6 +29,9 @@ CODENAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
 SUITE_RE = re.compile(
     r"^(?:[a-z0-9]|\{codename\}|\{release\})(?:[a-z0-9./-]|\{codename\}|\{release\})*$"
 )
+# A suite as sources.list names it, once the placeholders are filled (a Cloud Archive pocket has a
+# slash: jammy-updates/caracal).
+ORIGIN_SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.+~_-]*(?:/[a-z0-9][a-z0-9.+~_-]*)*$")
 URI_RE = re.compile(r"^(?:https?|file)://[A-Za-z0-9._~:/@%+-]+$")
 # user:password@ in the authority: it would be written into a Dockerfile, an image layer, a
 # command line and logs, which every user of the engine can read.

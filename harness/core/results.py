@@ -61,6 +61,9 @@ class BuildResult:
     log: str | None = None
     log_tail: tuple[str, ...] = ()
     size_bytes: int | None = None
+    # Each installed package whose version no suite of the base serves: {package, version,
+    # suites}; None when the image did not record them.
+    origins: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -237,6 +240,10 @@ class CellResult:
     history: dict[str, Any] = field(default_factory=dict)
     # The source whose pocket this cell's versions reach next (a -proposed cell: "updates").
     stages_for: str | None = None
+    # The image's installed packages whose versions no suite of the base serves, each
+    # {package, version, suites}: what pins must name beyond the release. None: not recorded
+    # (results from before hvgate recorded them, or an override template without the step).
+    origins: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

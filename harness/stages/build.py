@@ -17,7 +17,14 @@ import docker.errors
 
 from ..core.apt_log import diagnose, without_hosts
 from ..core.errors import EngineError
-from ..core.model import DEB_VERSION_RE, VERSION_LABEL_PACKAGES, Cell, Matrix
+from ..core.model import (
+    DEB_PACKAGE_RE,
+    DEB_VERSION_RE,
+    ORIGIN_SUITE_RE,
+    VERSION_LABEL_PACKAGES,
+    Cell,
+    Matrix,
+)
 from ..core.paths import CONTEXT, HOST_STATE, IMAGES
 from ..core.progress import say
 from ..core.results import BuildResult
@@ -31,6 +38,10 @@ from .resolve import uses_loopback
 
 GUEST_DIR = IMAGES / "guest"
 VERSION_LINE = re.compile(r"^HVGATE-VERSION (\S+)\t(\S+)$")
+ORIGIN_LINE = re.compile(r"^HVGATE-ORIGIN (\S+)\t(\S+)\t(\S+)$")
+ORIGINS_DONE = re.compile(r"^HVGATE-ORIGINS ([0-9]+)$")
+# The packages from beyond the base's suites, as one label: "PACKAGE=VERSION@SUITE,SUITE ...".
+LABEL_ORIGINS = f"{eng.LABEL}.origins"
 
 
 def cell_context(cell: Cell) -> bytes:
@@ -56,7 +67,10 @@ def built_image(
     versions = _versions_from_labels(image.labels)
     if not versions:
         return None
-    return BuildResult(cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"))
+    origins = origins_from_label((image.labels or {}).get(LABEL_ORIGINS))
+    return BuildResult(
+        cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"), origins=origins
+    )
 
 
 def existing_image(engine: docker.DockerClient, cell: Cell) -> BuildResult:
@@ -100,8 +114,8 @@ def build_cell(
     ok, lines = _build(engine, cell, context, unlabelled, log_path, timeout, cache)
     if not ok:
         return _failed(cell, tag, lines, log_path, time.monotonic() - started, cache)
-    versions = _versions(engine, unlabelled, lines)
-    image = _labelled(engine, cell, unlabelled, tag, digest, versions, log_path)
+    versions, origins = _versions(engine, unlabelled, lines)
+    image = _labelled(engine, cell, unlabelled, tag, digest, versions, origins, log_path)
     seconds = time.monotonic() - started
     say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return BuildResult(
@@ -112,6 +126,7 @@ def build_cell(
         seconds=seconds,
         log=str(log_path),
         size_bytes=image.attrs.get("Size"),
+        origins=origins,
     )
 
 
@@ -177,20 +192,24 @@ def _failed(
     )
 
 
-def _versions(engine: docker.DockerClient, unlabelled: str, lines: list[str]) -> dict[str, str]:
-    """The installed versions the build printed; read from the image when it printed nothing."""
+def _versions(
+    engine: docker.DockerClient, unlabelled: str, lines: list[str]
+) -> tuple[dict[str, str], list[dict[str, Any]] | None]:
+    """The installed versions and origins the build printed; read from the image when it printed
+    nothing."""
     versions = recorded_versions(lines)
     if "libvirt-daemon" not in versions:
         # Every step came from the layer cache (another cell, or another matrix, has the same
         # Dockerfile), so the build printed nothing: the image keeps what record-versions wrote.
         output = engine.containers.run(
             unlabelled,
-            ["sed", "s/^/HVGATE-VERSION /", "/etc/hvgate/versions"],
+            ["/opt/hvgate/bin/record-versions"],
             remove=True,
             labels={eng.LABEL_RUN: "versions"},
         )
-        versions = recorded_versions(output.decode(errors="replace").splitlines())
-    return versions
+        lines = output.decode(errors="replace").splitlines()
+        versions = recorded_versions(lines)
+    return versions, recorded_origins(lines)
 
 
 def _labelled(
@@ -200,12 +219,17 @@ def _labelled(
     tag: str,
     digest: str,
     versions: dict[str, str],
+    origins: list[dict[str, Any]] | None,
     log_path: Path,
 ) -> Any:
     """The image tagged `tag`, labelled with the versions (known only after the build ran
     dpkg-query, so a second, two-line build labels it)."""
     labels = {f"{eng.LABEL_VERSION}{pkg}": ver for pkg, ver in versions.items()}
     labels.update({eng.LABEL_CELL: cell.id, eng.LABEL_HASH: digest})
+    if origins is not None:  # each field passed its grammar in recorded_origins
+        labels[LABEL_ORIGINS] = " ".join(
+            f"{o['package']}={o['version']}@{','.join(o['suites'])}" for o in origins
+        )
     bad = [v for v in versions.values() if not DEB_VERSION_RE.fullmatch(v)]
     if bad or "libvirt-daemon" not in versions:
         raise EngineError(f"{cell.id}: the image reported no usable versions: {versions}")
@@ -228,6 +252,47 @@ def _labelled(
 def recorded_versions(lines: list[str]) -> dict[str, str]:
     """Package -> version, from the lines record-versions prints."""
     return {m.group(1): m.group(2) for line in lines if (m := VERSION_LINE.match(line))}
+
+
+def _origin(package: str, version: str, suites: list[str]) -> dict[str, Any] | None:
+    if not (
+        DEB_PACKAGE_RE.fullmatch(package)
+        and DEB_VERSION_RE.fullmatch(version)
+        and all(ORIGIN_SUITE_RE.fullmatch(s) for s in suites)
+    ):
+        return None
+    return {"package": package, "version": version, "suites": suites}
+
+
+def recorded_origins(lines: list[str]) -> list[dict[str, Any]] | None:
+    """The packages record-origins found from beyond the base's suites, or None when the image
+    recorded none (an override template without the step); a line that fails its grammar makes
+    the whole record None."""
+    origins: list[dict[str, Any]] = []
+    for line in lines:
+        if m := ORIGIN_LINE.match(line):
+            suites = [] if m.group(3) == "-" else m.group(3).split(",")
+            origin = _origin(m.group(1), m.group(2), suites)
+            if origin is None:
+                return None
+            origins.append(origin)
+        elif (m := ORIGINS_DONE.match(line)) and int(m.group(1)) == len(origins):
+            return origins
+    return None
+
+
+def origins_from_label(label: str | None) -> list[dict[str, Any]] | None:
+    if label is None:
+        return None
+    origins = []
+    for word in label.split():
+        package, _, rest = word.partition("=")
+        version, _, suites = rest.partition("@")
+        origin = _origin(package, version, suites.split(",") if suites else [])
+        if origin is None:
+            return None
+        origins.append(origin)
+    return origins
 
 
 def _versions_from_labels(labels: dict[str, str] | None) -> dict[str, str]:

@@ -192,6 +192,7 @@ def judge_cell(
             "log_tail": list(build.log_tail),
         },
         versions=dict(build.versions),
+        origins=build.origins,
     )
     if not build.ok:
         return CellResult(**common, status=Status.UNAVAILABLE, reason=build.reason)

@@ -1,11 +1,13 @@
-"""Pin files from a run: for each base and source, the newest versions found safe, as an apt
-preferences file, a devstack local.conf fragment and JSON, each headed by its evidence."""
+"""Pin files from a run: for each base and source, the newest versions found safe, held at their
+exact versions together with what the tested image took from beyond the release's own suites, as
+apt preferences, a POSIX shell check and JSON, each headed by its evidence."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +15,25 @@ from debian.debian_support import Version
 
 from ..core.errors import ConfigurationError
 from ..core.files import write_atomic
-from ..core.model import DEB_PACKAGE_RE, DEB_VERSION_RE, Cell, Matrix
+from ..core.model import (
+    CODENAME_RE,
+    DEB_PACKAGE_RE,
+    DEB_VERSION_RE,
+    NAME_RE,
+    ORIGIN_SUITE_RE,
+    Cell,
+    Matrix,
+)
+from ..core.paths import ROOT
 from ..core.results import Status
 from ..core.text import one_line
 from ..matrix.load import load as load_matrix
 from ..stages.publish import stored_results
 from ..stages.render import source_suite
 
-FORMAT = 1
-PRIORITY = 1001  # above 1000: apt installs the pinned version even when it is a downgrade
+FORMAT = 2
+HOLD = 1001  # above 1000: apt installs the pinned version even when it is a downgrade
+BLOCK = -1  # apt never installs the version
 # Installed with a recorded package, built from the same source in the same build: same version.
 SAME_BUILD = {"libvirt-daemon-driver-qemu": "libvirt-daemon", "qemu-utils": "qemu-system-x86"}
 SOURCE_PACKAGES = {
@@ -32,18 +44,36 @@ SOURCE_PACKAGES = {
 # Which versions count as newer when one base and source has several safe cells.
 RANK = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
 BINNMU_RE = re.compile(r"\+b[0-9]+$")  # a binary-only rebuild: not part of the source version
-CELL_KEYS = {"id", "distro", "release", "source", "status"}
-RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # it names a directory
+# Grammars of what the files print, beyond the model's: each value is checked before writing.
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # run and cell ids: they name paths
+TIME_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+# Free text on a comment line (a decision: "SPRT accepted p<=0.01 ..."): one line, no quote, no
+# shell expansion, nothing apt or sh would read as more than a comment.
+TEXT_RE = re.compile(r"[A-Za-z0-9 .,:<>=%()+_~-]{0,300}")
+COMMAND_RE = re.compile(r"[A-Za-z0-9 ._/:+~-]{1,1000}")  # the command line, in a comment
+PATH_RE = re.compile(r"[A-Za-z0-9._/+~-]{1,500}")  # the results file, as the command names it
+SNAPSHOT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[A-Za-z0-9._~%+-]+)*")
+DISTROS = ("debian", "ubuntu")
+# Only where a run recorded no origins: the suites of a release a node has without adding any.
+OWN_POCKETS = ("", "-updates", "-security")
+TARGET = "/etc/apt/preferences.d/00-hvgate-{name}.pref"
 
 
 @dataclass(frozen=True)
 class Pin:
     name: str  # base and source, e.g. debian-12-backports
     cell: dict[str, Any]
-    packages: dict[str, str]  # binary package -> exact version
-    sources: dict[str, str]  # source package -> source version
-    suites: tuple[str, ...] = ()  # the cell's suites beyond the base release's, when known
+    packages: dict[str, str]  # binary package -> exact version: held at HOLD
+    sources: dict[str, str]  # source package -> source version: its other binaries held too
+    # Where each package of `packages` beyond the tested ones came from: package -> suites.
+    origins: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    suites: tuple[str, ...] = ()  # the suites beyond the base's own that the pins need
     needs: str = ""  # what apt's sources must have for these pins to install
+    derived: str = ""  # why there is no origin record, and why none is needed
+    blocked: dict[str, tuple[str, ...]] = field(default_factory=dict)  # source -> versions
+    snapshot: str = ""  # an archive as of the run's date, when configured
 
 
 @dataclass(frozen=True)
@@ -63,9 +93,9 @@ class Sources:
     cells: dict[str, Cell] = field(default_factory=dict)
     path: str = "matrix.yaml"
 
-    def where(self, cell: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
-        """The pin's name (base, source, and any component from another source), the suites
-        the packages came from, and what apt's sources need."""
+    def where(self, cell: dict[str, Any]) -> tuple[str, tuple[str, ...] | None]:
+        """The pin's name (base, source, and any component from another source) and the suites
+        beyond the base's codename its packages came from (None: the matrix does not say)."""
         base = f"{cell['distro']}-{cell['release']}"
         parts = [base] if cell["source"] == cell["release"] else [base, cell["source"]]
         found = self.cells.get(cell["id"])
@@ -83,10 +113,10 @@ class Sources:
                 if (b.distro, b.release) == (cell["distro"], cell["release"])
             ]
             if not bases:
-                return "-".join(parts), (), self._unknown(cell)
+                return "-".join(parts), None
             base_model, sources = bases[0], [self.matrix.sources[cell["source"]]]
         else:
-            return "-".join(parts), (), self._unknown(cell)
+            return "-".join(parts), None
         suites = tuple(
             dict.fromkeys(
                 source_suite(s, base_model)
@@ -95,22 +125,7 @@ class Sources:
                 and source_suite(s, base_model) != base_model.codename
             )
         )
-        needs = (
-            f"Needs {', '.join(suites)} in apt's sources, besides the base's own"
-            if suites
-            else "Needs only the base's own apt sources"
-        )
-        return (
-            "-".join(parts),
-            suites,
-            needs + ": these files choose versions, they add no archive.",
-        )
-
-    def _unknown(self, cell: dict[str, Any]) -> str:
-        return (
-            f"Needs the suite of the cell's '{cell['source']}' source in apt's sources "
-            f"({self.path} does not name it): these files choose versions, they add no archive."
-        )
+        return "-".join(parts), suites
 
     @staticmethod
     def read(path: str | None) -> Sources:
@@ -125,13 +140,18 @@ def source_version(version: str) -> str:
     return BINNMU_RE.sub("", version)
 
 
-def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin:
+def _bad(origin: Path, where: str, what: str, value: object) -> ConfigurationError:
+    return ConfigurationError(f"{origin}: {where}: {value!r} is not {what}")
+
+
+def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
+    """The cell's pin, or why it cannot have one (a line for the refusals)."""
     versions = dict(cell["versions"])
     for package, version in versions.items():
         # These strings go into apt and shell files: refuse anything but Debian's grammar.
         if not DEB_PACKAGE_RE.fullmatch(package) or not DEB_VERSION_RE.fullmatch(version):
             raise ConfigurationError(
-                f"{origin}: cell {cell['id']}: {package!r} {version!r} is not a Debian package and version"
+                f"{origin}: cell {one_line(cell['id'], 120)}: {package!r} {version!r} is not a Debian package and version"
             )
     packages = dict(versions)
     for package, recorded in SAME_BUILD.items():
@@ -140,8 +160,63 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin:
     source_packages = {
         SOURCE_PACKAGES[p]: source_version(v) for p, v in versions.items() if p in SOURCE_PACKAGES
     }
-    name, suites, needs = sources.where(cell)
-    return Pin(name, cell, dict(sorted(packages.items())), source_packages, suites, needs)
+    name, matrix_suites = sources.where(cell)
+    origins: dict[str, tuple[str, ...]] = {}
+    derived = ""
+    if cell.get("origins") is not None:
+        for i, entry in enumerate(cell["origins"]):
+            where = f"cell {one_line(cell['id'], 120)}: origins[{i}]"
+            if not isinstance(entry, dict):
+                raise _bad(origin, where, "a package, version and suites", entry)
+            package, version = entry.get("package"), entry.get("version")
+            suites = entry.get("suites")
+            if not isinstance(package, str) or not DEB_PACKAGE_RE.fullmatch(package):
+                raise _bad(origin, where, "a Debian package name", package)
+            if not isinstance(version, str) or not DEB_VERSION_RE.fullmatch(version):
+                raise _bad(origin, where, "a Debian version", version)
+            if not isinstance(suites, list) or not all(
+                isinstance(s, str) and ORIGIN_SUITE_RE.fullmatch(s) for s in suites
+            ):
+                raise _bad(origin, where, "a list of suite names", suites)
+            if packages.get(package, version) != version:
+                raise ConfigurationError(
+                    f"{origin}: {where}: {package} {version} differs from the version the cell "
+                    f"recorded ({packages[package]})"
+                )
+            packages[package] = version
+            origins[package] = tuple(suites)
+        suites_needed = tuple(dict.fromkeys(s for o in origins.values() for s in o))
+    else:
+        codename = cell.get("codename") or ""
+        own = {codename + pocket for pocket in OWN_POCKETS}
+        if matrix_suites is None or not set(matrix_suites) <= own:
+            extra = ", ".join(matrix_suites or ()) or "suites the matrix does not name"
+            return (
+                f"refused {one_line(cell['id'], 120)} (safe): the run recorded no package origins (results "
+                f"from before hvgate recorded them) and the cell took packages from {extra}: "
+                "a fresh run of the cell records what to pin"
+            )
+        suites_needed = ()
+        derived = (
+            f"The run recorded no package origins; none are needed: the cell added no suite "
+            f"beyond {', '.join(sorted(own))}, so every package of its image came from the "
+            "release's own suites."
+        )
+    needs = (
+        f"Needs {', '.join(suites_needed)} in apt's sources, besides the release's own"
+        if suites_needed
+        else "Needs only the release's own apt sources"
+    )
+    return Pin(
+        name,
+        cell,
+        dict(sorted(packages.items())),
+        source_packages,
+        dict(sorted(origins.items())),
+        suites_needed,
+        needs + ": these files choose versions, they add no archive.",
+        derived,
+    )
 
 
 def why_not(cell: dict[str, Any]) -> str:
@@ -154,7 +229,53 @@ def why_not(cell: dict[str, Any]) -> str:
     return one_line(why, None)
 
 
-def plan(data: dict[str, Any], origin: Path, sources: Sources | None = None) -> Plan:
+def _blocked(cells: list[dict[str, Any]], pin: Pin) -> dict[str, tuple[str, ...]]:
+    """The source versions a flaky or broken cell of the pin's release had and no safe cell of
+    that release had: the ones to block."""
+    same = [
+        c
+        for c in cells
+        if (c.get("distro"), c.get("release")) == (pin.cell["distro"], pin.cell["release"])
+    ]
+
+    def versions(cell: dict[str, Any]) -> set[tuple[str, str]]:
+        found = set()
+        for package, version in (cell.get("versions") or {}).items():
+            if package in SOURCE_PACKAGES and isinstance(version, str):
+                found.add((SOURCE_PACKAGES[package], source_version(version)))
+        return found
+
+    safe = set().union(*(versions(c) for c in same if c.get("status") == Status.SAFE))
+    bad = set().union(
+        *(versions(c) for c in same if c.get("status") in (Status.FLAKY, Status.BROKEN))
+    )
+    blocked: dict[str, list[str]] = {}
+    for source, version in sorted(bad - safe):
+        blocked.setdefault(source, []).append(version)
+    return {s: tuple(v) for s, v in blocked.items()}
+
+
+def snapshot_of(url: str, started: str) -> str:
+    """The snapshot archive's URL as of the run's start: BASE/YYYYMMDDTHHMMSSZ/."""
+    if not SNAPSHOT_RE.fullmatch(url.rstrip("/")):
+        raise ConfigurationError(f"--snapshot {url!r}: not an http(s) URL of an archive")
+    try:
+        when = datetime.fromisoformat(started.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError(f"the run's start {started!r} is not a time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{url.rstrip('/')}/{stamp}/"
+
+
+def plan(
+    data: dict[str, Any],
+    origin: Path,
+    sources: Sources | None = None,
+    block: bool = False,
+    snapshot: str | None = None,
+) -> Plan:
     """Chooses, for each base and source, its newest safe cell; every other cell is refused or
     superseded, one line each."""
     sources = sources or Sources()
@@ -162,25 +283,156 @@ def plan(data: dict[str, Any], origin: Path, sources: Sources | None = None) -> 
     groups: dict[str, list[Pin]] = {}
     for cell in data["cells"]:
         if cell.get("status") != Status.SAFE:
-            refused.append(f"refused {cell['id']} ({cell.get('status')}): {why_not(cell)}")
+            refused.append(
+                f"refused {one_line(cell['id'], 120)} ({cell.get('status')}): {why_not(cell)}"
+            )
         elif not cell.get("versions"):
-            refused.append(f"refused {cell['id']} (safe): the run recorded no package versions")
+            refused.append(
+                f"refused {one_line(cell['id'], 120)} (safe): the run recorded no package versions"
+            )
         else:
             found = pin_of(cell, origin, sources)
-            groups.setdefault(found.name, []).append(found)
+            if isinstance(found, str):
+                refused.append(found)
+            else:
+                groups.setdefault(found.name, []).append(found)
     pins, superseded = [], []
+    snapshot_url = snapshot_of(snapshot, str(data.get("started"))) if snapshot else ""
     for name, candidates in groups.items():
         ranked = sorted(
             candidates,
             key=lambda p: tuple(Version(p.cell["versions"].get(k, "0")) for k in RANK),
             reverse=True,
         )
-        pins.append(ranked[0])
+        best = ranked[0]
+        blocked = _blocked(data["cells"], best) if block else {}
+        pins.append(replace(best, blocked=blocked, snapshot=snapshot_url))
         superseded += [
-            f"kept {ranked[0].cell['id']} over {p.cell['id']} (older versions, same base and source {name})"
+            f"kept {best.cell['id']} over {p.cell['id']} (older versions, same base and source {name})"
             for p in ranked[1:]
         ]
     return Plan(data, origin, pins, refused, superseded)
+
+
+# --- checking every value a file prints, right before writing ---------------------------------
+
+
+def check(plan: Plan, command: str) -> None:
+    """Every value the pin files print passes the grammar of what it is; ConfigurationError (one
+    line naming the file, the field and the value) on the first that does not."""
+    origin, data = plan.origin, plan.data
+
+    def need(ok: bool, where: str, what: str, value: object) -> None:
+        if not ok:
+            raise _bad(origin, where, what, value)
+
+    def text(value: object, where: str, what: str = "one line of printable text") -> None:
+        need(isinstance(value, str) and bool(TEXT_RE.fullmatch(value)), where, what, value)
+
+    need(
+        isinstance(data.get("run_id"), str) and bool(ID_RE.fullmatch(data["run_id"])),
+        "run_id",
+        "a run id",
+        data.get("run_id"),
+    )
+    for key in ("started", "finished"):
+        value = data.get(key)
+        need(isinstance(value, str) and bool(TIME_RE.fullmatch(value)), key, "a time", value)
+    need(
+        bool(PATH_RE.fullmatch(str(origin))), "the results file's path", "a plain path", str(origin)
+    )
+    need(bool(COMMAND_RE.fullmatch(command)), "the command", "a plain command line", command)
+    for pin in plan.pins:
+        cell = pin.cell
+        at = f"cell {cell.get('id')!r}"
+        need(
+            isinstance(cell["id"], str) and bool(ID_RE.fullmatch(cell["id"])),
+            "cells[].id",
+            "a cell id",
+            cell["id"],
+        )
+        need(
+            cell.get("distro") in DISTROS, f"{at}: distro", " or ".join(DISTROS), cell.get("distro")
+        )
+        for key in ("release", "source"):
+            value = cell.get(key)
+            need(
+                isinstance(value, str) and bool(NAME_RE.fullmatch(value)),
+                f"{at}: {key}",
+                f"a {key} name",
+                value,
+            )
+        codename = cell.get("codename")
+        need(
+            isinstance(codename, str) and bool(CODENAME_RE.fullmatch(codename)),
+            f"{at}: codename",
+            "a codename",
+            codename,
+        )
+        accel = cell.get("accel")
+        need(
+            accel is None or (isinstance(accel, str) and bool(NAME_RE.fullmatch(accel))),
+            f"{at}: accel",
+            "an accel name",
+            accel,
+        )
+        need(bool(NAME_RE.fullmatch(pin.name)), f"{at}: pin name", "a file name", pin.name)
+        for i, s in enumerate(cell.get("scenarios", [])):
+            where = f"{at}: scenarios[{i}]"
+            need(isinstance(s, dict), where, "a scenario", s)
+            name = s.get("name")
+            need(
+                isinstance(name, str) and bool(NAME_RE.fullmatch(name)),
+                f"{where}.name",
+                "a scenario name",
+                name,
+            )
+            need(s.get("status") in set(Status), f"{where}.status", "a status", s.get("status"))
+            for key in ("runs", "failures", "errors"):
+                value = s.get(key, 0)
+                need(type(value) is int and value >= 0, f"{where}.{key}", "a count", value)
+            interval = s.get("interval")
+            need(
+                interval is None
+                or (
+                    isinstance(interval, list)
+                    and all(type(x) in (int, float) and 0 <= x <= 1 for x in interval)
+                ),
+                f"{where}.interval",
+                "two rates",
+                interval,
+            )
+            if s.get("decision") is not None:
+                text(s["decision"], f"{where}.decision")
+        for source, versions in {
+            **{s: (v,) for s, v in pin.sources.items()},
+            **pin.blocked,
+        }.items():
+            need(
+                bool(DEB_PACKAGE_RE.fullmatch(source)),
+                f"{at}: source package",
+                "a Debian package name",
+                source,
+            )
+            for version in versions:
+                need(
+                    bool(DEB_VERSION_RE.fullmatch(version)),
+                    f"{at}: {source}",
+                    "a Debian version",
+                    version,
+                )
+        for suite in pin.suites:
+            need(bool(ORIGIN_SUITE_RE.fullmatch(suite)), f"{at}: suite", "a suite name", suite)
+        if pin.snapshot:
+            need(
+                bool(SNAPSHOT_RE.fullmatch(pin.snapshot.rstrip("/"))),
+                "snapshot",
+                "a URL",
+                pin.snapshot,
+            )
+
+
+# --- the files -----------------------------------------------------------------------------------
 
 
 def _interval(scenario: dict[str, Any]) -> str:
@@ -198,7 +450,7 @@ def evidence(pin: Pin, plan: Plan) -> list[str]:
     failures = sum(s.get("failures", 0) + s.get("errors", 0) for s in scenarios)
     lines = [
         f"Evidence: run {data['run_id']} ({data.get('started')} – {data.get('finished')}), {plan.origin.name}",
-        f"Cell {cell['id']}: {cell['status']}; {len(scenarios)} scenarios, {runs} runs, "
+        f"Cell {one_line(cell['id'], 120)}: {cell['status']}; {len(scenarios)} scenarios, {runs} runs, "
         f"{failures} failures; accel {cell.get('accel') or '?'}",
     ]
     for s in scenarios:
@@ -221,63 +473,148 @@ def header(pin: Pin, plan: Plan, what: str, command: str) -> list[str]:
 
 def _header(pin: Pin, plan: Plan, what: str, command: str) -> list[str]:
     cell = pin.cell
-    return [
+    lines = [
         f"{what}: libvirt and QEMU as hvgate found them safe on {cell['distro']} {cell['release']} "
         f"({cell.get('codename')}), source {cell['source']}.",
         f"Generated by `{command}`; do not edit.",
         *evidence(pin, plan),
         pin.needs,
     ]
+    if pin.derived:
+        lines.append(pin.derived)
+    if pin.snapshot:
+        lines.append(f"Every pinned version stays available in the snapshot archive {pin.snapshot}")
+    return lines
+
+
+def _pattern(version: str) -> str:
+    """apt's /regex/ (POSIX extended) of a source version and its "+bN" binary rebuilds."""
+    return "^" + re.sub(r"([.+])", r"\\\1", version) + r"(\+b[0-9]+)?$"
 
 
 def preferences(pin: Pin, plan: Plan, command: str) -> str:
     lines = [f"# {line}" for line in header(pin, plan, "apt preferences", command)]
-    lines.append("# Install: copy to /etc/apt/preferences.d/, then apt-get update.")
-    stanzas = [
-        f"Package: {package}\nPin: version {version}\nPin-Priority: {PRIORITY}\n"
-        for package, version in pin.packages.items()
-    ]
+    lines.append(
+        f"# Install: copy to {TARGET.format(name=pin.name)} (it sorts before other files, and apt "
+        "takes the first pin that matches a version)."
+    )
+    stanzas = []
+    for package, version in pin.packages.items():
+        why = (
+            f"from {', '.join(pin.origins[package]) or 'no suite'} in the tested image"
+            if package in pin.origins
+            else "tested"
+        )
+        stanzas.append(
+            f"Explanation: {package} {why}\n"
+            f"Package: {package}\nPin: version {version}\nPin-Priority: {HOLD}\n"
+        )
     for source, version in pin.sources.items():
         # The rest of what these sources build (libvirt-clients, qemu-system, ...) follows, so
         # whatever else a job installs matches; a "+bN" binary rebuild of the version counts.
-        pattern = "^" + re.sub(r"([.+])", r"\\\1", version) + r"(\+b[0-9]+)?$"
         stanzas.append(
             f"Explanation: every binary package built from {source} {version}\n"
-            f"Package: src:{source}\nPin: version /{pattern}/\nPin-Priority: {PRIORITY}\n"
+            f"Package: src:{source}\nPin: version /{_pattern(version)}/\nPin-Priority: {HOLD}\n"
         )
-    for suite in pin.suites:
-        # As in the image the verdict is about: what these packages depend on may come from the
-        # cell's other suites at the default priority, newest first (QEMU from backports needs
-        # SeaBIOS from backports). A Debian suite is known by its Codename, Ubuntu's by its Suite.
-        for field_name in ("n", "a"):
+    for source, versions in pin.blocked.items():
+        for version in versions:
             stanzas.append(
-                f"Explanation: dependencies may come from {suite} too, as in the tested image\n"
-                f"Package: *\nPin: release {field_name}={suite}\nPin-Priority: 500\n"
+                f"Explanation: {source} {version} was flaky or broken in run {plan.data['run_id']}\n"
+                f"Package: src:{source}\nPin: version /{_pattern(version)}/\nPin-Priority: {BLOCK}\n"
             )
     return "\n".join(lines) + "\n\n" + "\n".join(stanzas)
 
 
-def local_conf(pin: Pin, plan: Plan, command: str) -> str:
-    target = f"/etc/apt/preferences.d/hvgate-{pin.name}"
-    lines = [f"# {line}" for line in header(pin, plan, "devstack local.conf fragment", command)]
+CHECK_BODY = r"""set -u
+status=0
+fail() {
+    echo "hvgate-check: $*" >&2
+    status=1
+}
+installed() {
+    dpkg-query -W -f '${db:Status-Abbrev}|${Version}\n' "$1" 2>/dev/null |
+        awk -F'|' '$1 ~ /^ii/ {print $2; exit}'
+}
+served() {
+    apt-cache madison "$1" 2>/dev/null |
+        awk -F'|' -v want="$2" '{gsub(/ /, "", $2)} $2 == want {found = 1} END {exit !found}'
+}
+candidate() {
+    apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p' | head -n1
+}
+count=0
+while read -r package version; do
+    [ -n "$package" ] || continue
+    count=$((count + 1))
+    now=$(installed "$package")
+    if [ -n "$now" ] && [ "$now" != "$version" ]; then
+        fail "mismatch: $package is installed at $now, pinned $version"
+    fi
+    if ! served "$package" "$version"; then
+        fail "not served: $package $version is in none of apt's sources$SNAPSHOT_HINT"
+    else
+        want=$(candidate "$package")
+        [ "$want" = "$version" ] ||
+            fail "not effective: apt would install $package ${want:-(none)}, pinned $version (another preference outranks these pins)"
+    fi
+done <<HVGATE_PACKAGES
+$PACKAGES
+HVGATE_PACKAGES
+installed_sources=$(dpkg-query -W -f '${db:Status-Abbrev}|${binary:Package}|${source:Package}|${source:Version}|${Version}\n' 2>/dev/null |
+    awk -F'|' '$1 ~ /^ii/ {print $2, $3, $4, $5}')
+while read -r source version rule; do
+    [ -n "$source" ] || continue
+    while read -r binary from from_version binary_version; do
+        [ "$from" = "$source" ] || continue
+        if [ "$rule" = hold ] && [ "$from_version" != "$version" ]; then
+            fail "mismatch: $binary is installed at $binary_version, built from $source $from_version; pinned $source $version"
+        elif [ "$rule" = block ] && [ "$from_version" = "$version" ]; then
+            fail "blocked: $binary $binary_version is built from $source $version, which run $RUN found flaky or broken"
+        fi
+    done <<HVGATE_INSTALLED
+$installed_sources
+HVGATE_INSTALLED
+done <<HVGATE_SOURCES
+$SOURCES
+HVGATE_SOURCES
+if [ "$status" = 0 ]; then
+    echo "hvgate-check: $NAME: $count pinned packages, each installed at its pinned version or not installed, and served"
+fi
+exit "$status"
+"""
+
+
+def check_script(pin: Pin, plan: Plan, command: str) -> str:
+    """A POSIX shell script (dpkg-query and apt-cache only) that exits 1 naming every installed
+    package off its pin, every pinned version apt can no longer get, every pin another
+    preference outranks, and every blocked version installed; 0 when there is none."""
+    lines = ["#!/bin/sh", *(f"# {line}" for line in header(pin, plan, "check", command))]
+    lines.append("# Run after apt installed libvirt and QEMU: exits 1 naming every mismatch.")
+    hint = f" (the snapshot archive {pin.snapshot} keeps it)" if pin.snapshot else ""
+    # Every value below passed its grammar (check()); none contains a quote or a newline.
     lines += [
-        "#",
-        "# devstack has no setting that chooses libvirt or QEMU package versions: install_libvirt",
-        "# (lib/nova_plugins/functions-libvirt) runs apt-get install for qemu-system, libvirt-clients,",
-        "# libvirt-daemon-system, libvirt-dev and python3-libvirt, and apt obeys its preferences. The",
-        "# localrc section is sourced (by stackrc) before stack.sh installs any package, so the lines",
-        f"# below write the apt preferences to {target} first, and again only when",
-        "# they changed. Merge them into the [[local|localrc]] section of your local.conf.",
-        "[[local|localrc]]",
-        "hvgate_pins() {",
-        "    cat <<'HVGATE_PINS'",
-        preferences(pin, plan, command).rstrip("\n"),
-        "HVGATE_PINS",
-        "}",
-        f"if ! hvgate_pins | cmp -s - {target}; then",
-        f"    hvgate_pins | sudo tee {target} >/dev/null",
-        "fi",
+        f"NAME='{pin.name}'",
+        f"RUN='{plan.data['run_id']}'",
+        f"SNAPSHOT_HINT='{hint}'",
+        "PACKAGES='" + "\n".join(f"{p} {v}" for p, v in pin.packages.items()) + "'",
+        "SOURCES='"
+        + "\n".join(
+            [f"{s} {v} hold" for s, v in pin.sources.items()]
+            + [f"{s} {v} block" for s, vs in pin.blocked.items() for v in vs]
+        )
+        + "'",
     ]
+    return "\n".join(lines) + "\n" + CHECK_BODY
+
+
+def snapshot_list(pin: Pin, plan: Plan, command: str) -> str:
+    """One-line apt sources of the snapshot archive, for the suites the pinned versions came
+    from: the release's and those beyond it."""
+    cell = pin.cell
+    components = "main" if cell["distro"] == "debian" else "main universe"
+    suites = dict.fromkeys([cell["codename"], f"{cell['codename']}-updates", *pin.suites])
+    lines = [f"# {line}" for line in header(pin, plan, "apt sources", command)]
+    lines += [f"deb [check-valid-until=no] {pin.snapshot} {s} {components}" for s in suites]
     return "\n".join(lines) + "\n"
 
 
@@ -293,8 +630,11 @@ def as_json(pin: Pin, plan: Plan, command: str) -> str:
         "cell": cell["id"],
         "status": cell["status"],
         "packages": pin.packages,
+        "origins": {p: list(s) for p, s in pin.origins.items()},
         "source_packages": pin.sources,
-        "priority": PRIORITY,
+        "blocked": {s: list(v) for s, v in pin.blocked.items()},
+        "priority": HOLD,
+        "snapshot": pin.snapshot or None,
         "evidence": {
             "run_id": data["run_id"],
             "started": data.get("started"),
@@ -319,12 +659,16 @@ def as_json(pin: Pin, plan: Plan, command: str) -> str:
 
 
 def files(plan: Plan, out: Path, command: str) -> dict[Path, str]:
-    """Every pin file, rendered; nothing is written until all of them are."""
+    """Every pin file, rendered after every value passed its grammar; nothing is written until
+    all of them are."""
+    check(plan, command)
     rendered = {}
     for pin in plan.pins:
         rendered[out / f"{pin.name}.pref"] = preferences(pin, plan, command)
-        rendered[out / f"{pin.name}.local.conf"] = local_conf(pin, plan, command)
+        rendered[out / f"{pin.name}.check"] = check_script(pin, plan, command)
         rendered[out / f"{pin.name}.json"] = as_json(pin, plan, command)
+        if pin.snapshot:
+            rendered[out / f"{pin.name}.snapshot.list"] = snapshot_list(pin, plan, command)
     return rendered
 
 
@@ -334,17 +678,25 @@ def pin(
     out: str | None,
     matrix: str | None,
     results_dir: Path,
+    block: bool = False,
+    snapshot: str | None = None,
 ) -> tuple[Plan, list[Path]]:
     """Reads a run, chooses what to pin, and writes the pin files (to results/pins/RUN_ID/ unless
-    told where). Writes nothing when nothing is safe."""
+    told where). Writes nothing when nothing is safe, or when any value fails its grammar."""
     data, origin = stored_results(run_id, input_file, results_dir)
-    chosen = plan(data, origin, Sources.read(matrix))
+    # The evidence names the checkout's files as the checkout does, wherever it is.
+    if origin.is_absolute() and origin.is_relative_to(ROOT):
+        origin = origin.relative_to(ROOT)
+    if not (isinstance(data.get("run_id"), str) and ID_RE.fullmatch(data["run_id"])):
+        raise _bad(origin, "run_id", "a run id", data.get("run_id"))
+    chosen = plan(data, origin, Sources.read(matrix), block, snapshot)
     command = "invoke matrix.pin " + (
         # The input's name only: pins made from a copy elsewhere are the same files.
         f"--run {run_id}" if run_id else f"--input {Path(input_file).name}" if input_file else ""
     )
+    command += " --block" * block + (f" --snapshot {snapshot}" if snapshot else "")
     directory = Path(out) if out else results_dir / "pins" / data["run_id"]
-    rendered = files(chosen, directory, command.strip())
+    rendered = files(chosen, directory, " ".join(command.split()))
     for path, text in rendered.items():
         write_atomic(path, text)
     return chosen, list(rendered)

@@ -3,6 +3,8 @@
 FROM hvgate/base:debian-12
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN /opt/hvgate/bin/add-apt-source backports bookworm-backports main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
@@ -12,6 +14,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:qemu '1:10.0.2+ds-2+deb13u1~bpo12+1' \
     && /opt/hvgate/bin/pin-source '*' bookworm-backports 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-2~bpo12+1 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:10.0.2+ds-2+deb13u1~bpo12+1 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

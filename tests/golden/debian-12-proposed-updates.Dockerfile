@@ -3,6 +3,8 @@
 FROM hvgate/base:debian-12
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN /opt/hvgate/bin/add-apt-source proposed-updates bookworm-proposed-updates main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
@@ -12,6 +14,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:qemu 1:7.2+dfsg-7+deb12u18+b3 \
     && /opt/hvgate/bin/pin-source '*' bookworm-proposed-updates 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon=9.0.0-4+deb12u2 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -3,6 +3,8 @@
 FROM hvgate/base:debian-13
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN /opt/hvgate/bin/add-apt-source release trixie main ''
 RUN /opt/hvgate/bin/add-apt-source backports trixie-backports main ''
@@ -17,6 +19,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-source '*' trixie 500 \
     && /opt/hvgate/bin/pin-source '*' trixie-backports 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:11.1.3+ds-1~bpo13+1 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -3,6 +3,8 @@
 FROM hvgate/base:debian-13
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN /opt/hvgate/bin/add-apt-source release trixie main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
@@ -12,6 +14,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:qemu 1:10.0.13+ds-0+deb13u1 \
     && /opt/hvgate/bin/pin-source '*' trixie 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:10.0.13+ds-0+deb13u1 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -3,6 +3,8 @@
 FROM hvgate/base:debian-unstable
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN /opt/hvgate/bin/add-apt-source unstable sid main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
@@ -12,6 +14,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:qemu 1:11.1.3+ds-1 \
     && /opt/hvgate/bin/pin-source '*' sid 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon=12.8.0-1 libvirt-daemon-driver-qemu python3-libvirt=12.8.0-1+b1 qemu-system-x86=1:11.1.3+ds-1 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

@@ -3,6 +3,8 @@
 FROM hvgate/base:ubuntu-22.04
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common && rm -rf /var/lib/apt/lists/*
 RUN apt-get update && add-apt-repository -y -n cloud-archive:caracal && rm -rf /var/lib/apt/lists/*
@@ -13,6 +15,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-source src:qemu jammy-updates/caracal 990 \
     && /opt/hvgate/bin/pin-source '*' jammy-updates/caracal 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

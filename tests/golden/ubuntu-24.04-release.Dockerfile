@@ -3,6 +3,8 @@
 FROM hvgate/base:ubuntu-24.04
 ENV DEBIAN_FRONTEND=noninteractive
 COPY context/ /opt/hvgate/bin/
+# Before any cell source: which suites are the release's own (what the pins need not name).
+RUN /opt/hvgate/bin/record-origins base
 
 RUN /opt/hvgate/bin/add-apt-source release noble main ''
 # One RUN for install and configuration: each image layer costs seconds to commit.
@@ -12,6 +14,7 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:qemu 1:8.2.2+ds-0ubuntu1 \
     && /opt/hvgate/bin/pin-source '*' noble 500 \
     && apt-get install -y --no-install-recommends libvirt-daemon=10.0.0-2ubuntu8 libvirt-daemon-driver-qemu python3-libvirt=10.0.0-1build1 qemu-system-x86=1:8.2.2+ds-0ubuntu1 qemu-utils \
+    && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt
 RUN /opt/hvgate/bin/record-versions

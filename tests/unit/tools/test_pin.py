@@ -1,11 +1,13 @@
-"""harness.tools.pin: each base and source's newest safe versions as apt preferences, a devstack
-local.conf fragment and JSON; everything else refused, one line each."""
+"""harness.tools.pin: each base and source's newest safe versions as apt preferences, a shell
+check and JSON; everything else refused, one line each; tampered results refused whole."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
+import shutil
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +42,7 @@ def scenario(name, status="safe", runs=12, failures=0, interval=None, decision=N
 
 
 def cell(cell_id, status="safe", versions=None, base=None, source="release", **extra):
+    extra.setdefault("origins", [])
     return CellResult(
         id=cell_id,
         **(base or BOOKWORM),
@@ -148,10 +151,23 @@ def test_versions_compare_as_dpkg_does(newer, older):
     assert [p.cell["id"] for p in plan.pins] == ["new"]
 
 
+BACKPORTS_ORIGINS = [
+    {"package": "libvirt-daemon", "version": "9.0.0-4+deb12u2", "suites": ["bookworm-backports"]},
+    {"package": "seabios", "version": "1.16.3-2~bpo12+1", "suites": ["bookworm-backports"]},
+]
+
+
 def test_a_mixed_source_cell_is_pinned_apart_from_its_main_source(sources):
     plan = plan_of(
         cell("debian-13-release", base=TRIXIE),
-        cell("debian-13-release-qemu-backports", base=TRIXIE),
+        cell(
+            "debian-13-release-qemu-backports",
+            base=TRIXIE,
+            origins=[
+                {"package": "qemu-utils", "version": "1:10.0", "suites": ["trixie-backports"]}
+            ],
+            versions={**VERSIONS, "qemu-system-x86": "1:10.0"},
+        ),
         sources=sources,
     )
     by_name = {p.name: p for p in plan.pins}
@@ -160,18 +176,67 @@ def test_a_mixed_source_cell_is_pinned_apart_from_its_main_source(sources):
     assert by_name["debian-13-release-qemu-backports"].suites == ("trixie-backports",)
 
 
-def test_suites_come_from_the_matrix(sources):
-    name, suites, needs = sources.where(asdict(cell("debian-12-backports", source="backports")))
-    assert (name, suites) == ("debian-12-backports", ("bookworm-backports",))
-    assert needs.startswith("Needs bookworm-backports in apt's sources")
+def test_the_matrix_names_each_cells_pin(sources):
+    assert sources.where(asdict(cell("debian-12-backports", source="backports"))) == (
+        "debian-12-backports",
+        ("bookworm-backports",),
+    )
     # A cell the matrix no longer has: its source still names the suite.
-    name, suites, _ = sources.where(asdict(cell("gone-cell", source="backports")))
-    assert (name, suites) == ("debian-12-backports", ("bookworm-backports",))
-    name, suites, needs = sources.where(asdict(cell("x", source="elsewhere")))
-    assert (name, suites) == ("debian-12-elsewhere", ())
-    assert "does not name it" in needs
-    # Without a matrix the suite goes unnamed, and the header says so.
-    assert pins.Sources.read(None).where(asdict(cell("x", source="backports")))[1] == ()
+    assert sources.where(asdict(cell("gone-cell", source="backports")))[1] == (
+        "bookworm-backports",
+    )
+    assert sources.where(asdict(cell("x", source="elsewhere"))) == ("debian-12-elsewhere", None)
+    assert pins.Sources.read(None).where(asdict(cell("x", source="backports")))[1] is None
+
+
+def test_the_pins_name_what_the_image_took_from_beyond_the_release(sources):
+    plan = plan_of(
+        cell("debian-12-backports", source="backports", origins=BACKPORTS_ORIGINS),
+        sources=sources,
+    )
+    (pin,) = plan.pins
+    assert pin.packages["seabios"] == "1.16.3-2~bpo12+1"
+    assert pin.origins == {
+        "libvirt-daemon": ("bookworm-backports",),
+        "seabios": ("bookworm-backports",),
+    }
+    assert pin.suites == ("bookworm-backports",)
+    assert pin.needs.startswith("Needs bookworm-backports in apt's sources")
+
+
+def test_a_record_that_disagrees_with_the_cells_versions_is_refused(sources):
+    bad = [{"package": "libvirt-daemon", "version": "9.9", "suites": ["bookworm-backports"]}]
+    with pytest.raises(ConfigurationError, match="libvirt-daemon 9.9 differs from the version"):
+        plan_of(cell("debian-12-backports", source="backports", origins=bad), sources=sources)
+
+
+# Results from before images recorded origins: a cell that added no suite beyond the release's
+# own needs none; any other is refused, saying a fresh run records them.
+
+
+def test_without_origins_a_cell_of_the_releases_own_suites_is_pinned(sources):
+    plan = plan_of(cell("debian-12-release", origins=None), sources=sources)
+    (pin,) = plan.pins
+    assert pin.origins == {} and pin.suites == ()
+    assert pin.derived.startswith("The run recorded no package origins; none are needed")
+    assert "bookworm, bookworm-security, bookworm-updates" in pin.derived
+
+
+def test_without_origins_a_cell_of_other_suites_is_refused(sources):
+    plan = plan_of(
+        cell("debian-12-backports", source="backports", origins=None),
+        cell("debian-12-x", source="elsewhere", origins=None),
+        sources=sources,
+    )
+    assert plan.pins == []
+    assert plan.refused == [
+        "refused debian-12-backports (safe): the run recorded no package origins (results from "
+        "before hvgate recorded them) and the cell took packages from bookworm-backports: a "
+        "fresh run of the cell records what to pin",
+        "refused debian-12-x (safe): the run recorded no package origins (results from before "
+        "hvgate recorded them) and the cell took packages from suites the matrix does not "
+        "name: a fresh run of the cell records what to pin",
+    ]
 
 
 # --- the files ----------------------------------------------------------------------------------
@@ -212,17 +277,44 @@ def test_preferences_hold_the_rest_of_each_source_at_its_version(sources):
     assert python == r"version /^9\.0\.0-1(\+b[0-9]+)?$/"  # the source version: "+b1" dropped
 
 
-def test_preferences_let_dependencies_come_from_the_cells_other_suites(sources):
-    plan = plan_of(cell("debian-12-backports", source="backports"), sources=sources)
+def test_preferences_never_raise_a_suite(sources):
+    plan = plan_of(
+        cell("debian-12-backports", source="backports", origins=BACKPORTS_ORIGINS),
+        sources=sources,
+    )
     text = pins.preferences(plan.pins[0], plan, "invoke matrix.pin")
-    general = [(s["Pin"], s["Pin-Priority"]) for s in stanzas(text) if s["Package"] == "*"]
-    assert general == [
-        ("release n=bookworm-backports", "500"),
-        ("release a=bookworm-backports", "500"),
-    ]
-    release = plan_of(cell("debian-12-release"), sources=sources)
-    text = pins.preferences(release.pins[0], release, "invoke matrix.pin")
-    assert not [s for s in stanzas(text) if s["Package"] == "*"]
+    assert not [s for s in stanzas(text) if s["Package"] == "*" or "release" in s["Pin"]]
+    assert {s["Pin-Priority"] for s in stanzas(text)} == {"1001"}
+    assert {s["Package"] for s in stanzas(text) if not s["Package"].startswith("src:")} == {
+        "libvirt-daemon",
+        "libvirt-daemon-driver-qemu",
+        "python3-libvirt",
+        "qemu-system-x86",
+        "qemu-utils",
+        "seabios",
+    }
+    explained = {s["Package"]: s["Explanation"] for s in stanzas(text)}
+    assert explained["seabios"] == "seabios from bookworm-backports in the tested image"
+    assert explained["qemu-utils"] == "qemu-utils tested"
+
+
+def test_block_pins_the_versions_only_flaky_or_broken_cells_had(sources):
+    broken_qemu = {**VERSIONS, "qemu-system-x86": "1:8.0+dfsg-1"}
+    cells = (
+        cell("debian-12-release"),
+        cell("debian-12-release-qemu-new", status="broken", versions=broken_qemu),
+        cell("debian-13-release", status="flaky", base=TRIXIE, versions={"libvirt-daemon": "11.0"}),
+    )
+    assert plan_of(*cells, sources=sources).pins[0].blocked == {}
+    plan = pins.plan(document(*cells), Path("r.json"), sources, block=True)
+    (pin,) = plan.pins
+    # libvirt 9.0.0-4+deb12u2 was in the broken cell too, but also in a safe one; trixie's is
+    # another release's.
+    assert pin.blocked == {"qemu": ("1:8.0+dfsg-1",)}
+    text = pins.preferences(pin, plan, "invoke matrix.pin --block")
+    (block,) = [s for s in stanzas(text) if s["Pin-Priority"] == "-1"]
+    assert block["Package"] == "src:qemu"
+    assert block["Pin"] == r"version /^1:8\.0\+dfsg-1(\+b[0-9]+)?$/"
 
 
 def test_every_file_states_its_evidence(sources):
@@ -230,7 +322,7 @@ def test_every_file_states_its_evidence(sources):
     pin = plan.pins[0]
     for text in (
         pins.preferences(pin, plan, "invoke matrix.pin --run R"),
-        pins.local_conf(pin, plan, "invoke matrix.pin --run R"),
+        pins.check_script(pin, plan, "invoke matrix.pin --run R"),
         "\n".join(json.loads(pins.as_json(pin, plan, "invoke matrix.pin --run R"))["comment"]),
     ):
         assert "Generated by `invoke matrix.pin --run R`" in text
@@ -241,15 +333,19 @@ def test_every_file_states_its_evidence(sources):
             "SPRT accepted p<=0.05 after 12 runs" in text
         )
         assert "managed-save: safe, 3 runs, 0 failures\n" in text + "\n"
-        assert "Needs only the base's own apt sources" in text
+        assert "Needs only the release's own apt sources" in text
 
 
 def test_json(sources):
-    plan = plan_of(cell("debian-12-backports", source="backports"), sources=sources)
+    plan = plan_of(
+        cell("debian-12-backports", source="backports", origins=BACKPORTS_ORIGINS),
+        sources=sources,
+    )
     data = json.loads(pins.as_json(plan.pins[0], plan, "invoke matrix.pin"))
     assert data["name"] == "debian-12-backports"
     assert data["base"] == BOOKWORM and data["source"] == "backports"
     assert data["suites"] == ["bookworm-backports"]
+    assert data["origins"]["seabios"] == ["bookworm-backports"]
     assert data["packages"]["qemu-utils"] == VERSIONS["qemu-system-x86"]
     assert data["source_packages"] == {
         "libvirt": "9.0.0-4+deb12u2",
@@ -261,32 +357,133 @@ def test_json(sources):
     assert (boot["runs"], boot["failures"], boot["interval"]) == (12, 0, [0.0, 0.2425])
 
 
-def localrc(text):
-    """The [[local|localrc]] section, as devstack extracts it from local.conf."""
-    lines, inside = [], False
-    for line in text.splitlines():
-        if re.match(r"^\[\[.+\|.*\]\]", line):
-            inside = line == "[[local|localrc]]"
-            continue
-        if inside:
-            lines.append(line)
-    return "\n".join(lines) + "\n"
+CHECK_FAKES = {
+    # dpkg-query -W -f FORMAT [PACKAGE]: the lines of $FAKE/installed (PACKAGE SOURCE
+    # SOURCE_VERSION VERSION), in the format the script asks for.
+    "dpkg-query": r"""#!/bin/sh
+format=$3 package=${4:-}
+while read -r name source source_version version; do
+    [ -z "$package" ] || [ "$package" = "$name" ] || continue
+    case $format in
+        *source*) echo "ii |$name|$source|$source_version|$version" ;;
+        *) echo "ii |$version" ;;
+    esac
+done < "$FAKE/installed"
+""",
+    # apt-cache madison|policy PACKAGE: from $FAKE/served (PACKAGE VERSION) and
+    # $FAKE/candidates (PACKAGE VERSION).
+    "apt-cache": r"""#!/bin/sh
+if [ "$1" = madison ]; then
+    awk -v p="$2" '$1 == p {print p " | " $2 " | somewhere"}' "$FAKE/served"
+else
+    awk -v p="$2" '$1 == p {print p ":"; print "  Candidate: " $2}' "$FAKE/candidates"
+fi
+""",
+}
 
 
-def test_local_conf_writes_the_preferences_once(sources, tmp_path):
-    plan = plan_of(cell("debian-12-backports", source="backports"), sources=sources)
-    pin = plan.pins[0]
-    text = pins.local_conf(pin, plan, "invoke matrix.pin")
-    section = localrc(text)
-    assert "/etc/apt/preferences.d/hvgate-debian-12-backports" in section
-    # Run it as stackrc would, with the target moved here and sudo recorded, twice.
-    script = tmp_path / "localrc"
-    script.write_text(section.replace("/etc/apt/preferences.d/hvgate-", f"{tmp_path}/hvgate-"))
-    shim = f'sudo() {{ echo sudo >> {tmp_path}/calls; "$@"; }}; set -eu; . {script}; . {script}'
-    subprocess.run(["bash", "-c", shim], check=True)
-    written = (tmp_path / "hvgate-debian-12-backports").read_text()
-    assert written == pins.preferences(pin, plan, "invoke matrix.pin")
-    assert (tmp_path / "calls").read_text() == "sudo\n"  # the second time, nothing changed
+def run_check(tmp_path, text, installed="", served=None, candidates=None):
+    fake = tmp_path / "fake"
+    fake.mkdir(exist_ok=True)
+    for name, body in CHECK_FAKES.items():
+        (fake / name).write_text(body)
+        (fake / name).chmod(0o755)
+    (fake / "installed").write_text(installed)
+    (fake / "served").write_text(served or "")
+    (fake / "candidates").write_text(candidates if candidates is not None else served or "")
+    (tmp_path / "check").write_text(text)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "FAKE": str(fake)}
+    return subprocess.run(
+        ["sh", str(tmp_path / "check")], env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture
+def check_text(sources):
+    plan = pins.plan(
+        document(
+            cell("debian-12-release"),
+            cell("bad", status="broken", versions={**VERSIONS, "libvirt-daemon": "9.0.0-9"}),
+        ),
+        Path("r.json"),
+        sources,
+        block=True,
+    )
+    return plan.pins[0], pins.check_script(plan.pins[0], plan, "invoke matrix.pin")
+
+
+def served_lines(pin):
+    return "".join(f"{p} {v}\n" for p, v in pin.packages.items())
+
+
+def test_the_check_passes_when_every_pin_holds(tmp_path, check_text):
+    pin, text = check_text
+    installed = "libvirt-clients libvirt 9.0.0-4+deb12u2 9.0.0-4+deb12u2\n"
+    installed += "qemu-utils qemu 1:7.2+dfsg-7+deb12u18 1:7.2+dfsg-7+deb12u18+b3\n"
+    done = run_check(tmp_path, text, installed, served_lines(pin))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("hvgate-check: debian-12-release: 5 pinned packages")
+
+
+def test_the_check_names_every_mismatch(tmp_path, check_text):
+    pin, text = check_text
+    installed = (
+        # Off its exact pin.
+        "qemu-utils qemu 1:7.2+dfsg-7+deb12u19 1:7.2+dfsg-7+deb12u19\n"
+        # Not pinned itself, but built from a held source at another version.
+        "libvirt-clients libvirt 9.0.0-4+deb12u3 9.0.0-4+deb12u3\n"
+        # A version the run found broken.
+        "libvirt0 libvirt 9.0.0-9 9.0.0-9\n"
+    )
+    served = served_lines(pin).replace("python3-libvirt 9.0.0-1+b1\n", "")
+    candidates = served.replace("qemu-system-x86 1:7.2+dfsg-7+deb12u18+b3", "qemu-system-x86 1:8.0")
+    done = run_check(tmp_path, text, installed, served, candidates)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "hvgate-check: not served: python3-libvirt 9.0.0-1+b1 is in none of apt's sources",
+        "hvgate-check: not effective: apt would install qemu-system-x86 1:8.0, pinned "
+        "1:7.2+dfsg-7+deb12u18+b3 (another preference outranks these pins)",
+        "hvgate-check: mismatch: qemu-utils is installed at 1:7.2+dfsg-7+deb12u19, pinned "
+        "1:7.2+dfsg-7+deb12u18+b3",
+        "hvgate-check: mismatch: libvirt-clients is installed at 9.0.0-4+deb12u3, built from "
+        "libvirt 9.0.0-4+deb12u3; pinned libvirt 9.0.0-4+deb12u2",
+        "hvgate-check: mismatch: libvirt0 is installed at 9.0.0-9, built from libvirt 9.0.0-9; "
+        "pinned libvirt 9.0.0-4+deb12u2",
+        "hvgate-check: mismatch: qemu-utils is installed at 1:7.2+dfsg-7+deb12u19, built from "
+        "qemu 1:7.2+dfsg-7+deb12u19; pinned qemu 1:7.2+dfsg-7+deb12u18",
+        "hvgate-check: blocked: libvirt0 9.0.0-9 is built from libvirt 9.0.0-9, which run "
+        "20261123T203057Z-f701 found flaky or broken",
+    ]
+
+
+def test_the_check_is_posix_shell(tmp_path, check_text):
+    _, text = check_text
+    (tmp_path / "check").write_text(text)
+    for shell in ("sh", "dash", "bash"):
+        path = shutil.which(shell)
+        if path:
+            done = subprocess.run([path, "-n", str(tmp_path / "check")], capture_output=True)
+            assert done.returncode == 0, (shell, done.stderr)
+
+
+def test_snapshot(sources):
+    plan = pins.plan(
+        document(cell("debian-12-backports", source="backports", origins=BACKPORTS_ORIGINS)),
+        Path("r.json"),
+        sources,
+        snapshot="http://snapshot.example/archive/debian/",
+    )
+    (pin,) = plan.pins
+    assert pin.snapshot == "http://snapshot.example/archive/debian/20261123T203057Z/"
+    text = pins.snapshot_list(pin, plan, "invoke matrix.pin")
+    assert [line for line in text.splitlines() if not line.startswith("#")] == [
+        f"deb [check-valid-until=no] {pin.snapshot} {suite} main"
+        for suite in ("bookworm", "bookworm-updates", "bookworm-backports")
+    ]
+    assert f"the snapshot archive {pin.snapshot} keeps it" in pins.check_script(pin, plan, "c")
+    for bad in ("ftp://x/", "http://x/a b", "http://x/$(id)", "http://x/\n"):
+        with pytest.raises(ConfigurationError, match="--snapshot"):
+            pins.plan(document(cell("debian-12-release")), Path("r"), sources, snapshot=bad)
 
 
 # --- pin(): reading and writing -----------------------------------------------------------------
@@ -307,7 +504,7 @@ def test_pin_writes_three_files_per_pin_under_the_run(results, unit_matrix_path)
     out = results / "pins" / "20261123T203057Z-f701"
     assert paths == [
         out / "debian-12-release.pref",
-        out / "debian-12-release.local.conf",
+        out / "debian-12-release.check",
         out / "debian-12-release.json",
     ]
     assert all(p.is_file() for p in paths)
@@ -393,11 +590,101 @@ def test_pin_task_with_an_unknown_run_exits_2(tmp_path):
 
 def test_a_line_break_in_the_input_path_stays_in_its_comment(tmp_path):
     # The path is the user's, not the file's: it is quoted in each file's evidence lines.
-    folder = tmp_path / "a\nPackage: FORGED\nPin: version 0\n"
-    folder.mkdir()
-    path = folder / "in.json"
+    path = tmp_path / "a\nPackage: FORGED\nPin: version 0\n.json"
     path.write_text(json.dumps(document(cell("x"))))
     _, written = pins.pin(None, str(path), str(tmp_path / "out"), None, tmp_path)
     for target in written:
         forged = [line for line in target.read_text().splitlines() if "FORGED" in line]
         assert forged and all(line.startswith(("#", ' "comment"', '  "')) for line in forged)
+
+
+# --- tampered results: refused in one line, exit 2, nothing written ------------------------------
+
+PAYLOADS = [
+    "x\nPackage: *\nPin-Priority: 1001",
+    "../../etc/apt/preferences.d/x",
+    "$(touch /tmp/hvgate-pwned)",
+    "`id`",
+    "a'; id; '",
+    "a\u2028b",
+]
+FIELDS = {
+    "run_id": lambda d, v: d.update(run_id=v),
+    "started": lambda d, v: d.update(started=v),
+    "finished": lambda d, v: d.update(finished=v),
+    "id": lambda d, v: d["cells"][0].update(id=v),
+    "distro": lambda d, v: d["cells"][0].update(distro=v),
+    "release": lambda d, v: d["cells"][0].update(release=v),
+    "codename": lambda d, v: d["cells"][0].update(codename=v),
+    "source": lambda d, v: d["cells"][0].update(source=v),
+    "accel": lambda d, v: d["cells"][0].update(accel=v),
+    "scenario name": lambda d, v: d["cells"][0]["scenarios"][0].update(name=v),
+    "decision": lambda d, v: d["cells"][0]["scenarios"][0].update(decision=v),
+    "version": lambda d, v: d["cells"][0]["versions"].update({"libvirt-daemon": v}),
+    "package": lambda d, v: d["cells"][0]["versions"].update({v: "1.0"}),
+    "origin package": lambda d, v: d["cells"][0]["origins"][1].update(package=v),
+    "origin version": lambda d, v: d["cells"][0]["origins"][1].update(version=v),
+    "origin suite": lambda d, v: d["cells"][0]["origins"][1].update(suites=[v]),
+    "blocked version": lambda d, v: d["cells"][1]["versions"].update({"qemu-system-x86": v}),
+}
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=range(len(PAYLOADS)))
+@pytest.mark.parametrize("field", FIELDS)
+def test_a_tampered_field_is_refused_and_nothing_written(
+    tmp_path, unit_matrix_path, field, payload
+):
+    data = document(
+        cell("debian-12-backports", source="backports", origins=BACKPORTS_ORIGINS),
+        cell("debian-12-broken", status="broken", source="backports"),
+    )
+    FIELDS[field](data, payload)
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigurationError) as info:
+        pins.pin(None, str(path), str(out), str(unit_matrix_path), tmp_path, block=True)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    assert not out.exists() and not (tmp_path / "pins").exists()
+
+
+def test_a_tampered_results_file_exits_2_through_the_task(tmp_path):
+    data = document(cell("debian-12-release"))
+    data["cells"][0]["scenarios"][0]["decision"] = "ok\nPackage: *\nPin-Priority: 1001"
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(data))
+    done = cli.invoke(
+        "matrix.pin", "--input", str(path), "--out", str(tmp_path / "out"), results_dir=tmp_path
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+    assert "scenarios[0].decision" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- the committed run's pin files ----------------------------------------------------------------
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "pins"
+
+
+def test_the_committed_runs_pins_match_golden(tmp_path, request, root):
+    out = tmp_path / "pins"
+    plan, paths = pins.pin(None, None, str(out), str(root / "matrix.yaml"), root / "results")
+    published = root / "results" / "pins" / plan.data["run_id"]
+    if request.config.getoption("--regenerate"):
+        for directory in (GOLDEN, published):
+            shutil.rmtree(directory, ignore_errors=True)
+            shutil.copytree(out, directory)
+    for directory in (GOLDEN, published):
+        assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in paths)
+        for path in paths:
+            expected = (directory / path.name).read_text()
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(True),
+                    path.read_text().splitlines(True),
+                    str(directory / path.name),
+                    "invoke matrix.pin",
+                )
+            )
+            assert not diff, f"pin file differs (pytest --regenerate to accept):\n{diff}"
