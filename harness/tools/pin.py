@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,7 @@ def source_version(version: str) -> str:
 
 
 def _bad(origin: Path, where: str, what: str, value: object) -> ConfigurationError:
-    return ConfigurationError(f"{origin}: {where}: {value!r} is not {what}")
+    return ConfigurationError(f"{one_line(origin, None)}: {where}: {value!r} is not {what}")
 
 
 def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
@@ -151,7 +151,7 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
         # These strings go into apt and shell files: refuse anything but Debian's grammar.
         if not DEB_PACKAGE_RE.fullmatch(package) or not DEB_VERSION_RE.fullmatch(version):
             raise ConfigurationError(
-                f"{origin}: cell {one_line(cell['id'], 120)}: {package!r} {version!r} is not a Debian package and version"
+                f"{one_line(origin, None)}: cell {one_line(cell['id'], 120)}: {package!r} {version!r} is not a Debian package and version"
             )
     packages = dict(versions)
     for package, recorded in SAME_BUILD.items():
@@ -180,7 +180,7 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
                 raise _bad(origin, where, "a list of suite names", suites)
             if packages.get(package, version) != version:
                 raise ConfigurationError(
-                    f"{origin}: {where}: {package} {version} differs from the version the cell "
+                    f"{one_line(origin, None)}: {where}: {package} {version} differs from the version the cell "
                     f"recorded ({packages[package]})"
                 )
             packages[package] = version
@@ -264,8 +264,8 @@ def snapshot_of(url: str, started: str) -> str:
     except ValueError:
         raise ConfigurationError(f"the run's start {started!r} is not a time") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        when = when.replace(tzinfo=timezone.utc)
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{url.rstrip('/')}/{stamp}/"
 
 

@@ -588,14 +588,14 @@ def test_pin_task_with_an_unknown_run_exits_2(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
-def test_a_line_break_in_the_input_path_stays_in_its_comment(tmp_path):
-    # The path is the user's, not the file's: it is quoted in each file's evidence lines.
+def test_a_line_break_in_the_input_path_is_refused_in_one_line(tmp_path):
+    # The file's name is quoted in each file's evidence lines: a line break there is refused.
     path = tmp_path / "a\nPackage: FORGED\nPin: version 0\n.json"
     path.write_text(json.dumps(document(cell("x"))))
-    _, written = pins.pin(None, str(path), str(tmp_path / "out"), None, tmp_path)
-    for target in written:
-        forged = [line for line in target.read_text().splitlines() if "FORGED" in line]
-        assert forged and all(line.startswith(("#", ' "comment"', '  "')) for line in forged)
+    with pytest.raises(ConfigurationError) as info:
+        pins.pin(None, str(path), str(tmp_path / "out"), None, tmp_path)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 # --- tampered results: refused in one line, exit 2, nothing written ------------------------------
