@@ -131,6 +131,8 @@ class Base(Strict):
     """Registry image to pull when there is no local one (default: distro:codename)."""
     mirror: Uri | None = None
     """Archive to bootstrap from when nothing can be pulled (default: the bootstrap tool's)."""
+    components: tuple[Name, ...] | None = None
+    """Archive components to bootstrap with (default: the bootstrap tool's, main)."""
     check_valid_until: bool = True
     """False lets apt accept this release's expired Release file (archive snapshots)."""
 
@@ -298,6 +300,11 @@ COMPONENT_PACKAGES: dict[str, tuple[str, ...]] = {
     "qemu": ("qemu-system-x86", "qemu-utils"),
 }
 VERSION_LABEL_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
+# Of COMPONENT_PACKAGES, those a release does not have because another still holds their files:
+# Ubuntu 18.04's libvirt-daemon has the QEMU driver, a package of its own from 20.04 on.
+NOT_YET_SPLIT: dict[tuple[str, str], frozenset[str]] = {
+    ("ubuntu", "18.04"): frozenset({"libvirt-daemon-driver-qemu"}),
+}
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def bootstrap_command(
     command = ["mmdebstrap", "--variant=minbase", "--mode=auto", "--include=apt"]
     if keyring:
         command += [f"--keyring={keyring}", "--include=ubuntu-keyring"]
+    if base.components:
+        command.append(f"--components={','.join(base.components)}")
     if not base.check_valid_until:
         # Only where matrix.yaml says this release's Release file may be expired (archive snapshots),
         # and per source: the image keeps the option on its own source lines, not as a global default.

@@ -1,6 +1,6 @@
 """Smoke runner entry point, run inside a cell container: prints one JSON document on stdout.
 
-Progress goes to stderr, one line per event. Standard library and libvirt only, Python 3.10.
+Progress goes to stderr, one line per event. Standard library and libvirt only, Python 3.6 (Ubuntu 18.04's).
 With --stop-rule (the host's sequential test as a table, see harness/stats.py) each scenario is
 repeated until the table decides it; a decided scenario is skipped in later runs.
 """
@@ -29,8 +29,10 @@ def progress(message):
 def installed_versions():
     out = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", *VERSION_PACKAGES],
-        capture_output=True,
-        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",
         timeout=60,
     ).stdout
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)

@@ -22,7 +22,16 @@ class ScenarioFailure(Exception):
 def run(argv, timeout=120.0):
     """Runs a command; a non-zero exit is a scenario failure naming the command and its output."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        # Python 3.6's text mode: no capture_output or text, and the C locale's ASCII unless
+        # told otherwise (a tool's message may not be ASCII).
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         raise ScenarioFailure(f"{argv[0]} did not finish within {timeout:.0f} s") from None
     if done.returncode != 0:

@@ -57,14 +57,14 @@ def nova_flags():
 def _configure(filename, settings):
     """Sets keys in a libvirt daemon config file, keeping every other line."""
     lines = []
-    with contextlib.suppress(FileNotFoundError), open(filename) as handle:
+    with contextlib.suppress(FileNotFoundError), open(filename, encoding="utf-8") as handle:
         lines = [
             line
             for line in handle.read().splitlines()
             if line.split("=", 1)[0].strip() not in settings
         ]
     lines += [f"{key} = {value}" for key, value in settings.items()]
-    with open(filename, "w") as handle:
+    with open(filename, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+import typing
 
 import libvirt
 
@@ -664,8 +664,8 @@ SCENARIOS = {
 }
 
 
-@dataclass(frozen=True)
-class Needs:
+# A NamedTuple, not a dataclass: the runner runs on Python 3.6.
+class Needs(typing.NamedTuple):
     """What a scenario needs of a cell; without it the scenario is not-applicable there."""
 
     libvirt: str = ""  # the lowest libvirt version, dotted ("6.0.0"); empty: any

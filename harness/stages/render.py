@@ -9,7 +9,15 @@ import jinja2
 
 from ..core.errors import ConfigurationError
 from ..core.files import write_atomic
-from ..core.model import COMPONENT_PACKAGES, DEB_PACKAGE_RE, DEB_VERSION_RE, Base, Cell, Source
+from ..core.model import (
+    COMPONENT_PACKAGES,
+    DEB_PACKAGE_RE,
+    DEB_VERSION_RE,
+    NOT_YET_SPLIT,
+    Base,
+    Cell,
+    Source,
+)
 from ..core.paths import OVERRIDES, RENDERED, ROOT, TEMPLATES
 from ..core.text import shell
 from ..engine.bases import base_image_tag
@@ -43,7 +51,8 @@ def source_suite(source: Source, base: Base, name: str = "") -> str:
 def packages(cell: Cell) -> list[str]:
     """What apt-get install is given: a locked package as NAME=VERSION, so a version the archive
     no longer serves fails the build (and makes the cell unavailable) instead of drifting."""
-    names = [p for c in cell.components for p in COMPONENT_PACKAGES[c.component]]
+    absent = NOT_YET_SPLIT.get((cell.base.distro, cell.base.release), frozenset())
+    names = [p for c in cell.components for p in COMPONENT_PACKAGES[c.component] if p not in absent]
     locked = cell.locked_versions
     for name in names:  # every value reaching the Dockerfile has passed a strict grammar
         assert DEB_PACKAGE_RE.fullmatch(name), name

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import EngineError
+from harness.core.model import Base
 from harness.engine import bases
 
 
@@ -40,3 +41,14 @@ def test_a_stalled_bootstrap_is_killed_with_its_children(
         time.sleep(0.05)
     else:
         pytest.fail(f"the bootstrap's child {child} still runs")
+
+
+def test_a_bootstrap_takes_the_bases_components() -> None:
+    bionic = Base(
+        distro="ubuntu", release="18.04", codename="bionic", components=("main", "universe")
+    )
+    command = bases.bootstrap_command(bionic, "/tmp/out.tar")
+    assert "--components=main,universe" in command
+    assert command[-2:] == ["bionic", "/tmp/out.tar"]
+    plain = bases.bootstrap_command(Base(distro="ubuntu", release="20.04", codename="focal"), "x")
+    assert not any(word.startswith("--components") for word in plain)

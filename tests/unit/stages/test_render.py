@@ -11,6 +11,8 @@ import pytest
 
 from harness.core.errors import ConfigurationError
 from harness.core.model import COMPONENT_PACKAGES
+from harness.core.paths import ROOT
+from harness.matrix.load import load
 from harness.stages.render import (
     BASE_TEMPLATE,
     TEMPLATES,
@@ -300,6 +302,19 @@ def test_two_cloud_archive_pockets_in_one_cell(matrix_text, cells_of):
 def test_packages_follow_the_components(by_id):
     cell = by_id["debian-12-release"]
     assert packages(cell) == [*COMPONENT_PACKAGES["libvirt"], *COMPONENT_PACKAGES["qemu"]]
+
+
+def test_a_package_not_yet_split_out_is_not_asked_for():
+    # Ubuntu 18.04's libvirt-daemon holds the QEMU driver; apt knows no package of its own.
+    cells = {c.id: c for c in load(ROOT / "matrix-backtest.yaml")[1]}
+    for release in ("release", "updates"):
+        old, new = (
+            packages(cells[f"ubuntu-18.04-{release}"]),
+            packages(cells[f"ubuntu-20.04-{release}"]),
+        )
+        assert not any(p.startswith("libvirt-daemon-driver-qemu") for p in old), old
+        assert any(p.startswith("libvirt-daemon-driver-qemu") for p in new), new
+        assert any(p.startswith("python3-libvirt") for p in old), old
 
 
 # --- templates -------------------------------------------------------------------------------
