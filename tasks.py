@@ -499,7 +499,7 @@ def schema_task(c, check=False):
     # Both run, so a check reports either file.
     changed = write_schema(check=check) | write_results_schema(check=check)
     if check and changed:
-        raise Exit("a schema file is out of date: run `invoke matrix.schema`", code=1)
+        raise Exit("a schema file is out of date: run `hvgate matrix.schema`", code=1)
 
 
 matrix_tasks = Collection("matrix")

@@ -6,7 +6,7 @@
 HVGATE_PREFERENCES_DIR=${HVGATE_PREFERENCES_DIR:-/etc/apt/preferences.d}
 HVGATE_SOURCES_DIR=${HVGATE_SOURCES_DIR:-/etc/apt/sources.list.d}
 
-# The pins' name: DISTRO-RELEASE[-POCKET], as `invoke matrix.pin` names its files.
+# The pins' name: DISTRO-RELEASE[-POCKET], as `hvgate matrix.pin` names its files.
 function hvgate_pins_name {
     local distro release codename pocket
     distro=$(. /etc/os-release && echo "${ID:-}")
@@ -64,7 +64,7 @@ function hvgate_install_pins {
         rm -rf "$work"
         die $LINENO "hvgate: no pins $name at $HVGATE_PINS (does the run have a safe $name cell?)"
     fi
-    # Only what `invoke matrix.pin` writes: one-line comments and exact-version stanzas at 1001
+    # Only what `hvgate matrix.pin` writes: one-line comments and exact-version stanzas at 1001
     # (hold) or -1 (block); never a priority for a whole suite.
     local bad
     bad=$(grep -nvE '^(#.*|Explanation: .*|Package: (src:)?[a-z0-9][a-z0-9+.-]+|Pin: version [^ ]+|Pin-Priority: (1001|-1)|)$' "$work/$name.pref" | head -n1)
@@ -79,7 +79,7 @@ function hvgate_install_pins {
     if [[ $HVGATE_PINS_SNAPSHOT == True ]]; then
         if ! hvgate_fetch "$name.snapshot.list" "$work/$name.snapshot.list"; then
             rm -rf "$work"
-            die $LINENO "hvgate: HVGATE_PINS_SNAPSHOT=True, but the $name pins name no snapshot archive (invoke matrix.pin --snapshot URL)"
+            die $LINENO "hvgate: HVGATE_PINS_SNAPSHOT=True, but the $name pins name no snapshot archive (hvgate matrix.pin --snapshot URL)"
         fi
         sudo install -m 0644 "$work/$name.snapshot.list" "$HVGATE_SOURCES_DIR/hvgate-snapshot.list"
         sudo apt-get update

@@ -48,7 +48,7 @@ def diagnose(lines: list[str], cell: Cell) -> tuple[str, str]:
         return (
             "unavailable",
             f"locked version {gone.group(1)} of {gone.group(2)} is no longer served by the "
-            "cell's sources (`invoke matrix.resolve` locks what they serve now)",
+            "cell's sources (`hvgate matrix.resolve` locks what they serve now)",
         )
     if re.search(
         r"Unable to locate package|has no installation candidate|Version '.*' for '.*' was not found",

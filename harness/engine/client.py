@@ -83,7 +83,7 @@ def cleanup(engine: docker.DockerClient, run_id: str) -> None:
         removed = remove_labelled(engine, run_id)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         reason = one_line(exc, 200)
-        say("run", f"could not remove run {run_id}'s containers ({reason}); `invoke matrix.clean`")
+        say("run", f"could not remove run {run_id}'s containers ({reason}); `hvgate matrix.clean`")
         return
     if removed:
         say("run", f"removed {', '.join(removed)}")

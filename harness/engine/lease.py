@@ -131,7 +131,7 @@ def _remove_if_stale(client: docker.DockerClient, name: str) -> None:
         created = container.attrs.get("Created", "")
         age = (
             time.time()
-            - datetime.datetime.fromisoformat(created[:26])
+            - datetime.datetime.fromisoformat(created[:19])
             .replace(tzinfo=datetime.timezone.utc)
             .timestamp()
         )

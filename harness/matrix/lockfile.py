@@ -54,7 +54,7 @@ def read_lock(path: Path) -> Lock:
     """The lock file, or an empty lock when there is none; a malformed one is a clear error."""
     if not path.exists():
         return Lock()
-    hint = "regenerate it with `invoke matrix.resolve`"
+    hint = "regenerate it with `hvgate matrix.resolve`"
     try:
         data = readback.read_json(path, "lock file", MAX_LOCK_BYTES)
     except InputError as exc:
@@ -97,7 +97,7 @@ def apply_lock(cells: Iterable[Cell], lock: Lock, path: Path) -> tuple[Cell, ...
         if current is None and any(c.version == "all" for c in cell.components):
             raise ConfigurationError(
                 f"{path}: cell {cell.id} selects all versions, which needs the lock: "
-                f"run `invoke matrix.resolve --cells {cell.id}`"
+                f"run `hvgate matrix.resolve --cells {cell.id}`"
             )
         if current is None or not current.cells:
             result.append(cell)

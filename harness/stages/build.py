@@ -76,7 +76,7 @@ def built_image(
 def existing_image(engine: docker.DockerClient, cell: Cell) -> BuildResult:
     """The cell's already built image, without building anything; `unavailable` when there is none."""
     missing = BuildResult(
-        cell.id, "unavailable", reason="not built: run `invoke matrix.build` first"
+        cell.id, "unavailable", reason="not built: run `hvgate matrix.build` first"
     )
     try:
         base_id = str(engine.images.get(base_image_tag(cell.base_name)).id)

@@ -493,7 +493,7 @@ def version_key(cell: Mapping[str, Any]) -> tuple[Version, Version]:
 
 
 def pin_names(cell: Mapping[str, Any]) -> list[str]:
-    """The names `invoke matrix.pin` may have given the cell's files (base and source, and a
+    """The names `hvgate matrix.pin` may have given the cell's files (base and source, and a
     component from another source, as the cell id says)."""
     base = f"{cell.get('distro')}-{cell.get('release')}"
     plain = base if cell.get("source") == cell.get("release") else f"{base}-{cell.get('source')}"
@@ -588,7 +588,7 @@ class Links:
         for name in pin_names(cell):
             found = [
                 (f"{name}{suffix}", link)
-                for suffix in (".pref", ".local.conf", ".json")
+                for suffix in (".pref", ".check", ".json", ".snapshot.list")
                 if (link := self.href(f"pins/{data['run_id']}/{name}{suffix}"))
             ]
             if found:

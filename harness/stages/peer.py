@@ -206,7 +206,7 @@ def upgrades(
         if image is None:
             not_applicable(
                 f"from {pair.from_}: its image is not built "
-                f"(`invoke matrix.build --cells {pair.from_}`)"
+                f"(`hvgate matrix.build --cells {pair.from_}`)"
             )
             continue
         say(cell.id, f"{UPGRADE} from {pair.from_}")

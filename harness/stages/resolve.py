@@ -198,7 +198,7 @@ def resolve(
         except docker.errors.ImageNotFound:
             raise EngineError(
                 f"{cell.id}: no base image {base_image_tag(cell.base_name)}: "
-                "run `invoke matrix.build` first, which bootstraps it"
+                "run `hvgate matrix.build` first, which bootstraps it"
             ) from None
         entry = entries[cell.id]
         say(

@@ -53,7 +53,7 @@ TIME_RE = re.compile(
 # shell expansion, nothing apt or sh would read as more than a comment.
 TEXT_RE = re.compile(r"[A-Za-z0-9 .,:<>=%()+_~-]{0,300}")
 COMMAND_RE = re.compile(r"[A-Za-z0-9 ._/:+~-]{1,1000}")  # the command line, in a comment
-PATH_RE = re.compile(r"[A-Za-z0-9._/+~-]{1,500}")  # the results file, as the command names it
+PATH_RE = re.compile(r"[A-Za-z0-9._+~-]{1,255}")  # the results file's name, as the pins quote it
 SNAPSHOT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[A-Za-z0-9._~%+-]+)*")
 DISTROS = ("debian", "ubuntu")
 # Only where a run recorded no origins: the suites of a release a node has without adding any.
@@ -339,7 +339,7 @@ def check(plan: Plan, command: str) -> None:
         value = data.get(key)
         need(isinstance(value, str) and bool(TIME_RE.fullmatch(value)), key, "a time", value)
     need(
-        bool(PATH_RE.fullmatch(str(origin))), "the results file's path", "a plain path", str(origin)
+        bool(PATH_RE.fullmatch(origin.name)), "the results file's name", "a plain name", origin.name
     )
     need(bool(COMMAND_RE.fullmatch(command)), "the command", "a plain command line", command)
     for pin in plan.pins:
@@ -690,7 +690,7 @@ def pin(
     if not (isinstance(data.get("run_id"), str) and ID_RE.fullmatch(data["run_id"])):
         raise _bad(origin, "run_id", "a run id", data.get("run_id"))
     chosen = plan(data, origin, Sources.read(matrix), block, snapshot)
-    command = "invoke matrix.pin " + (
+    command = "hvgate matrix.pin " + (
         # The input's name only: pins made from a copy elsewhere are the same files.
         f"--run {run_id}" if run_id else f"--input {Path(input_file).name}" if input_file else ""
     )

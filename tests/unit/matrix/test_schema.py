@@ -5,5 +5,5 @@ from harness.matrix.schema import SCHEMA_PATH, schema_text
 
 def test_committed_schema_is_current():
     assert SCHEMA_PATH.read_text() == schema_text(), (
-        "run `invoke matrix.schema` and commit the result"
+        "run `hvgate matrix.schema` and commit the result"
     )

@@ -355,7 +355,7 @@ def test_an_unbuilt_older_cell_is_not_applicable_and_says_why(unit_matrix):
         {
             "name": "upgrade-migration",
             "reason": "from debian-12-release: its image is not built "
-            "(`invoke matrix.build --cells debian-12-release`)",
+            "(`hvgate matrix.build --cells debian-12-release`)",
         }
     ]
 

@@ -82,7 +82,7 @@ def test_the_document_says_its_format(data):
 
 def test_committed_results_schema_is_current():
     assert RESULTS_SCHEMA_PATH.read_text() == results_schema_text(), (
-        "run `invoke matrix.schema` and commit results.schema.json"
+        "run `hvgate matrix.schema` and commit results.schema.json"
     )
 
 
@@ -288,7 +288,7 @@ def test_html_links_nothing_that_is_not_there(tmp_path):
     data = portable(document(sample_run(results_dir)), results_dir)
     page = formats.html(data, results_dir)
     assert "logs/" not in re.sub(r"<pre>.*?</pre>", "", page, flags=re.S).split("<script>")[0]
-    assert "not pinned yet: <code>invoke matrix.pin --run" in page
+    assert "not pinned yet: <code>hvgate matrix.pin --run" in page
     pins = results_dir / "pins" / RUN_ID
     pins.mkdir(parents=True)
     (pins / "ubuntu-24.04-release.pref").write_text("")
