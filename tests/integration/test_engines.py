@@ -65,6 +65,9 @@ def second_engine(engine):
     bridge_name = bridge.attrs["Options"].get("com.docker.network.bridge.name", "docker0")
     subnet = ipaddress.ip_network(bridge.attrs["IPAM"]["Config"][0]["Subnet"])
     own_range = list(subnet.subnets(new_prefix=max(subnet.prefixlen, 24)))[-2]
+    # Its containers sit on that bridge: they need its MTU, or replies larger than the bridge's
+    # MTU are lost and downloads stall.
+    mtu = bridge.attrs["Options"].get("com.docker.network.driver.mtu", "1500")
     directory = Path(tempfile.mkdtemp(prefix="hvgate-engine-", dir="/tmp"))
     (directory / "daemon.json").write_text("{}")
     address = f"unix://{directory}/docker.sock"
@@ -82,6 +85,7 @@ def second_engine(engine):
             f"--fixed-cidr={own_range}",
             "--iptables=false",
             "--ip-masq=false",
+            f"--mtu={mtu}",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
