@@ -27,6 +27,7 @@ def hung(engine, tmp_path_factory):
     seconds = time.monotonic() - started
     assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
     (cell,) = json.loads((results_dir / "latest.json").read_text())["cells"]
+    cell["log_dir"] = str(results_dir / cell["log_dir"])  # relative to the results directory
     return done, cell, seconds
 
 

@@ -80,6 +80,8 @@ def run_result(engine, results_dir):
     seconds = time.monotonic() - started
     assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
     data = json.loads((results_dir / "latest.json").read_text())
+    for cell in data["cells"]:  # log paths are relative to the results directory
+        cell["log_dir"] = str(results_dir / cell["log_dir"])
     # What the run decided, for the log of the test session (pytest -s, or -rA).
     print(f"\nverdicts run: {seconds:.0f} s")
     for cell in data["cells"]:
