@@ -120,6 +120,8 @@ def reported(function: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit("\n".join(lines), code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): not the tool failing
         except Exception as exc:
             raise Exit(f"error: {type(exc).__name__}: {one_line(exc)}", code=3) from None
 
@@ -555,6 +557,11 @@ class Gate(Program):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             code = 130
+        except BrokenPipeError:
+            # The reader went away (`hvgate ... | head`): what it read was right, and nothing
+            # more can be said; 141 is a shell's code for a command ended by SIGPIPE.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 141
         except Exception as exc:
             print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
             code = 3

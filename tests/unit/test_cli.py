@@ -4,6 +4,7 @@ the README's tables of tasks, flags and exit codes against the collection."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -251,3 +252,21 @@ def test_invoke_help_works_on_every_task(capsys, name):
         program.run(["invoke", "-r", str(cli.ROOT), "--help", f"matrix.{name}"])
     assert info.value.code in (0, None)
     assert capsys.readouterr().out.startswith(f"Usage: inv[oke] [--core-opts] matrix.{name} ")
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    """`hvgate ... | head`: the command ends quietly with a shell's SIGPIPE code, not exit 3."""
+    read, write = os.pipe()
+    os.close(read)  # gone before the first line is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "tasks.py", "matrix.list"],
+            cwd=cli.ROOT,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
