@@ -10,12 +10,32 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from .errors import InputError
 from .model import CODENAME_RE, DEB_PACKAGE_RE, DEB_VERSION_RE, IMAGE_REF_RE, NAME_RE
 from .results import CellResult, FailureCause, RunResult, ScenarioResult, Status
-from .text import clip
+from .text import clip, format_path, one_line
+
+T = TypeVar("T")
+
+
+def validated(validate: Callable[[Any], T], data: Any, path: Path | str, hint: str = "") -> T:
+    """The document through a pydantic validator (a model's or a TypeAdapter's); InputError, one
+    line naming the file and the first field that fails, otherwise."""
+    try:
+        return validate(data)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        advice = f" ({hint})" if hint else ""
+        where = format_path(tuple(errors[0]["loc"]))
+        raise InputError(
+            f"{path}: {where}: {one_line(errors[0]['msg'], 200)}{more}{advice}"
+        ) from None
+
 
 MIB = 1 << 20
 MAX_DEPTH = 32

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from ..core import readback
 from ..core.errors import ConfigurationError, InputError
@@ -59,12 +59,7 @@ def read_lock(path: Path) -> Lock:
         data = readback.read_json(path, "lock file", MAX_LOCK_BYTES)
     except InputError as exc:
         raise InputError(f"{one_line(exc)} ({hint})") from None
-    try:
-        return Lock.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(document)"
-        raise InputError(f"{path}: {where}: {one_line(first['msg'], 200)} ({hint})") from None
+    return readback.validated(Lock.model_validate, data, path, hint)
 
 
 def write_lock(path: Path, lock: Lock) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..core import readback
 from ..core.errors import ConfigurationError, InputError
@@ -57,12 +57,7 @@ def read_state(run_dir: Path) -> RunState:
     """A run's run.json, checked; InputError naming the file and the field otherwise."""
     path = run_dir / "run.json"
     data = readback.read_json(path, "run state", MAX_STATE_BYTES)
-    try:
-        return RunState.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(document)"
-        raise InputError(f"{path}: {where}: {one_line(first['msg'], 200)}") from None
+    return readback.validated(RunState.model_validate, data, path)
 
 
 # What write_atomic leaves behind when its process is killed between write and rename.

@@ -16,7 +16,7 @@ from ..core.errors import ConfigurationError, InputError
 from ..core.files import write_atomic
 from ..core.paths import ROOT
 from ..core.results import FORMAT, RunResult
-from ..core.text import clip, one_line
+from ..core.text import clip
 from ..core.version import hvgate_version
 from .formats import Links, html, junit, markdown, step_summary
 
@@ -171,25 +171,9 @@ def read_results(path: Path) -> dict[str, Any]:
             f"{path}: results format {clip(data.get('format'), 20)}; this hvgate reads format "
             f"{FORMAT}"
         )
-    try:
-        ADAPTER.validate_python(data)
-    except pydantic.ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise InputError(
-            f"{path}: {location(first['loc'])}: {one_line(first['msg'], 200)}{more}"
-        ) from None
+    readback.validated(ADAPTER.validate_python, data, path)
     readback.check_results(data, path)
     return data
-
-
-def location(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as a JSON path: cells[3].scenarios[0].status."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text or "(document)"
 
 
 def append_step_summary(data: dict[str, Any]) -> None:

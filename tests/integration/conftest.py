@@ -86,11 +86,10 @@ apt-get install -y -q --download-only --no-install-recommends -t bookworm-backpo
 def debian12_base(engine, tmp_path_factory):
     """hvgate/base:debian-12, bootstrapped if this engine has none yet."""
     from harness.core.model import Base
-    from harness.engine.bases import Bases
+    from tests.integration.support import base_on_engine
 
     debian_12 = Base(distro="debian", release="12", codename="bookworm")
-    Bases(engine, {"debian-12": debian_12}, tmp_path_factory.mktemp("logs")).ensure("debian-12")
-    return "hvgate/base:debian-12"
+    return base_on_engine(engine, "debian-12", debian_12, tmp_path_factory.mktemp("logs"))
 
 
 @pytest.fixture(scope="session")

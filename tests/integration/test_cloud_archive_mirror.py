@@ -5,21 +5,20 @@ says `trusted: true`), is resolved, locked,
 built, smoke-tested, judged and pinned like any source. The same pocket from the public host
 stays unavailable here, with the reason."""
 
-import functools
 import hashlib
-import http.server
 import io
 import json
 import re
 import subprocess
 import tarfile
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 
+from harness.core.model import Base
 from tests.cli import invoke
+from tests.integration.support import base_on_engine, served
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +91,8 @@ def write_pocket(archive: Path, debs: list[tuple[str, Path]]) -> None:
 
 @pytest.fixture(scope="module")
 def ubuntu_base(engine, tmp_path_factory):
-    from harness.core.model import Base
-    from harness.engine.bases import Bases
-
     noble = Base(distro="ubuntu", release="24.04", codename="noble")
-    Bases(engine, {"ubuntu-24.04": noble}, tmp_path_factory.mktemp("logs")).ensure("ubuntu-24.04")
-    return "hvgate/base:ubuntu-24.04"
+    return base_on_engine(engine, "ubuntu-24.04", noble, tmp_path_factory.mktemp("logs"))
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +114,8 @@ def archive(engine, ubuntu_base, tmp_path_factory):
     pool.mkdir(parents=True)
     trees = sorted(p for p in (work / "unpacked").iterdir() if p.is_dir())
     write_pocket(root / "ubuntu", repack(trees, pool))
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass
+    with served(root) as port:
+        yield root, port
 
 
 @pytest.fixture(scope="module")

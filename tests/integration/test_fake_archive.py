@@ -2,17 +2,15 @@
 our own: a directory with a Packages index served over HTTP on loopback, read by the real apt of
 a Debian 12 container. The packages are empty; only their names, versions and sources matter."""
 
-import functools
 import hashlib
-import http.server
 import json
 import subprocess
 import textwrap
-import threading
 
 import pytest
 
 from tests.cli import invoke
+from tests.integration.support import served
 
 pytestmark = pytest.mark.integration
 
@@ -80,17 +78,8 @@ def archive(tmp_path_factory):
     pool.mkdir()
     debs = [build_deb(pool, *p) for p in PACKAGES]
     write_index(archive, debs)
-    handler = functools.partial(QuietHandler, directory=str(archive))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield archive, debs, server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass
+    with served(archive) as port:
+        yield archive, debs, port
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,8 @@
 what it took from backports) and smoke-tested, its apt preferences go into a fresh container of the
 same base, apt installs the pinned versions, and the pins' check passes."""
 
-import io
 import json
 import re
-import tarfile
 import uuid
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from harness.core.paths import CONTEXT
 from harness.engine.bases import base_image_tag
 from tests.cli import invoke
+from tests.integration.support import tar_of
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +34,6 @@ def pinned(results):
     done = invoke("matrix.pin", "--run", data["run_id"], "--out", str(out), results_dir=results_dir)
     assert done.returncode == 0, done.stderr
     return data, out, done
-
-
-def tar_of(files):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, (text, mode) in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(text), mode
-            tar.addfile(info, io.BytesIO(text))
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

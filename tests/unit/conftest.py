@@ -5,6 +5,7 @@ as the project adds cells, and the golden tests cover it."""
 from __future__ import annotations
 
 import copy
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,17 @@ Edit = Callable[[dict[str, Any]], object]
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def tasks(monkeypatch, root):
+    """The tasks module; `reported` installs a SIGTERM handler, which is put back afterwards."""
+    monkeypatch.syspath_prepend(str(root))
+    previous = signal.getsignal(signal.SIGTERM)
+    import tasks as module
+
+    yield module
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

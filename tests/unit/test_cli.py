@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -18,16 +17,6 @@ from harness.core import errors
 from tests import cli
 
 README = (cli.ROOT / "README.md").read_text()
-
-
-@pytest.fixture
-def tasks(monkeypatch, root):
-    monkeypatch.syspath_prepend(str(root))
-    previous = signal.getsignal(signal.SIGTERM)
-    import tasks as module
-
-    yield module
-    signal.signal(signal.SIGTERM, previous)
 
 
 def tasks_module():

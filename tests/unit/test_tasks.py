@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import signal
 
 import docker
 import docker.errors
@@ -78,17 +77,6 @@ def test_exit_codes():
 
 
 # --- tasks, in the process --------------------------------------------------------------------
-
-
-@pytest.fixture
-def tasks(monkeypatch, root):
-    """The tasks module; `reported` installs a SIGTERM handler, which is put back afterwards."""
-    monkeypatch.syspath_prepend(str(root))
-    previous = signal.getsignal(signal.SIGTERM)
-    import tasks as module
-
-    yield module
-    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture

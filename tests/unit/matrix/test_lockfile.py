@@ -95,7 +95,7 @@ def test_ids_that_collide_after_expansion_are_refused(cell_by_id, tmp_path):
         (
             b'{"format": 1, "cells": {"x": {"fingerprint": "0123456789abcdef", "cells": '
             b'[{"id": "x", "packages": {"libvirt-daemon": "1.0; rm -rf /"}}]}}}',
-            "cells.x.cells.0.packages.libvirt-daemon",
+            "cells.x.cells[0].packages.libvirt-daemon",
         ),
         (
             b'{"format": 1, "cells": {"x": {"fingerprint": "0123456789abcdef", "cells": '

@@ -128,7 +128,7 @@ def test_temporary_files_of_a_killed_writer_are_swept(tmp_path, unit_matrix):
     [
         ({"matrix": "m.yaml\n## FORGED"}, "matrix"),
         ({"accel": "kvm; reboot"}, "accel"),
-        ({"selected": ["../x"]}, "selected.0"),
+        ({"selected": ["../x"]}, "selected[0]"),
         ({"forged": 1}, "forged"),
     ],
 )
