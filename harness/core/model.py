@@ -59,6 +59,7 @@ Name = Annotated[
     str, AfterValidator(_matches(NAME_RE, "name (lower-case letters, digits, . and -)"))
 ]
 PackageName = Annotated[str, AfterValidator(_matches(DEB_PACKAGE_RE, "Debian package name"))]
+TEMPLATE_RE = re.compile(r"^[A-Za-z0-9_.-]+\.j2$")  # a cell's template, a file name
 Codename = Annotated[str, AfterValidator(_matches(CODENAME_RE, "release codename"))]
 Suite = Annotated[str, AfterValidator(_matches(SUITE_RE, "suite (e.g. '{codename}-backports')"))]
 
@@ -190,7 +191,7 @@ class CellSpec(Strict):
     libvirt: PackageChoice = PackageChoice()
     qemu: PackageChoice = PackageChoice()
     id: Name | None = None
-    template: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.j2$")] | None = None
+    template: Annotated[str, Field(pattern=TEMPLATE_RE.pattern)] | None = None
     scenarios: tuple[Scenario, ...] | None = None
 
     @model_validator(mode="before")

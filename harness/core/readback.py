@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 import pydantic
 
 from .errors import InputError
-from .model import CODENAME_RE, DEB_PACKAGE_RE, DEB_VERSION_RE, IMAGE_REF_RE, NAME_RE
+from .model import (
+    CODENAME_RE,
+    DEB_PACKAGE_RE,
+    DEB_VERSION_RE,
+    IMAGE_REF_RE,
+    NAME_RE,
+    ORIGIN_SUITE_RE,
+)
 from .results import CellResult, FailureCause, RunResult, ScenarioResult, Status
 from .text import clip, format_path, one_line
 
@@ -206,18 +213,14 @@ def anything(value: Any, where: str) -> None:
 
 run_id = _match(RUN_ID_RE, "run id (letters, digits, '.', '_' and '-')")
 cell_id = _match(CELL_ID_RE, "cell id (letters, digits, '.', '_' and '-')")
-name = _match(re.compile(NAME_RE.pattern.strip("^$")), "name (lower-case letters, digits, . and -)")
+name = _match(NAME_RE, "name (lower-case letters, digits, . and -)")
 word = _match(WORD_RE, "word (letters, digits and . _ + ~ : -)")
 time = _match(TIME_RE, "time (ISO 8601, e.g. 2026-11-28T09:23:43+00:00)")
-package = _match(re.compile(DEB_PACKAGE_RE.pattern.strip("^$")), "Debian package name")
-version = _match(re.compile(DEB_VERSION_RE.pattern.strip("^$")), "Debian version")
+package = _match(DEB_PACKAGE_RE, "Debian package name")
+version = _match(DEB_VERSION_RE, "Debian version")
+suite = _match(ORIGIN_SUITE_RE, "suite name")
 fingerprint = _match(FINGERPRINT_RE, "fingerprint (hex digits)")
 status = _match(re.compile("|".join(re.escape(s) for s in Status)), "status")
-
-
-def path_text(value: Any, where: str) -> None:
-    """A log's path: one line, links to it are quoted."""
-    line(value, where)
 
 
 def _mapping(
@@ -320,11 +323,25 @@ def _scenario(value: Any, where: str) -> None:
     )
 
 
+def _origin(value: Any, where: str) -> None:
+    """A package the image took from beyond its release: each field goes into apt files."""
+    _mapping(value, where, {"package": package, "version": version, "suites": _list_of(suite)})
+    missing = sorted({"package", "version", "suites"} - set(value))
+    if missing:
+        raise _Bad(_where(where, missing[0]), "required key is missing")
+
+
 def _build(value: Any, where: str) -> None:
     _mapping(
         value,
         where,
-        {"log": _optional(path_text), "log_tail": anything, "reason": text, "status": word},
+        {
+            "log": _optional(line),
+            "log_tail": anything,
+            "reason": text,
+            "status": word,
+            "origins": _optional(_list_of(_origin)),
+        },
         strict=False,
     )
 
@@ -347,19 +364,20 @@ def _cell(value: Any, where: str) -> None:
             id=cell_id,
             distro=name,
             release=_match(RELEASE_RE, "release"),
-            codename=_match(re.compile(CODENAME_RE.pattern.strip("^$")), "codename"),
+            codename=_match(CODENAME_RE, "codename"),
             source=name,
             status=status,
             reason=text,
-            image=_optional(_match(re.compile(IMAGE_REF_RE.pattern.strip("^$")), "image")),
+            image=_optional(_match(IMAGE_REF_RE, "image")),
             build=_build,
             accel=_optional(word),
             versions=_dict_of(package, version),
             thresholds=_dict_of(name, anything),
             scenarios=_list_of(_scenario),
-            log_dir=_optional(path_text),
+            log_dir=_optional(line),
             history=lambda v, w: _mapping(v, w, HISTORY_FIELDS),
             stages_for=_optional(name),
+            origins=_optional(_list_of(_origin)),
         ),
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import types
 import typing
 from pathlib import Path
@@ -12,8 +11,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..core.errors import ConfigurationError
-from ..core.model import CLOUD_ARCHIVE_POCKETS, Cell, Matrix, expand
-from ..core.paths import OVERRIDES, ROOT
+from ..core.model import CLOUD_ARCHIVE_POCKETS, TEMPLATE_RE, Cell, Matrix, expand
+from ..core.paths import OVERRIDES, ROOT, TEMPLATES
 from ..core.text import Loc, clip, did_you_mean, format_path
 from . import debs
 
@@ -21,7 +20,6 @@ MAX_BYTES = 4_000_000
 MAX_DEPTH = 32
 MAX_NODES = 500_000
 MAX_ID = 100
-TEMPLATE_RE = re.compile(r"[A-Za-z0-9_.-]+\.j2")  # CellSpec.template's grammar
 
 
 class _Tracker:
@@ -426,7 +424,7 @@ def _reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         if (
             isinstance(template, str)
             and TEMPLATE_RE.fullmatch(template)
-            and not (OVERRIDES / template).is_file()
+            and not any((d / template).is_file() for d in (OVERRIDES, TEMPLATES))
         ):
             problems.append(
                 (

@@ -296,7 +296,7 @@ def notes(data: dict[str, Any]) -> list[str]:
     lines = []
     for cell in data["cells"]:
         if cell.get("reason"):
-            lines.append(f"`{cell['id']}` {cell['status']}: {flat(cell['reason'])}")
+            lines.append(f"`{cell['id']}` {cell['status']}: {one_line(cell['reason'], None)}")
         if change(cell):
             since = (cell.get("history") or {}).get("previous")
             lines.append(
@@ -304,11 +304,13 @@ def notes(data: dict[str, Any]) -> list[str]:
             )
         for scenario in cell.get("scenarios", []):
             if scenario.get("status") != "safe" and scenario.get("decision"):
-                lines.append(f"`{cell['id']}` {scenario['name']}: {flat(scenario['decision'])}")
+                lines.append(
+                    f"`{cell['id']}` {scenario['name']}: {one_line(scenario['decision'], None)}"
+                )
             elif safe_failed(scenario):
                 lines.append(
                     f"`{cell['id']}` {scenario['name']}: safe with {failed(scenario)} failed"
-                    f" run{'' if failed(scenario) == 1 else 's'}: {flat(scenario.get('decision') or '')}"
+                    f" run{'' if failed(scenario) == 1 else 's'}: {one_line(scenario.get('decision') or '', None)}"
                 )
         if summary := failure_summary(cell, code_md):
             lines.append(f"`{cell['id']}` {summary}")
@@ -375,7 +377,7 @@ def coming_lines(data: dict[str, Any]) -> list[str]:
         )
         now = f"now {entry['target_status']} in `{entry['target']}`"
         flag = "**REGRESSION** " if entry["regression"] else ""
-        what = moved or f"not read: {flat(entry['reason'] or 'no versions')}"
+        what = moved or f"not read: {one_line(entry['reason'] or 'no versions', None)}"
         lines.append(f"{flag}`{entry['cell']}` ({entry['status']}; {now}): {what}")
     return lines
 
@@ -403,7 +405,7 @@ def markdown(data: dict[str, Any]) -> str:
             ]
         )
     lines = ["| " + " | ".join(cell_md(v) for v in row) + " |" for row in rows]
-    text = f"Run {code_md(data['run_id'])}, {flat(data['started'])} – {flat(data['finished'])}"
+    text = f"Run {code_md(data['run_id'])}, {one_line(data['started'], None)} – {one_line(data['finished'], None)}"
     text += f"{provenance(data)}.\n\n"
     text += "Recommended per release (the newest safe versions outside a staging pocket):\n\n"
     text += "\n".join(f"- {recommendation_text(r)}" for r in recommendations(data)) + "\n\n"
@@ -425,11 +427,6 @@ def markdown(data: dict[str, Any]) -> str:
     if lines := notes(data):
         text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     return text
-
-
-def flat(value: object) -> str:
-    """Text on one line: a line break in a value never starts a Markdown heading or row."""
-    return " ".join(str(value).split())
 
 
 def cell_md(value: object) -> str:

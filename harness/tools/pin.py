@@ -16,8 +16,6 @@ from debian.debian_support import Version
 from ..core.errors import ConfigurationError
 from ..core.files import write_atomic
 from ..core.model import (
-    DEB_PACKAGE_RE,
-    DEB_VERSION_RE,
     NAME_RE,
     ORIGIN_SUITE_RE,
     Cell,
@@ -26,6 +24,7 @@ from ..core.model import (
 from ..core.results import Status
 from ..core.text import one_line
 from ..matrix.load import load as load_matrix
+from ..stages.formats import interval_text
 from ..stages.publish import stored_results
 from ..stages.render import source_suite
 
@@ -47,7 +46,6 @@ BINNMU_RE = re.compile(r"\+b[0-9]+$")  # a binary-only rebuild: not part of the 
 # Free text on a comment line (a decision: "SPRT accepted p<=0.01 ..."): one line, no quote, no
 # shell expansion, nothing apt or sh would read as more than a comment.
 TEXT_RE = re.compile(r"[A-Za-z0-9 .,:<>=%()+_~-]{0,300}")
-COMMAND_RE = re.compile(r"[A-Za-z0-9 ._/:+~-]{1,1000}")  # the command line, in a comment
 PATH_RE = re.compile(r"[A-Za-z0-9._+~-]{1,255}")  # the results file's name, as the pins quote it
 SNAPSHOT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[A-Za-z0-9._~%+-]+)*")
 # Only where a run recorded no origins: the suites of a release a node has without adding any.
@@ -140,13 +138,8 @@ def _bad(origin: Path, where: str, what: str, value: object) -> ConfigurationErr
 
 def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
     """The cell's pin, or why it cannot have one (a line for the refusals)."""
+    # Every package, version and suite here passed its grammar when the results were read.
     versions = dict(cell["versions"])
-    for package, version in versions.items():
-        # These strings go into apt and shell files: refuse anything but Debian's grammar.
-        if not DEB_PACKAGE_RE.fullmatch(package) or not DEB_VERSION_RE.fullmatch(version):
-            raise ConfigurationError(
-                f"{one_line(origin, None)}: cell {one_line(cell['id'], 120)}: {package!r} {version!r} is not a Debian package and version"
-            )
     packages = dict(versions)
     for package, recorded in SAME_BUILD.items():
         if recorded in versions:
@@ -159,23 +152,11 @@ def pin_of(cell: dict[str, Any], origin: Path, sources: Sources) -> Pin | str:
     derived = ""
     if cell.get("origins") is not None:
         for i, entry in enumerate(cell["origins"]):
-            where = f"cell {one_line(cell['id'], 120)}: origins[{i}]"
-            if not isinstance(entry, dict):
-                raise _bad(origin, where, "a package, version and suites", entry)
-            package, version = entry.get("package"), entry.get("version")
-            suites = entry.get("suites")
-            if not isinstance(package, str) or not DEB_PACKAGE_RE.fullmatch(package):
-                raise _bad(origin, where, "a Debian package name", package)
-            if not isinstance(version, str) or not DEB_VERSION_RE.fullmatch(version):
-                raise _bad(origin, where, "a Debian version", version)
-            if not isinstance(suites, list) or not all(
-                isinstance(s, str) and ORIGIN_SUITE_RE.fullmatch(s) for s in suites
-            ):
-                raise _bad(origin, where, "a list of suite names", suites)
+            package, version, suites = entry["package"], entry["version"], entry["suites"]
             if packages.get(package, version) != version:
                 raise ConfigurationError(
-                    f"{one_line(origin, None)}: {where}: {package} {version} differs from the version the cell "
-                    f"recorded ({packages[package]})"
+                    f"{one_line(origin, None)}: cell {cell['id']}: origins[{i}]: {package} "
+                    f"{version} differs from the version the cell recorded ({packages[package]})"
                 )
             packages[package] = version
             origins[package] = tuple(suites)
@@ -326,7 +307,6 @@ def check(plan: Plan, command: str) -> None:
     need(
         bool(PATH_RE.fullmatch(origin.name)), "the results file's name", "a plain name", origin.name
     )
-    need(bool(COMMAND_RE.fullmatch(command)), "the command", "a plain command line", command)
     for pin in plan.pins:
         cell = pin.cell
         at = f"cell {cell.get('id')!r}"
@@ -336,42 +316,19 @@ def check(plan: Plan, command: str) -> None:
         for i, s in enumerate(cell.get("scenarios", [])):
             if s.get("decision") is not None:
                 text(s["decision"], f"{at}: scenarios[{i}].decision")
-        for source, versions in {
-            **{s: (v,) for s, v in pin.sources.items()},
-            **pin.blocked,
-        }.items():
-            need(
-                bool(DEB_PACKAGE_RE.fullmatch(source)),
-                f"{at}: source package",
-                "a Debian package name",
-                source,
-            )
-            for version in versions:
-                need(
-                    bool(DEB_VERSION_RE.fullmatch(version)),
-                    f"{at}: {source}",
-                    "a Debian version",
-                    version,
-                )
+        # Suites may come from matrix.yaml (results without origins); versions, sources and
+        # the snapshot URL passed their grammars already (read_results, snapshot_of).
         for suite in pin.suites:
             need(bool(ORIGIN_SUITE_RE.fullmatch(suite)), f"{at}: suite", "a suite name", suite)
-        if pin.snapshot:
-            need(
-                bool(SNAPSHOT_RE.fullmatch(pin.snapshot.rstrip("/"))),
-                "snapshot",
-                "a URL",
-                pin.snapshot,
-            )
 
 
 # --- the files -----------------------------------------------------------------------------------
 
 
-def _interval(scenario: dict[str, Any]) -> str:
-    interval = scenario.get("interval")
-    if not interval or len(interval) != 2:
-        return ""
-    return f", failure rate 95% interval {interval[0] * 100:.1f}–{interval[1] * 100:.1f}%"
+def _interval(scenario: dict[str, Any], data: dict[str, Any]) -> str:
+    """The failure rate's interval the verdict rests on, as the reports show it."""
+    text = interval_text(scenario, data)
+    return f", failure rate {text}" if text else ""
 
 
 def evidence(pin: Pin, plan: Plan) -> list[str]:
@@ -386,24 +343,14 @@ def evidence(pin: Pin, plan: Plan) -> list[str]:
         f"{failures} failures; accel {cell.get('accel') or '?'}",
     ]
     for s in scenarios:
-        line = f"  {s['name']}: {s.get('status')}, {s.get('runs', 0)} runs, {s.get('failures', 0) + s.get('errors', 0)} failures{_interval(s)}"
+        line = f"  {s['name']}: {s.get('status')}, {s.get('runs', 0)} runs, {s.get('failures', 0) + s.get('errors', 0)} failures{_interval(s, plan.data)}"
         if s.get("decision"):
             line += f"; {s['decision']}"
         lines.append(line)
     return lines
 
 
-# A line break inside a comment line would start a line apt or the shell reads.
-BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def header(pin: Pin, plan: Plan, what: str, command: str) -> list[str]:
-    """The comment lines every pin file starts with, each one line whatever it quotes (a path
-    given on the command line)."""
-    return [BREAKS.sub(" ", line) for line in _header(pin, plan, what, command)]
-
-
-def _header(pin: Pin, plan: Plan, what: str, command: str) -> list[str]:
     cell = pin.cell
     lines = [
         f"{what}: libvirt and QEMU as hvgate found them safe on {cell['distro']} {cell['release']} "

@@ -37,6 +37,8 @@ def scenario(name, status="safe", runs=12, failures=0, interval=None, decision=N
         runs=runs,
         failures=failures,
         interval=interval,
+        # A judged scenario has both, as the judge writes them.
+        failure_rate=None if interval is None else failures / runs,
         decision=decision,
     )
 
@@ -329,7 +331,7 @@ def test_every_file_states_its_evidence(sources):
         assert "Evidence: run 20261123T203057Z-f701" in text
         assert "Cell debian-12-release: safe; 2 scenarios, 15 runs, 0 failures; accel tcg" in text
         assert (
-            "boot: safe, 12 runs, 0 failures, failure rate 95% interval 0.0–24.2%; "
+            "boot: safe, 12 runs, 0 failures, failure rate 0–19%; "
             "SPRT accepted p<=0.05 after 12 runs" in text
         )
         assert "managed-save: safe, 3 runs, 0 failures\n" in text + "\n"
