@@ -47,12 +47,9 @@ def lines_of(data: dict[str, Any]) -> list[dict[str, Any]]:
 def read(path: Path) -> list[dict[str, Any]]:
     """Every kept line, oldest first, each checked (InputError names the file, line and field).
     A torn last line (a crash mid-write: no newline at its end) is skipped, not fatal."""
-    try:
-        text = readback.read_text(path, "history", MAX_HISTORY_BYTES)
-    except InputError:
-        if not path.exists():
-            return []
-        raise
+    if not path.exists():
+        return []
+    text = readback.read_text(path, "history", MAX_HISTORY_BYTES)
     entries = []
     numbered = list(readback.lines(text))
     for number, line in numbered:
@@ -160,18 +157,20 @@ def annotate(run: RunResult, entries: list[dict[str, Any]]) -> RunResult:
 
 def record(
     run: RunResult,
-    publish: Callable[[RunResult], dict[str, Path]],
+    publish: Callable[[RunResult, list[dict[str, Any]]], dict[str, Path]],
     results_dir: Path,
     keep: bool = True,
 ) -> tuple[RunResult, dict[str, Path]]:
-    """Annotates the run from the history, publishes it, then appends it to the history (after
-    publishing, so a run whose results could not be written is not counted). With keep=False
+    """Annotates the run from the history, publishes it (given the history's entries, for the
+    page's trend), then appends it to the history (after publishing, so a run whose results
+    could not be written is not counted). With keep=False
     (a run cut short, which --resume continues under the same id) nothing is appended: the run
     enters the history once, when it has finished."""
     backfill(results_dir)
     path = history_path(results_dir)
-    annotated = annotate(run, read(path))
-    paths = publish(annotated)
+    past = read(path)
+    annotated = annotate(run, past)
+    paths = publish(annotated, past)
     if keep:
         append(path, annotated.to_json())
         paths["history"] = path

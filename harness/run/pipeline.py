@@ -16,7 +16,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import docker.errors
 import requests
@@ -390,8 +390,7 @@ class Run(Images):
         # The history annotates the run before it is published and keeps it once it is.
         results_dir = self.options.results
 
-        def publish_run(result: RunResult) -> dict[str, Path]:
-            past = history.read(history.history_path(results_dir))
+        def publish_run(result: RunResult, past: list[dict[str, Any]]) -> dict[str, Path]:
             return publish(result, results_dir, latest=not interrupted, history=past)
 
         return history.record(run_result, publish_run, results_dir, keep=not interrupted)

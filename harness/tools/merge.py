@@ -178,9 +178,7 @@ def merge_files(
     try:
         return history.record(
             run,
-            lambda result: publish(
-                result, out_dir, history=history.read(history.history_path(out_dir))
-            ),
+            lambda result, past: publish(result, out_dir, history=past),
             out_dir,
         )
     finally:

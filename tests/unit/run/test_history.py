@@ -167,9 +167,9 @@ def test_history_round_trips_through_json():
 
 def test_record_publishes_the_history_then_keeps_the_run(tmp_path):
     results = tmp_path / "results"
-    history.record(run("r1", cell("a", "safe")), lambda r: publish(r, results), results)
+    history.record(run("r1", cell("a", "safe")), lambda r, _: publish(r, results), results)
     annotated, paths = history.record(
-        run("r2", cell("a", "broken")), lambda r: publish(r, results), results
+        run("r2", cell("a", "broken")), lambda r, _: publish(r, results), results
     )
     published = json.loads(paths["json"].read_text())
     assert published["cells"][0]["history"]["change"] == "regression"
@@ -181,7 +181,7 @@ def test_record_publishes_the_history_then_keeps_the_run(tmp_path):
 def test_a_run_that_could_not_be_published_is_not_kept(tmp_path):
     results = tmp_path / "results"
 
-    def failing(_):
+    def failing(_, __):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
@@ -193,7 +193,7 @@ def test_record_starts_the_history_from_the_runs_already_kept(tmp_path):
     results = tmp_path / "results"
     for r in (run("r2", cell("a", "broken")), run("r1", cell("a", "safe"))):
         publish(r, results)
-    history.record(run("r3", cell("a", "safe")), lambda r: publish(r, results), results)
+    history.record(run("r3", cell("a", "safe")), lambda r, _: publish(r, results), results)
     assert statuses(results / "history.jsonl") == [
         ("r1", "a", "safe"),
         ("r2", "a", "broken"),
@@ -212,11 +212,11 @@ def test_a_run_cut_short_is_published_under_its_id_only(tmp_path):
     """An interrupted run: its partial table is kept for --resume, and replaces neither the last
     complete latest.* nor enters the history (it does once it has finished)."""
     results = tmp_path / "results"
-    history.record(run("r1", cell("a", "safe")), lambda r: publish(r, results), results)
+    history.record(run("r1", cell("a", "safe")), lambda r, _: publish(r, results), results)
     before = (results / "latest.json").read_text()
     cut = run("r2", cell("a", "inconclusive"))
     annotated, paths = history.record(
-        cut, lambda r: publish(r, results, latest=False), results, keep=False
+        cut, lambda r, _: publish(r, results, latest=False), results, keep=False
     )
     assert (results / "latest.json").read_text() == before
     assert not any(name.startswith("latest") for name in paths) and "history" not in paths

@@ -28,7 +28,7 @@ def two_runs(tmp_path):
         cell("c", "safe", {"libvirt-daemon": "11.3.0-1"}),
     )
     for r in (old, new):
-        history.record(r, lambda r: publish(r, results), results)
+        history.record(r, lambda r, _: publish(r, results), results)
     return results
 
 
