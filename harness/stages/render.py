@@ -135,8 +135,10 @@ def pins(cell: Cell) -> list[list[str]]:
 
     - a component's source packages: 990 in its own source's suite (or 1001 at an exact
       version), 100 in the cell's other suites, so they never drift to another pocket;
-    - everything else: 500 in each extra suite, as in the base's own, so dependencies may come
-      from there (qemu from backports needs seabios from backports) and the newest wins.
+    - everything else stays at the distro's priority for each suite (backports and -proposed
+      100), except what the packages need: pin-closure pins the source of each dependency apt
+      cannot satisfy from the release (qemu from backports needs seabios from backports) at 990
+      in the extra suites, so an image takes nothing else from them.
 
     A locked cell holds each source package at the version the lock file names for it.
     """
@@ -164,8 +166,8 @@ def pins(cell: Cell) -> list[list[str]]:
             for name, other in suites.items():
                 if name != choice.source_name:
                     commands.append(["/opt/hvgate/bin/pin-source", package, other, "100"])
-    for other in suites.values():
-        commands.append(["/opt/hvgate/bin/pin-source", "*", other, "500"])
+    if suites:
+        commands.append(["/opt/hvgate/bin/pin-closure", *suites.values(), "--", *packages(cell)])
     return commands
 
 

@@ -27,7 +27,7 @@ BIN = "/opt/hvgate/bin/"
 
 
 def pin_commands(dockerfile: str) -> list[tuple[str, ...]]:
-    """The pin-source / pin-version commands of the Dockerfile, as (tool, arguments...)."""
+    """The pin-source / pin-version / pin-closure commands of the Dockerfile, as (tool, args...)."""
     commands = []
     for line in dockerfile.splitlines():
         if f"{BIN}pin-" in line:
@@ -35,6 +35,15 @@ def pin_commands(dockerfile: str) -> list[tuple[str, ...]]:
             assert words[0].startswith(f"{BIN}pin-"), line  # one command per line
             commands.append((words[0].removeprefix(BIN), *words[1:]))
     return commands
+
+
+PACKAGES = (
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "python3-libvirt",
+    "qemu-system-x86",
+    "qemu-utils",
+)
 
 
 def backports_pin(package: str) -> tuple[str, ...]:
@@ -62,9 +71,20 @@ def release_pin(package: str, suite: str) -> tuple[str, ...]:
     return ("pin-source", f"src:{package}", suite, "990")
 
 
-def catch_all_pins(dockerfile: str) -> list[tuple[str, ...]]:
-    """The pins of every other package: '*' in a suite, at the suite's usual priority."""
-    return [command for command in pin_commands(dockerfile) if command[1] == "*"]
+def closure_suites(dockerfile: str) -> list[str]:
+    """The extra suites pin-closure may take the packages' dependencies from. No other package is
+    pinned: every suite keeps the distro's priority for it (backports 100)."""
+    commands = pin_commands(dockerfile)
+    assert not [c for c in commands if "*" in c], commands
+    closures = [c for c in commands if c[0] == "pin-closure"]
+    if not closures:
+        return []
+    (closure,) = closures
+    assert commands[-1] == closure  # after the cell's own pins, which it must not outrank
+    install = run_lines(dockerfile, "apt-get install")[-1]
+    packages = closure[closure.index("--") + 1 :]
+    assert install.endswith(" ".join(packages) + " \\"), (install, packages)
+    return list(closure[1 : closure.index("--")])
 
 
 def cloud_archive_pockets(dockerfile: str) -> list[str]:
@@ -110,7 +130,7 @@ def test_release_source_adds_its_suite_and_pins_it(by_id, cell_id, suite):
         release_pin("libvirt", suite),
         release_pin("libvirt-python", suite),
         release_pin("qemu", suite),
-        ("pin-source", "*", suite, "500"),
+        ("pin-closure", suite, "--", *PACKAGES),
     ]
     assert text.index("add-apt-source") < text.index("apt-get update")
     assert text.index("apt-get update") < text.index("pin-source") < text.index("apt-get install")
@@ -135,8 +155,8 @@ def test_backports_cell_pins_its_suite(by_id):
         backports_pin("libvirt-python"),
         backports_pin("qemu"),
     ]
-    assert catch_all_pins(text) == [("pin-source", "*", "bookworm-backports", "500")]
-    assert {command[2] for command in pin_commands(text)} == {"bookworm-backports"}
+    assert closure_suites(text) == ["bookworm-backports"]
+    assert {c[2] for c in pin_commands(text) if c[0] == "pin-source"} == {"bookworm-backports"}
     # The suite's Release file must be there (apt-get update), and the pins before the install.
     assert text.index("add-apt-source") < text.index("apt-get update")
     assert text.index("apt-get update") < text.index("pin-source") < text.index("apt-get install")
@@ -168,7 +188,7 @@ def test_suite_template_takes_the_release(matrix_text, cells_of):
     cell = next(c for c in cells_of(text) if c.id == "debian-12-backports")
     dockerfile = render(cell)
     assert f"{BIN}add-apt-source backports 12-extra main ''" in dockerfile
-    assert {command[2] for command in pin_commands(dockerfile)} == {"12-extra"}
+    assert {c[2] for c in pin_commands(dockerfile) if c[0] == "pin-source"} == {"12-extra"}
 
 
 def test_pin_scripts_write_apt_preferences(root):
@@ -195,8 +215,8 @@ def test_exact_version_is_pinned_by_version(matrix_text, cells_of):
         ("pin-version", "src:libvirt", "9.0.0-4+deb12u2"),
         ("pin-version", "src:qemu", "1:7.2+dfsg-7+deb12u6"),
     ]
-    # An exact version needs no suite pin of its own; the suite still has its default one.
-    assert catch_all_pins(dockerfile) == [("pin-source", "*", "bookworm", "500")]
+    # An exact version needs no suite pin of its own; dependencies may still come from the suite.
+    assert closure_suites(dockerfile) == ["bookworm"]
     assert dockerfile.index("pin-version") < dockerfile.index("apt-get install")
 
 
@@ -227,13 +247,9 @@ def test_mixed_source_cell_pins_each_component_to_its_source(by_id):
         assert first_priority(dockerfile, package, "trixie-backports") == 100
     assert first_priority(dockerfile, "src:qemu", "trixie-backports") == 990
     assert first_priority(dockerfile, "src:qemu", "trixie") == 100
-    # Everything else may come from either suite (qemu from backports needs its dependencies).
-    assert catch_all_pins(dockerfile) == [
-        ("pin-source", "*", "trixie", "500"),
-        ("pin-source", "*", "trixie-backports", "500"),
-    ]
-    commands = pin_commands(dockerfile)
-    assert commands[-2:] == catch_all_pins(dockerfile)  # the catch-all stanzas come last
+    # What the packages need may come from either suite (qemu from backports needs its
+    # dependencies); nothing else does.
+    assert closure_suites(dockerfile) == ["trixie", "trixie-backports"]
 
 
 def test_component_from_another_source_than_the_images_own(matrix_text, cells_of):
@@ -266,7 +282,7 @@ def test_cloud_archive_cell_adds_the_pocket_and_pins_it(by_id):
         release_pin("libvirt", suite),
         release_pin("libvirt-python", suite),
         release_pin("qemu", suite),
-        ("pin-source", "*", suite, "500"),
+        ("pin-closure", suite, "--", *PACKAGES),
     ]
 
 
@@ -277,7 +293,9 @@ def test_cloud_archive_proposed_pocket(matrix_text, cells_of):
     cell = next(c for c in cells_of(text) if c.id == "ubuntu-24.04-cloud-archive-epoxy")
     dockerfile = render(cell)
     assert cloud_archive_pockets(dockerfile) == ["epoxy-proposed"]
-    assert {command[2] for command in pin_commands(dockerfile)} == {"noble-proposed/epoxy"}
+    assert {c[2] for c in pin_commands(dockerfile) if c[0] == "pin-source"} == {
+        "noble-proposed/epoxy"
+    }
 
 
 def test_two_cloud_archive_pockets_in_one_cell(matrix_text, cells_of):
@@ -446,7 +464,9 @@ def test_cloud_archive_through_a_mirror(matrix_text, cells_of, trusted, keyring)
     assert ("ubuntu-cloud-keyring" in dockerfile) == keyring
     if keyring:
         assert dockerfile.index("ubuntu-cloud-keyring") < dockerfile.index("add-apt-source")
-    assert {command[2] for command in pin_commands(dockerfile)} == {"noble-updates/epoxy"}
+    assert {c[2] for c in pin_commands(dockerfile) if c[0] == "pin-source"} == {
+        "noble-updates/epoxy"
+    }
 
 
 def test_a_cloud_archive_source_takes_no_suite(matrix_text, cells_of):
