@@ -137,21 +137,11 @@ def check_one(box, document: dict) -> None:
     assert code == 0, output
     code, after = sh(box, "apt-get -s -q dist-upgrade")
     assert code == 0, after[-3000:]
-    # On a current base a dist-upgrade does nothing; with the pins it takes nothing but what the
-    # tested image itself took from beyond the release's suites, at exactly the pinned versions.
+    # On a current base a dist-upgrade does nothing, and with the pins still nothing: the images
+    # take from an extra suite only what their packages need, none of the base's own packages.
     assert installs(before) == {}, (name, before[-3000:])
-    upgraded = installs(after)
-    assert all(document["packages"].get(p) == v for p, v in upgraded.items()), (name, upgraded)
+    assert installs(after) == {}, (name, after[-3000:])
     code, output = sh(box, f"apt-get -s -q install --no-install-recommends {DEVSTACK_SET}")
-    if upgraded and code != 0:
-        # Such an image (a Debian 12 backports one: systemd's libraries from backports, see the
-        # README's Pins) cannot take devstack's whole set: apt refuses it rather than install a
-        # version nobody tested.
-        assert "unmet dependencies" in output, (name, output[-3000:])
-        assert not installs(output), (name, output[-3000:])
-        check_names_what_differs(box, name, upgraded)
-        sh(box, f"rm -f {target}")
-        return
     assert code == 0, (name, output[-3000:])
     chosen = installs(output)
     for package, version in document["packages"].items():
@@ -162,22 +152,10 @@ def check_one(box, document: dict) -> None:
     # What devstack installs beyond the image's packages follows the tested source versions.
     for package, source in (("libvirt-clients", "libvirt"), ("libvirt-daemon-system", "libvirt")):
         assert source_version(chosen[package]) == document["source_packages"][source], name
-    if upgraded:
-        check_names_what_differs(box, name, upgraded)
-    else:
-        code, output = sh(box, f"sh /srv/pins/{name}.check")
-        assert code == 0, (name, output)
-        assert f"hvgate-check: {name}: " in output
-    sh(box, f"rm -f {target}")
-
-
-def check_names_what_differs(box, name: str, upgraded: dict[str, str]) -> None:
-    """Fail-closed: a node still at the base's versions of what the tested image upgraded is
-    not the tested image, and the check names each of those packages."""
     code, output = sh(box, f"sh /srv/pins/{name}.check")
-    assert code == 1, (name, output)
-    named = set(re.findall(r"^hvgate-check: mismatch: (\S+) is installed at", output, re.MULTILINE))
-    assert named == set(upgraded), (name, output)
+    assert code == 0, (name, output)
+    assert f"hvgate-check: {name}: " in output
+    sh(box, f"rm -f {target}")
 
 
 def check_gone(box, document: dict) -> None:
@@ -307,11 +285,9 @@ def test_on_debian_12_the_plugin_keeps_devstacks_backports_pin(engine, tmp_path_
         )
         assert code == 0, output[-3000:]
         assert "hvgate-check: debian-12-release: " in output
-        # Last, since a failed stack leaves its pins behind. The backports image took systemd's
-        # libraries from backports (README, Pins): a node that did not is not the tested image,
-        # and the stack fails on the check.
+        # The default there: the backports pins, beside devstack's own backports pin.
         code, output = devstack(box, out)
-        assert code == 1, output[-3000:]
-        assert "not the ones the debian-12-backports pins name" in output, output[-3000:]
+        assert code == 0, output[-3000:]
+        assert "hvgate-check: debian-12-backports: " in output, output[-3000:]
     finally:
         box.remove(force=True)

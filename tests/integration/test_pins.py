@@ -115,10 +115,10 @@ def test_the_preferences_install_the_pinned_versions_in_a_fresh_container(pinned
     packages = " ".join(pins["packages"])
     code, output = sh(container, "apt-get update -q && apt-get -s dist-upgrade")
     assert code == 0, output[-3000:]
-    # The pins raise no suite: a dist-upgrade takes nothing but what they name, at the versions
-    # the tested image had (the base packages that image upgraded from backports, if any).
+    # The pins raise no suite, and the image took none of the base's own packages from
+    # backports: a dist-upgrade changes nothing.
     upgraded = dict(re.findall(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) ", output, re.MULTILINE))
-    assert {p: pins["packages"].get(p) for p in upgraded} == upgraded, output[-3000:]
+    assert upgraded == {}, output[-3000:]
     code, output = sh(
         container, f"apt-get install -y -q --no-install-recommends {packages} && sh /tmp/check"
     )
