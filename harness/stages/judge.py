@@ -128,7 +128,7 @@ def judge_scenarios(
                 pooled={
                     "runs": len(pooled),
                     "failures": sum(pooled),
-                    "matrix_runs": (prior.runs.get(name, 0) if prior else 0) + 1,
+                    "matrix_runs": (prior.runs.get(name, 0) if prior else 0) + bool(outcomes),
                     "since": prior.since,
                 }
                 if prior and earlier and prior.since
