@@ -226,6 +226,9 @@ class Policy(Strict):
     cell_timeout: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     """A cell's smoke test starts no scenario after this; the runs it has are judged."""
     build_timeout: Annotated[float, Field(gt=0, le=36000)] = 1800.0
+    evidence_days: Annotated[int, Field(ge=0, le=3650)] = 30
+    """Runs of the same experiment (the cell's evidence key) this recent pool with a new one's;
+    0: every run is judged on its own."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:

@@ -120,3 +120,6 @@ class SmokeJob:
     # The images this run built or found, by cell id: an upgrade migration's source comes from
     # here first, not from the hvgate/cell:ID tag another checkout may have moved.
     images: Mapping[str, str] = field(default_factory=dict)
+    # Earlier runs of the same experiment, by scenario ("PF...", oldest first): the runner's
+    # sequential test starts from them, so a scenario they decided does not run again.
+    prior: Mapping[str, str] = field(default_factory=dict)

@@ -54,6 +54,9 @@ WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}")
 # ISO 8601 as the tool writes it; loose, as it only reaches text.
 TIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:.+_-]{0,63}")
 FINGERPRINT_RE = re.compile(r"[0-9a-f]{6,64}")
+EVIDENCE_KEY_RE = re.compile(r"[0-9a-f]{16,64}")
+# A scenario's outcomes in order: P passed, F failed.
+OUTCOMES_RE = re.compile(r"[PF]{0,100000}")
 # Characters that end or break a line somewhere, or rewrite a terminal: C0 and C1 controls
 # (a tab aside) and Unicode line separators.
 LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -319,6 +322,8 @@ def _scenario(value: Any, where: str) -> None:
             logs=_dict_of(line, anything),
             failures_by_cause=_list_of(_cause),
             not_run_reasons=_list_of(text),
+            outcomes=_match(OUTCOMES_RE, "outcomes (P and F)"),
+            pooled=_optional(lambda v, w: _mapping(v, w, POOLED_FIELDS)),
         ),
     )
 
@@ -345,6 +350,14 @@ def _build(value: Any, where: str) -> None:
         strict=False,
     )
 
+
+def _count(value: Any, where: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Bad(where, "not a count (a whole number, 0 or more)")
+
+
+POOLED_FIELDS = {"runs": _count, "failures": _count, "matrix_runs": _count, "since": time}
+EVIDENCE_FIELDS = {"key": _match(EVIDENCE_KEY_RE, "evidence key"), "since": _optional(time)}
 
 HISTORY_FIELDS = {
     "since": _optional(run_id),
@@ -378,6 +391,7 @@ def _cell(value: Any, where: str) -> None:
             history=lambda v, w: _mapping(v, w, HISTORY_FIELDS),
             stages_for=_optional(name),
             origins=_optional(_list_of(_origin)),
+            evidence=_optional(lambda v, w: _mapping(v, w, EVIDENCE_FIELDS)),
         ),
     )
 
@@ -436,13 +450,22 @@ def check_cell(data: dict[str, Any], path: Path | str) -> None:
 
 
 def check_history_line(entry: Any, where: str) -> None:
-    """One line of history.jsonl: run id, time, cell, status, versions."""
+    """One line of history.jsonl: run id, time, cell, status, versions, and the evidence key
+    with each scenario's outcomes."""
     fields = {
         "run_id": run_id,
         "time": time,
         "cell": cell_id,
         "status": status,
         "versions": _dict_of(package, version),
+        "evidence": lambda v, w: _mapping(
+            v,
+            w,
+            {
+                "key": _match(EVIDENCE_KEY_RE, "evidence key"),
+                "outcomes": _dict_of(name, _match(OUTCOMES_RE, "outcomes (P and F)")),
+            },
+        ),
     }
     _checked(lambda: _mapping(entry, "", fields), where)
     missing = sorted({"run_id", "cell", "status"} - set(entry))

@@ -64,6 +64,9 @@ class BuildResult:
     # Each installed package whose version no suite of the base serves: {package, version,
     # suites}; None when the image did not record them.
     origins: list[dict[str, Any]] | None = None
+    # The digest of every installed package at its version; None for an image built before
+    # images recorded it (its runs then pool with nothing).
+    packages: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -209,6 +212,15 @@ class ScenarioResult:
     # guest): no run, no failure, no error; left out of runs and of the sequential test.
     not_run: int = 0
     not_run_reasons: list[str] = field(default_factory=list)
+    # This run's outcomes in order, one letter each: P passed, F failed (errors and not-run
+    # repetitions left out); the history keeps them, and later runs of the same experiment pool
+    # them.
+    outcomes: str = ""
+    # With earlier runs of the same experiment (the cell's evidence key): {runs, failures} of all
+    # of them with this run, {matrix_runs} they came from with this one, and {since}, when the
+    # oldest started. status, failure_rate, interval and decision are then of the pooled runs;
+    # runs, failures and durations_s stay this run's.
+    pooled: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,19 @@ class CellResult:
     # {package, version, suites}: what pins must name beyond the release. None: not recorded
     # (results from before hvgate recorded them, or an override template without the step).
     origins: list[dict[str, Any]] | None = None
+    # {key, since}: the key names the experiment (every installed package at its version, the
+    # runner, the guest, the accelerator); its earlier runs since `since` pool with this one.
+    evidence: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What earlier runs of the same experiment (a cell image with the same evidence key) saw."""
+
+    key: str
+    since: str | None = None  # when the oldest of them started (ISO 8601); None: there is none
+    outcomes: dict[str, str] = field(default_factory=dict)  # scenario -> "PF...", oldest first
+    runs: dict[str, int] = field(default_factory=dict)  # scenario -> matrix runs it comes from
 
 
 @dataclass(frozen=True)

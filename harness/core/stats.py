@@ -97,6 +97,8 @@ class Decision:
     status: str | None  # safe, flaky, broken; None: no decision yet
     runs: int
     failures: int
+    # The test on failures, when it has decided: "accept" (safe) or "reject" (never safe now).
+    failures_test: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,10 @@ class StopRule:
     confidence: float
     min_runs: int
     max_runs: int
+    # Runs of the same experiment from earlier runs of the matrix that the test starts from (the
+    # most any scenario has): the table reaches max_runs beyond them, max_runs stays what one
+    # run may add.
+    prior_runs: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.safe_rate < self.unsafe_rate <= 0.5:
@@ -116,6 +122,8 @@ class StopRule:
             raise ValueError("confidence must be at least 0.5 and below 1")
         if not 1 <= self.min_runs <= self.max_runs:
             raise ValueError("runs must satisfy 1 <= min_runs <= max_runs")
+        if self.prior_runs < 0:
+            raise ValueError("prior_runs must not be negative")
 
     @classmethod
     def from_policy(cls, policy: Policy, runs: int | None = None) -> StopRule:
@@ -131,6 +139,11 @@ class StopRule:
         )
 
     @property
+    def limit(self) -> int:
+        """The most runs the test ever looks at: the earlier ones and this run's."""
+        return self.max_runs + self.prior_runs
+
+    @property
     def sprt(self) -> Sprt:
         error = 1 - self.confidence
         return Sprt(self.safe_rate, self.unsafe_rate, error, error)
@@ -142,7 +155,7 @@ class StopRule:
             (test.accept_at_most(n), test.reject_at_least(n))
             if n >= self.min_runs
             else (-1, n + 1)  # no decision before min_runs
-            for n in range(1, self.max_runs + 1)
+            for n in range(1, self.limit + 1)
         ]
 
     def to_json(self) -> dict[str, object]:
@@ -154,6 +167,7 @@ class StopRule:
             "confidence": self.confidence,
             "min_runs": self.min_runs,
             "max_runs": self.max_runs,
+            "prior_runs": self.prior_runs,
             "accept": [a for a, _ in table],
             "reject": [r for _, r in table],
         }
@@ -165,7 +179,7 @@ class StopRule:
         passes_test: str | None = None  # "accept" (broken) or "reject"
         runs = failures = 0
         for outcome in failed:
-            if runs == self.max_runs:
+            if runs == self.limit:
                 break
             runs += 1
             failures += bool(outcome)
@@ -175,7 +189,7 @@ class StopRule:
             status = _status(failures_test, passes_test)
             if status:
                 return Decision(status, runs, failures)
-        return Decision(None, runs, failures)
+        return Decision(None, runs, failures, failures_test)
 
     def describe(self, decision: Decision) -> str:
         """One line: why the scenario got its status."""
@@ -189,9 +203,26 @@ class StopRule:
             return f"SPRT accepted p>={q0} against p<={q1} {level}: {counts}"
         if decision.status == FLAKY:
             return f"SPRT rejected both p<={p0} and p>={q0} {level}: {counts}"
+        more = self.clean_runs_to_safe(decision)
+        plural = "s" if more != 1 else ""
+        needs = f"; needs at least {more} more run{plural}, all passing, to be safe" if more else ""
+        if self.prior_runs:
+            return f"no decision yet: {counts}{needs}"
         if decision.runs >= self.max_runs:
-            return f"no decision within max_runs={self.max_runs}: {counts}"
-        return f"no decision, stopped before max_runs={self.max_runs}: {counts}"
+            return f"no decision within max_runs={self.max_runs}: {counts}{needs}"
+        return f"no decision, stopped before max_runs={self.max_runs}: {counts}{needs}"
+
+    def clean_runs_to_safe(self, decision: Decision, most: int = 100_000) -> int | None:
+        """How many more runs, none failing, would make an undecided scenario safe (the fewest
+        it needs); None when it has decided, or no count up to `most` would."""
+        if decision.status is not None or decision.failures_test == "reject":
+            return None
+        test = self.sprt
+        start = max(decision.runs + 1, self.min_runs)
+        for runs in range(start, decision.runs + most + 1):
+            if decision.failures <= test.accept_at_most(runs):
+                return runs - decision.runs
+        return None
 
     def outcomes(self, rate: float) -> list[tuple[Decision, float]]:
         """Every way the test can end when the true failure rate is `rate`, with its probability."""

@@ -16,6 +16,7 @@ from ..core.progress import say
 from ..core.results import RunResult, Status
 from ..core.text import one_line
 from ..stages.publish import read_results
+from . import evidence
 from .checkpoint import FINISHED
 
 HISTORY = "history.jsonl"
@@ -31,17 +32,22 @@ def history_path(results_dir: Path) -> Path:
 
 
 def lines_of(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The history lines of one run's JSON: run id, time, cell id, status, versions."""
-    return [
-        {
+    """The history lines of one run's JSON: run id, time, cell id, status, versions, and what
+    later runs of the same experiment pool (harness/run/evidence.py)."""
+    lines = []
+    for cell in data["cells"]:
+        line = {
             "run_id": data["run_id"],
             "time": data["started"],
             "cell": cell["id"],
             "status": cell["status"],
             "versions": cell.get("versions") or {},
         }
-        for cell in data["cells"]
-    ]
+        kept = evidence.recorded(cell)
+        if kept:
+            line["evidence"] = kept
+        lines.append(line)
+    return lines
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ..core.model import Cell, Matrix
 from ..core.options import RunOptions, SmokeJob
 from ..core.paths import HOST_STATE
 from ..core.progress import Bar, bar, say
-from ..core.results import BuildResult, CellResult, RunResult, Status
+from ..core.results import BuildResult, CellResult, Prior, RunResult, Status
 from ..core.text import one_line
 from ..engine import client as eng
 from ..engine import lease
@@ -43,8 +43,8 @@ from ..stages.judge import judge_cell, not_run
 from ..stages.publish import publish
 from ..stages.render import render_all
 from ..stages.resolve import resolve as resolve_entries
-from ..stages.smoke import kvm_device_available
-from . import checkpoint, history, schedule
+from ..stages.smoke import kvm_device_available, smoke_tar
+from . import checkpoint, evidence, history, schedule
 from .fleet import AccelChoice, Fleet, Stop
 
 PROBED_ACCEL = HOST_STATE / "accel-probe.json"
@@ -235,6 +235,10 @@ class Run(Images):
         self.choice = AccelChoice(*initial_accel(options.accel or matrix.accel))
         self.log_root = options.run_dir(self.run_id) / "logs"
         self.bar = Bar(None, None)
+        # Earlier runs of each experiment pool with this one's (harness/run/evidence.py).
+        self.past = history.read(history.history_path(options.results))
+        self.runner_digest = evidence.digest(smoke_tar())
+        self.guest_digests: dict[str, str] = {}  # engine name -> the digest of its guest's tar
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
@@ -287,13 +291,38 @@ class Run(Images):
         # The first smoke test runs the probe; the others wait for it (bounded), then all go.
         accel, reason = self.choice.decide(lambda: self.probe(engine, cell, tag))
         say(cell.id, f"smoke test ({accel}){self.fleet.where(engine)}")
-        job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id)
+        prior = self.prior(engine, built, accel)
+        job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id, prior)
         smoke = engine.smoke(job)
-        verdict = self.fleet.mark(judge_cell(cell, built, smoke, self.matrix.thresholds), engine)
+        ran = (smoke.report.get("accel") if smoke.report else None) or accel
+        if ran != accel:  # the runner fell back to another accelerator: another experiment
+            prior = self.prior(engine, built, ran)
+        judged = judge_cell(cell, built, smoke, self.matrix.thresholds, prior)
+        verdict = self.fleet.mark(judged, engine)
         if self.stop.is_set():  # cut short by the interrupt: not a verdict
             return
         self.keep(verdict)
         say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
+
+    def prior(self, engine: Engine, built: BuildResult, accel: str) -> Prior | None:
+        """The earlier runs of the experiment the cell's image is under `accel`; with a fixed
+        count of runs (--runs), only its key: such a run adds to later ones, it is not judged
+        on earlier ones."""
+        if built.packages is None:  # an image from before images recorded their packages
+            return None
+        with self.lock:
+            if engine.name not in self.guest_digests:
+                self.guest_digests[engine.name] = evidence.digest(
+                    self.guests[engine.name].read_bytes()
+                )
+            guest = self.guest_digests[engine.name]
+        key = evidence.key(built.packages, self.runner_digest, guest, accel)
+        if key is None:
+            return None
+        if self.options.runs or self.matrix.policy.runs:
+            return Prior(key)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return evidence.prior(self.past, key, self.run_id, now, self.matrix.policy.evidence_days)
 
     def probe(self, engine: Engine, cell: Cell, image: str) -> tuple[str, str]:
         """The run's one KVM probe (`--accel auto`, not yet known since this host booted), in a
@@ -313,6 +342,7 @@ class Run(Images):
         accel: str,
         reason: str | None,
         log_dir: Path,
+        prior: Prior | None = None,
     ) -> SmokeJob:
         """A container of the cell's image on the engine, as this run starts them."""
         return SmokeJob(
@@ -327,6 +357,7 @@ class Run(Images):
             accel_reason=reason,
             stop=self.stop,
             images=self.images(engine),
+            prior=prior.outcomes if prior else {},
         )
 
     def images(self, engine: Engine) -> dict[str, str]:

@@ -52,6 +52,11 @@ class Tracker:
         self.failures_test = self.passes_test = None
         self.decision = None
 
+    def replay(self, outcomes):
+        """The earlier runs of the same experiment, "P" passed and "F" failed, oldest first."""
+        for outcome in outcomes:
+            self.add("fail" if outcome == "F" else "pass")
+
     def add(self, status):
         if status == "not-run":
             return  # not a run: what it needed was broken by an earlier scenario's failure
@@ -129,6 +134,13 @@ def parser():
         type=json.loads,
         help="the host's sequential test as JSON: lists accept and reject, one entry per run",
     )
+    parser.add_argument(
+        "--prior",
+        type=json.loads,
+        default={},
+        help="earlier runs of the same experiment as JSON: scenario -> 'PF...', oldest first; "
+        "the stop rule starts from them",
+    )
     parser.add_argument("--boot-timeout", type=float, default=120.0)
     parser.add_argument("--scenario-timeout", type=float, default=300.0)
     parser.add_argument(
@@ -179,8 +191,12 @@ def main(argv=None):
     if args.probe:
         return probe(supervisor, args)
     rule = args.stop_rule
-    max_runs = len(rule["accept"]) if rule else args.runs
+    # What this run may add to each scenario; the table reaches beyond, over the earlier runs.
+    max_runs = rule.get("max_runs", len(rule["accept"])) if rule else args.runs
     trackers = {name: Tracker(rule) for name in names}
+    for name, seen in args.prior.items():
+        if name in trackers:
+            trackers[name].replay(seen)
     started = time.time()
     deadline = time.monotonic() + args.cell_timeout
     report = {

@@ -40,6 +40,10 @@ GUEST_DIR = IMAGES / "guest"
 VERSION_LINE = re.compile(r"^HVGATE-VERSION (\S+)\t(\S+)$")
 ORIGIN_LINE = re.compile(r"^HVGATE-ORIGIN (\S+)\t(\S+)\t(\S+)$")
 ORIGINS_DONE = re.compile(r"^HVGATE-ORIGINS ([0-9]+)$")
+PACKAGES_DIGEST = re.compile(r"[0-9a-f]{64}")
+PACKAGES_LINE = re.compile(r"^HVGATE-PACKAGES ([0-9a-f]{64})$")
+# The digest of every installed package at its version (record-versions).
+LABEL_PACKAGES = f"{eng.LABEL}.packages"
 # The packages from beyond the base's suites, as one label: "PACKAGE=VERSION@SUITE,SUITE ...".
 LABEL_ORIGINS = f"{eng.LABEL}.origins"
 
@@ -67,9 +71,17 @@ def built_image(
     versions = _versions_from_labels(image.labels)
     if not versions:
         return None
-    origins = origins_from_label((image.labels or {}).get(LABEL_ORIGINS))
+    labels = image.labels or {}
+    origins = origins_from_label(labels.get(LABEL_ORIGINS))
+    packages = labels.get(LABEL_PACKAGES)
     return BuildResult(
-        cell.id, "cached", tag, versions, size_bytes=image.attrs.get("Size"), origins=origins
+        cell.id,
+        "cached",
+        tag,
+        versions,
+        size_bytes=image.attrs.get("Size"),
+        origins=origins,
+        packages=packages if packages and PACKAGES_DIGEST.fullmatch(packages) else None,
     )
 
 
@@ -114,8 +126,8 @@ def build_cell(
     ok, lines = _build(engine, cell, context, unlabelled, log_path, timeout, cache)
     if not ok:
         return _failed(cell, tag, lines, log_path, time.monotonic() - started, cache)
-    versions, origins = _versions(engine, unlabelled, lines)
-    image = _labelled(engine, cell, unlabelled, tag, digest, versions, origins, log_path)
+    versions, origins, packages = _versions(engine, unlabelled, lines)
+    image = _labelled(engine, cell, unlabelled, tag, digest, versions, origins, packages, log_path)
     seconds = time.monotonic() - started
     say(cell.id, f"built in {seconds:.0f} s: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return BuildResult(
@@ -127,6 +139,7 @@ def build_cell(
         log=str(log_path),
         size_bytes=image.attrs.get("Size"),
         origins=origins,
+        packages=packages,
     )
 
 
@@ -194,9 +207,9 @@ def _failed(
 
 def _versions(
     engine: docker.DockerClient, unlabelled: str, lines: list[str]
-) -> tuple[dict[str, str], list[dict[str, Any]] | None]:
-    """The installed versions and origins the build printed; read from the image when it printed
-    nothing."""
+) -> tuple[dict[str, str], list[dict[str, Any]] | None, str | None]:
+    """The installed versions, origins and packages digest the build printed; read from the
+    image when it printed nothing."""
     versions = recorded_versions(lines)
     if "libvirt-daemon" not in versions:
         # Every step came from the layer cache (another cell, or another matrix, has the same
@@ -209,7 +222,7 @@ def _versions(
         )
         lines = output.decode(errors="replace").splitlines()
         versions = recorded_versions(lines)
-    return versions, recorded_origins(lines)
+    return versions, recorded_origins(lines), recorded_packages(lines)
 
 
 def _labelled(
@@ -220,6 +233,7 @@ def _labelled(
     digest: str,
     versions: dict[str, str],
     origins: list[dict[str, Any]] | None,
+    packages: str | None,
     log_path: Path,
 ) -> Any:
     """The image tagged `tag`, labelled with the versions (known only after the build ran
@@ -230,6 +244,8 @@ def _labelled(
         labels[LABEL_ORIGINS] = " ".join(
             f"{o['package']}={o['version']}@{','.join(o['suites'])}" for o in origins
         )
+    if packages is not None:  # 64 hex digits (recorded_packages)
+        labels[LABEL_PACKAGES] = packages
     bad = [v for v in versions.values() if not DEB_VERSION_RE.fullmatch(v)]
     if bad or "libvirt-daemon" not in versions:
         raise EngineError(f"{cell.id}: the image reported no usable versions: {versions}")
@@ -247,6 +263,11 @@ def _labelled(
         engine.images.remove(unlabelled, noprune=True)
     engine.images.get(tag).tag("hvgate/cell", cell.id)
     return engine.images.get(tag)
+
+
+def recorded_packages(lines: list[str]) -> str | None:
+    """The digest of every installed package, from the line record-versions prints."""
+    return next((m.group(1) for line in lines if (m := PACKAGES_LINE.match(line))), None)
 
 
 def recorded_versions(lines: list[str]) -> dict[str, str]:

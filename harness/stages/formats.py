@@ -78,7 +78,32 @@ def threshold_names(data: dict[str, Any]) -> list[str]:
 
 
 def failed(scenario: dict[str, Any]) -> int:
-    return int(scenario.get("failures", 0)) + int(scenario.get("errors", 0))
+    """Failed runs and runner errors, of all runs the verdict pooled (this run's with none)."""
+    pooled = scenario.get("pooled")
+    failures = pooled["failures"] if pooled else scenario.get("failures", 0)
+    return int(failures) + int(scenario.get("errors", 0))
+
+
+def observed(scenario: dict[str, Any]) -> tuple[int, int]:
+    """The runs and failures the verdict rests on: pooled with earlier runs of the same
+    experiment when it was, else this run's (runner errors left out)."""
+    pooled = scenario.get("pooled")
+    if pooled:
+        return int(pooled["runs"]), int(pooled["failures"])
+    runs = int(scenario.get("runs") or 0) - int(scenario.get("errors") or 0)
+    return runs, int(scenario.get("failures") or 0)
+
+
+def pooled_text(scenario: dict[str, Any]) -> str | None:
+    """Where a pooled verdict's runs came from, when it pooled."""
+    pooled = scenario.get("pooled")
+    if not pooled:
+        return None
+    here = int(scenario.get("runs") or 0) - int(scenario.get("errors") or 0)
+    return (
+        f"pooled: {pooled['runs']} runs, {pooled['failures']} failed, {here} of them from this"
+        f" run, over {pooled['matrix_runs']} runs of the matrix since {pooled['since']}"
+    )
 
 
 def decision_confidence(data: Mapping[str, Any] | None) -> float:
@@ -97,11 +122,11 @@ def decision_interval(
     90% interval at 0.95). None when the verdict computed no failure rate."""
     if scenario.get("failure_rate") is None:
         return None
-    observed = int(scenario.get("runs") or 0) - int(scenario.get("errors") or 0)
-    if observed <= 0:
+    runs, failures = observed(scenario)
+    if runs <= 0:
         return None
     level = 2 * decision_confidence(data) - 1
-    low, high = wilson_interval(int(scenario.get("failures") or 0), observed, level)
+    low, high = wilson_interval(failures, runs, level)
     # Rounded outwards, so rounding never narrows it.
     return math.floor(low * 1e4) / 1e4, math.ceil(high * 1e4) / 1e4
 
@@ -160,7 +185,7 @@ def scenario_text(scenario: dict[str, Any] | None, data: Mapping[str, Any] | Non
     failed runs / runs, and the decision's interval when known."""
     if scenario is None:
         return "–"
-    runs = scenario.get("runs", 0)
+    runs = observed(scenario)[0] + int(scenario.get("errors") or 0)
     mark = mark_of(scenario)
     text = f"{mark} {failed(scenario)}/{runs}" if failed(scenario) else f"{mark} {runs}"
     if scenario.get("errors"):
@@ -245,6 +270,8 @@ def scenario_title(scenario: dict[str, Any], data: Mapping[str, Any] | None = No
         interval = interval_text(scenario, data)
         level = decision_confidence(data) * 100
         lines.append(rate + (f", {level:.4g}% one-sided bounds {interval}" if interval else ""))
+    if pooled_text(scenario):
+        lines.append(str(pooled_text(scenario)))
     if scenario.get("decision"):
         lines.append(str(scenario["decision"]))
     causes = scenario.get("failures_by_cause") or []
@@ -623,7 +650,7 @@ def interval_chart(data: Mapping[str, Any]) -> dict[str, Any]:
                 scenario.get("status"),
                 safe_failed(scenario),
                 failed(scenario),
-                scenario.get("runs"),
+                observed(scenario)[0],
                 interval,
             )
             groups.setdefault(key, []).append(scenario)

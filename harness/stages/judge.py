@@ -14,6 +14,7 @@ from ..core.results import (
     BuildResult,
     CellResult,
     FailureCause,
+    Prior,
     ScenarioResult,
     ScenarioRun,
     SmokeReport,
@@ -62,8 +63,16 @@ def outward(low: float, high: float) -> list[float]:
     return [math.floor(low * 1e4) / 1e4, math.ceil(high * 1e4) / 1e4]
 
 
-def judge_scenarios(report: SmokeReport, rule: StopRule = DEFAULT_RULE) -> list[ScenarioResult]:
+def judge_scenarios(
+    report: SmokeReport, rule: StopRule = DEFAULT_RULE, prior: Prior | None = None
+) -> list[ScenarioResult]:
+    """Each scenario's verdict: by the sequential test over its runs in order, after the earlier
+    runs of the same experiment when there are any (`prior`)."""
     by_name: dict[str, list[ScenarioRun]] = {}
+    # A scenario its earlier runs had decided does not run again: judged on those alone.
+    for name, decided in (report.get("decisions") or {}).items():
+        if prior and prior.outcomes.get(name) and decided not in (None, "not-applicable"):
+            by_name[name] = []
     for run in report.get("runs", []):
         for result in run:
             by_name.setdefault(result["name"], []).append(result)
@@ -77,14 +86,24 @@ def judge_scenarios(report: SmokeReport, rule: StopRule = DEFAULT_RULE) -> list[
         errors = len(ran) - len(observed)
         failures = sum(observed)
         failed = [r for r in ran if r["status"] != "pass"]
-        decision = rule.walk(observed)
+        outcomes = "".join("F" if f else "P" for f in observed)
+        earlier = prior.outcomes.get(name, "") if prior else ""
+        pooled = [c == "F" for c in earlier + outcomes]
+        # The test over the earlier runs and at most max_runs of this one's.
+        test = replace(rule, prior_runs=max(rule.prior_runs, len(earlier))) if earlier else rule
+        decision = test.walk(pooled)
         status = scenario_status(decision, errors)
-        why = rule.describe(decision)
+        why = test.describe(decision)
+        if prior and earlier:
+            why += (
+                f" (pooled: {len(outcomes)} from this run, {len(earlier)} from "
+                f"{prior.runs.get(name, 0)} earlier since {prior.since})"
+            )
         if status == Status.ERROR:
             why = f"the runner failed in {errors} of {len(ran)} runs; {why}"
         if skipped:
             why += f"; not run in {len(skipped)} repetition" + ("s" if len(skipped) > 1 else "")
-        low, high = wilson_interval(failures, len(observed))
+        low, high = wilson_interval(sum(pooled), len(pooled))
         verdicts.append(
             ScenarioResult(
                 name=name,
@@ -96,15 +115,24 @@ def judge_scenarios(report: SmokeReport, rule: StopRule = DEFAULT_RULE) -> list[
                 messages=sorted({r["error"] for r in failed if r["error"]}),
                 details=[r.get("details", {}) for r in ran],
                 # The logs of the last failure, else of the last run.
-                logs=(failed or ran or results)[-1].get("logs", {}),
-                failure_rate=round(failures / len(observed), 4) if observed else None,
-                interval=outward(low, high) if observed else None,
+                logs=(failed or ran or results)[-1].get("logs", {}) if results else {},
+                failure_rate=round(sum(pooled) / len(pooled), 4) if pooled else None,
+                interval=outward(low, high) if pooled else None,
                 decision=why,
                 failures_by_cause=causes(name, failed),
                 not_run=len(skipped),
                 not_run_reasons=sorted(
                     {headline(r.get("error")) or "no reason given" for r in skipped}
                 ),
+                outcomes=outcomes,
+                pooled={
+                    "runs": len(pooled),
+                    "failures": sum(pooled),
+                    "matrix_runs": (prior.runs.get(name, 0) if prior else 0) + bool(outcomes),
+                    "since": prior.since,
+                }
+                if prior and earlier and prior.since
+                else None,
             )
         )
     verdicts += not_applicable(report, set(by_name))
@@ -179,8 +207,14 @@ def not_run(cell: Cell, reason: str) -> CellResult:
 
 
 def judge_cell(
-    cell: Cell, build: BuildResult, smoke: SmokeRun | None, thresholds: dict[str, Threshold]
+    cell: Cell,
+    build: BuildResult,
+    smoke: SmokeRun | None,
+    thresholds: dict[str, Threshold],
+    prior: Prior | None = None,
 ) -> CellResult:
+    """The cell's verdict; `prior`, the earlier runs of its experiment (harness/run/evidence.py),
+    pool with this run's, and names the experiment in the result."""
     common: dict[str, Any] = dict(
         **identity(cell),
         image=build.image,
@@ -218,11 +252,12 @@ def judge_cell(
         else {},
         log_dir=smoke.log_dir,
         duration_s=report.get("duration_s"),
+        evidence={"key": prior.key, "since": prior.since} if prior else None,
     )
     common.update(facts)
     if report.get("setup_error"):
         return CellResult(**common, status=Status.ERROR, reason=f"setup: {report['setup_error']}")
-    scenarios = judge_scenarios(report, smoke.rule or DEFAULT_RULE)
+    scenarios = judge_scenarios(report, smoke.rule or DEFAULT_RULE, prior)
     status = worst([s.status for s in scenarios])
     # The most frequent cause says what failed (libvirt/QEMU's before the harness's); without
     # one (an undecided clean scenario) the decision. A not-applicable scenario is no failure:

@@ -112,6 +112,8 @@ def _run_container(
     container of `peer_image`, by default the same); none once `job.stop` is set."""
     cell = job.cell
     rule = StopRule.from_policy(job.matrix.policy, job.runs)
+    if job.prior and job.runs is None:  # a fixed count of runs is an experiment of its own
+        rule = dataclasses.replace(rule, prior_runs=max(len(v) for v in job.prior.values()))
     if job.stop is not None and job.stop.is_set():
         # The interrupt's cleanup may already have run: a container started now would outlive it.
         return SmokeRun(cell.id, None, "interrupted before the smoke test started", rule=rule)
@@ -187,6 +189,8 @@ def _command(job: SmokeJob, scenarios: list[str], rule: StopRule) -> list[str]:
     ]
     if job.accel_reason:
         command += ["--accel-reason", job.accel_reason]
+    if rule.prior_runs:
+        command += ["--prior", json.dumps(dict(job.prior), separators=(",", ":"))]
     return command
 
 

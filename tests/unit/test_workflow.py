@@ -134,9 +134,24 @@ def test_each_cell_job_runs_its_cell_and_uploads_its_results(workflow):
     upload = next(
         s for s in cell["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")
     )
-    assert upload["with"]["path"].rstrip("/") == "cell-results"
+    assert upload["with"]["path"].split() == ["cell-results/", "!cell-results/history.jsonl"]
     assert cell["env"]["HVGATE_RESULTS"].endswith("/cell-results")  # what the run writes
     assert upload["if"] == "${{ !cancelled() }}"  # unsafe cells' results are uploaded too
+
+
+def test_each_cell_job_starts_from_the_evidence_of_earlier_nightlies(workflow):
+    """The history the last job keeps in the cache is restored where the cell's run reads it
+    ($HVGATE_RESULTS/history.jsonl), before the run."""
+    cell, publish = workflow["jobs"]["cell"], workflow["jobs"]["publish"]
+    steps = cell["steps"]
+    uses = [s.get("uses", "").split("@")[0] for s in steps]
+    restore = steps[uses.index("actions/cache/restore")]
+    run = next(i for i, s in enumerate(steps) if "hvgate matrix.run" in s.get("run", ""))
+    assert uses.index("actions/cache/restore") < run
+    assert restore["with"]["path"] == "cell-results/history.jsonl"
+    saved = next(s for s in publish["steps"] if s.get("uses", "").startswith("actions/cache/save"))
+    assert restore["with"]["restore-keys"] == "hvgate-history-"
+    assert saved["with"]["key"].startswith("hvgate-history-")
 
 
 def test_the_last_job_merges_publishes_and_fails_loudly(workflow):

@@ -143,7 +143,10 @@ def test_walk_stops_at_max_runs():
     rule = StopRule(0.01, 0.25, 0.95, min_runs=1, max_runs=5)
     decision = rule.walk([False] * 20)
     assert (decision.status, decision.runs) == (None, 5)
-    assert rule.describe(decision) == "no decision within max_runs=5: 0 of 5 runs failed"
+    assert rule.describe(decision) == (
+        "no decision within max_runs=5: 0 of 5 runs failed;"
+        " needs at least 6 more runs, all passing, to be safe"
+    )
     assert rule.describe(rule.walk([False] * 2)).startswith("no decision, stopped before")
 
 

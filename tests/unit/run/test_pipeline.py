@@ -5,6 +5,7 @@ replaced by complete runs only, --resume, failing builds and a failing engine.""
 from __future__ import annotations
 
 import _thread
+import dataclasses
 import json
 import threading
 import time
@@ -54,8 +55,13 @@ def options(fake: Fake, **flags: Any) -> RunOptions:
     selection = {} if flags.get("resume") else {"cells": ",".join(CELLS)}
     return RunOptions(
         results=fake.results,
-        matrix=str(UNIT_MATRIX),
-        **{"jobs": 1, "package_cache": False, **selection, **flags},
+        **{
+            "matrix": str(UNIT_MATRIX),
+            "jobs": 1,
+            "package_cache": False,
+            **selection,
+            **flags,
+        },
     )
 
 
@@ -390,3 +396,65 @@ def test_a_bad_history_is_refused_before_the_run_does_anything(fake):
         run(fake)
     assert fake.events == []
     assert sorted(p.name for p in fake.results.iterdir()) == ["history.jsonl"]
+
+
+# --- evidence that accumulates ------------------------------------------------------------------
+
+
+class Recorded(Fake):
+    """Builds that record their packages: debian-12-release and debian-12-backports hold the
+    same ones (one experiment); each smoke test's prior is kept."""
+
+    PACKAGES = {"debian-12-release": "a" * 64, "debian-12-backports": "a" * 64}
+
+    def __init__(self, tmp_path: Path):
+        super().__init__(tmp_path)
+        self.guest.write_bytes(b"the guest")
+        self.priors: dict[str, dict[str, str]] = {}
+
+    def build_cell(self, cell, base_id, log_dir, timeout, cache):
+        built = super().build_cell(cell, base_id, log_dir, timeout, cache)
+        return dataclasses.replace(built, packages=self.PACKAGES.get(cell.id, "b" * 64))
+
+    def smoke(self, job):
+        with self.lock:
+            self.priors[job.cell.id] = dict(job.prior)
+        return super().smoke(job)
+
+
+def sequential(tmp_path: Path) -> str:
+    """The unit matrix with its policy's sequential test instead of a fixed count of runs."""
+    text = UNIT_MATRIX.read_text()
+    assert "\n  runs: 1\n" in text
+    path = tmp_path / "matrix.yaml"
+    path.write_text(text.replace("\n  runs: 1\n", "\n"))
+    return str(path)
+
+
+def test_a_second_run_starts_from_the_first_runs_outcomes_of_the_same_experiment(tmp_path, fake):
+    recorded = Recorded(tmp_path)
+    matrix = sequential(tmp_path)
+    first, _ = run(recorded, recorded, matrix=matrix)
+    keys = {c.id: (c.evidence or {}).get("key") for c in first.cells}
+    assert keys["debian-12-release"] == keys["debian-12-backports"] != keys["debian-13-release"]
+    assert all(p == {} for p in recorded.priors.values())
+    second, _ = run(recorded, recorded, matrix=matrix)
+    boot = "PPP"  # each cell's three passing runs (tests/unit/run/fakes.py)
+    assert recorded.priors["debian-13-release"]["boot"] == boot
+    # The two cells of the same experiment pool both of the first run's cells.
+    assert recorded.priors["debian-12-release"]["boot"] == boot * 2
+    cell = next(c for c in second.cells if c.id == "debian-12-release")
+    scenario = next(s for s in cell.scenarios if s.name == "boot")
+    assert scenario.pooled is not None and scenario.pooled["runs"] == 9
+    assert scenario.pooled["matrix_runs"] == 2
+    assert (cell.evidence or {})["since"] == first.started
+
+
+def test_a_fixed_count_of_runs_is_not_judged_on_earlier_ones(tmp_path, fake):
+    recorded = Recorded(tmp_path)
+    matrix = sequential(tmp_path)
+    run(recorded, recorded, matrix=matrix)
+    second, _ = run(recorded, recorded, matrix=matrix, runs=3)
+    assert all(p == {} for p in recorded.priors.values())
+    assert all(s.pooled is None for c in second.cells for s in c.scenarios)
+    assert all(c.evidence for c in second.cells)  # later runs may pool them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import json
 import random
@@ -359,6 +360,38 @@ def test_tracker_decides_as_the_host_does(smoke):
                 assert tracker.decision == expected.status, (rule, failed)
                 if expected.status:
                     assert (tracker.runs, tracker.failures) == (expected.runs, expected.failures)
+
+
+def test_tracker_starts_from_the_earlier_runs_as_the_host_pools_them(smoke):
+    """With earlier runs of the experiment the table reaches beyond one night's max_runs; the
+    runner's tracker over earlier + new runs agrees with the host's walk over the same."""
+    generator = random.Random(11)
+    rule = dataclasses.replace(StopRule(0.01, 0.1, 0.97, 1, 8), prior_runs=40)
+    table = json.loads(json.dumps(rule.to_json()))
+    assert table["max_runs"] == 8 and len(table["accept"]) == 48
+    for rate in (0.0, 0.05, 0.1, 0.3):
+        for _ in range(100):
+            earlier = "".join("F" if generator.random() < rate else "P" for _ in range(40))
+            tracker = smoke.main.Tracker(table)
+            tracker.replay(earlier)
+            new = []
+            while tracker.decision is None and len(new) < table["max_runs"]:
+                failed = generator.random() < rate
+                new.append(failed)
+                tracker.add("fail" if failed else "pass")
+            expected = rule.walk([c == "F" for c in earlier] + new)
+            assert tracker.decision == expected.status, (earlier, new)
+
+
+def test_a_scenario_decided_by_earlier_runs_does_not_run(smoke):
+    rule = dataclasses.replace(StopRule(0.01, 0.25, 0.95, 1, 5), prior_runs=11).to_json()
+    trackers = {name: smoke.main.Tracker(rule) for name in ("boot", "reboot")}
+    trackers["boot"].replay("P" * 11)
+    assert trackers["boot"].decision == "safe"
+    runs = []
+    smoke.main.repeat(["boot", "reboot"], trackers, 5, lambda n: fake_result(n, "pass"), runs)
+    assert {r["name"] for run in runs for r in run} == {"reboot"}
+    assert len(runs) == 5  # one night's budget, not the table's length
 
 
 def fake_result(name, status):

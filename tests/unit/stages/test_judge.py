@@ -196,7 +196,8 @@ def test_not_run_is_no_run_no_failure_and_no_error():
     assert boot.failure_rate == 0.0 and boot.interval == [0.0, 0.6577]  # 0 of 2
     assert boot.failures_by_cause == [] and boot.messages == []
     assert boot.decision == (
-        "no decision, stopped before max_runs=3: 0 of 2 runs failed; not run in 2 repetitions"
+        "no decision, stopped before max_runs=3: 0 of 2 runs failed; needs at least 1 more run,"
+        " all passing, to be safe; not run in 2 repetitions"
     )
     # The walk sees the observed runs only.
     assert SHORT.walk([False, False]).status is None
@@ -311,7 +312,10 @@ def test_judge_scenarios_with_the_default_policy():
     )
     (boot,) = judge_scenarios(short)
     assert boot.status is Status.INCONCLUSIVE
-    assert boot.decision == "no decision, stopped before max_runs=30: 0 of 10 runs failed"
+    assert boot.decision == (
+        "no decision, stopped before max_runs=30: 0 of 10 runs failed;"
+        " needs at least 1 more run, all passing, to be safe"
+    )
 
 
 def test_judge_scenarios_of_an_empty_report():
@@ -426,8 +430,9 @@ def test_too_few_passing_runs_are_inconclusive_with_the_decision_as_reason(cell,
     verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report, rule=SHORT), thresholds)
     assert verdict.status is Status.INCONCLUSIVE
     assert verdict.reason == (
-        "boot: no decision, stopped before max_runs=3: 0 of 2 runs failed; "
-        "reboot: no decision, stopped before max_runs=3: 0 of 2 runs failed"
+        "boot: no decision, stopped before max_runs=3: 0 of 2 runs failed; needs at least 1 more"
+        " run, all passing, to be safe; reboot: no decision, stopped before max_runs=3: 0 of 2"
+        " runs failed; needs at least 1 more run, all passing, to be safe"
     )
 
 
