@@ -69,11 +69,13 @@ def built_image(
     except docker.errors.ImageNotFound:
         return None
     versions = _versions_from_labels(image.labels)
-    if not versions:
-        return None
     labels = image.labels or {}
-    origins = origins_from_label(labels.get(LABEL_ORIGINS))
     packages = labels.get(LABEL_PACKAGES)
+    if not versions or not packages or not PACKAGES_DIGEST.fullmatch(packages):
+        # Labelled by a build that did not record every package (an older hvgate on the same
+        # context): built again, so that its runs pool with the same experiment's.
+        return None
+    origins = origins_from_label(labels.get(LABEL_ORIGINS))
     return BuildResult(
         cell.id,
         "cached",
@@ -81,7 +83,7 @@ def built_image(
         versions,
         size_bytes=image.attrs.get("Size"),
         origins=origins,
-        packages=packages if packages and PACKAGES_DIGEST.fullmatch(packages) else None,
+        packages=packages,
     )
 
 

@@ -1,7 +1,15 @@
 """harness.stages.build: the origins an image recorded, read from its build log or its label,
 each line checked against its grammar."""
 
-from harness.stages.build import origins_from_label, recorded_origins
+import types
+
+from harness.stages.build import (
+    LABEL_PACKAGES,
+    built_image,
+    origins_from_label,
+    recorded_origins,
+    recorded_packages,
+)
 
 LINES = [
     "Step 7/9 : RUN /opt/hvgate/bin/record-versions",
@@ -42,3 +50,37 @@ def test_the_label_holds_the_same_record():
     assert origins_from_label("") == []
     assert origins_from_label(None) is None
     assert origins_from_label("x=1@a;b") is None
+
+
+def test_the_packages_digest_is_read_from_the_build_log():
+    digest = "0123456789abcdef" * 4
+    assert recorded_packages(["HVGATE-VERSION libvirt-daemon\t9.0.0", f"HVGATE-PACKAGES {digest}"])
+    assert recorded_packages([f"HVGATE-PACKAGES {digest}"]) == digest
+    assert recorded_packages(["HVGATE-PACKAGES not-a-digest"]) is None
+    assert recorded_packages([]) is None
+
+
+class Images:
+    """An engine's images, by tag: each an object with labels and attrs."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def get(self, tag):
+        return types.SimpleNamespace(labels=self.labels, attrs={"Size": 1})
+
+
+def test_an_image_without_its_packages_digest_is_built_again(unit_matrix):
+    cell = unit_matrix[1][0]
+    versions = {"io.hvgate.version.libvirt-daemon": "9.0.0-4"}
+    digest = "ab" * 32
+    found = built_image(
+        types.SimpleNamespace(images=Images({**versions, LABEL_PACKAGES: digest})),
+        cell,
+        b"context",
+        "sha256:base",
+    )
+    assert found is not None and found.packages == digest and found.status == "cached"
+    for labels in (versions, {**versions, LABEL_PACKAGES: "x"}):
+        engine = types.SimpleNamespace(images=Images(labels))
+        assert built_image(engine, cell, b"context", "sha256:base") is None
