@@ -41,9 +41,10 @@ DETACH_FAULT_ENV = "HVGATE_FAULT_DETACH"
 # image-ops: a raw base as nova's image cache keeps it (force_raw_images), the instance's qcow2
 # overlay on it; each with data of its own, overlapping.
 IMAGE_MIB = 64
-# volume-extend: a raw volume (cinder's NFS driver, nfs_qcow2_volumes off), grown by libvirt.
-VOLUME_MIB = 16
-EXTENDED_MIB = 160
+# A volume of cinder's smallest size, 1 GiB (sparse). volume-extend's is raw (cinder's NFS
+# driver, nfs_qcow2_volumes off), grown by libvirt to 2 GiB.
+VOLUME_MIB = 1024
+EXTENDED_MIB = 2048
 # root-resize: what a larger flavor's root disk adds.
 ROOT_GROW_MIB = 64
 

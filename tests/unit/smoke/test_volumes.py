@@ -217,7 +217,7 @@ class Domain:
         source = xml.split("<source file='")[1].split("'")[0]
         alias = xml.split("<alias name='")[1].split("'")[0]
         self.live[source] = self.config[source] = alias
-        self.print(f"HVGATE-DISK-ADDED vdb size={16 * MIB // 512}")
+        self.print(f"HVGATE-DISK-ADDED vdb size={1024 * MIB // 512}")
         if "<serial>hvgate-write</serial>" in xml:
             self.print("HVGATE-DISK-WRITES vdb 1", "HVGATE-DISK-WRITES vdb 17")
 
@@ -425,10 +425,10 @@ def test_volume_extend(volumes, session):
     assert resize == (
         "blockResize",
         "vdb",
-        160 * MIB,
+        2048 * MIB,
         volumes.libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES,
     )
-    assert details["sectors"] == 160 * MIB // 512 and details["attempts"] == 1
+    assert details["sectors"] == 2048 * MIB // 512 and details["attempts"] == 1
     assert session.commands[0][:5] == ["qemu-img", "create", "-q", "-f", "raw"]
 
 
