@@ -146,7 +146,14 @@ def image_ops(session):
     session.ensure_running()
     started = time.monotonic()
     live = qemu_img_info(session.disk)
-    expect_info(live, session.disk, "qcow2", backing=session.base)
+    # The guest's disk is an overlay: on the cached base, or on an earlier disk after an
+    # external snapshot.
+    backing = live.get("full-backing-filename") or backing_of(live)
+    if live.get("format") != "qcow2" or not backing or not os.path.exists(backing):
+        raise ScenarioFailure(
+            f"qemu-img info of the running guest's disk: format {live.get('format')!r}, "
+            f"backing file {backing!r}; expected a qcow2 overlay on an existing file"
+        )
     work = path("image-ops")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -332,7 +339,8 @@ def root_resize(session):
     offline (nova.virt.disk.api.extend: can_resize_image, then `qemu-img resize -f qcow2 PATH
     BYTES`), the guest started again; it must see the larger vda."""
     dom = session.ensure_running()
-    old_size = qemu_img_info(session.disk)["virtual-size"]
+    before = qemu_img_info(session.disk)
+    old_size = before["virtual-size"]
     new_size = old_size + ROOT_GROW_MIB * MIB
     # nova's power_off ends in destroy when the guest does not shut down (this one has no ACPI
     # shutdown handling).
@@ -340,7 +348,11 @@ def root_resize(session):
     expect_state(dom, "shut off")
     run(["qemu-img", "resize", "-f", "qcow2", session.disk, str(new_size)])
     expect_info(
-        qemu_img_info(session.disk), session.disk, "qcow2", backing=session.base, size=new_size
+        qemu_img_info(session.disk),
+        session.disk,
+        before["format"],
+        backing=backing_of(before),
+        size=new_size,
     )
     offset = session.console.size()
     started = time.monotonic()
