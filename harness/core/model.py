@@ -110,6 +110,11 @@ Scenario = Literal[
     "managed-save-during-restart",
     "disk-hotplug",
     "detach-under-load",
+    "image-ops",
+    "cold-snapshot",
+    "volume-extend",
+    "root-resize",
+    "detach",
     "teardown",
     "live-migration",
 ]

@@ -675,6 +675,13 @@ class Needs(typing.NamedTuple):
     why: str = ""  # what the versions are for
 
 
+FORCE_SHARE = (
+    "nova's qemu-img info passes --force-share, which came with image locking in QEMU 2.10"
+)
+USER_ALIAS = (
+    "nova's detach waits for the device-removed event naming the disk by its user alias "
+    "(ua-VOLUME), taken from libvirt 3.9"
+)
 REQUIREMENTS = {
     "boot": Needs(),
     "reboot": Needs(),
@@ -696,6 +703,12 @@ REQUIREMENTS = {
     ),
     "teardown": Needs(),
     "live-migration": Needs(hosts=2),
+    # smoke/volumes.py
+    "image-ops": Needs(qemu="2.10.0", why=FORCE_SHARE),
+    "cold-snapshot": Needs(qemu="2.10.0", why=FORCE_SHARE),
+    "volume-extend": Needs(libvirt="3.9.0", why=USER_ALIAS),
+    "root-resize": Needs(qemu="2.10.0", why=FORCE_SHARE),
+    "detach": Needs(libvirt="3.9.0", why=USER_ALIAS),
 }
 
 

@@ -18,12 +18,18 @@ import traceback
 
 import libvirt
 
-from . import daemons, evidence, migration
+from . import daemons, evidence, migration, volumes
 from .guest import ScenarioFailure
 from .scenarios import SCENARIOS, Session
 
-# The migrations run against a second host, which the runner's environment names.
-SCENARIOS = {**SCENARIOS, **migration.SCENARIOS}
+# The volume scenarios (smoke/volumes.py) run before teardown, which leaves no guest; the
+# migrations run against a second host, which the runner's environment names.
+SCENARIOS = {
+    **{name: function for name, function in SCENARIOS.items() if name != "teardown"},
+    **volumes.SCENARIOS,
+    "teardown": SCENARIOS["teardown"],
+    **migration.SCENARIOS,
+}
 # The stacks are written this long after a scenario's timeout, before the supervisor gives up.
 STACK_AFTER = 2.0
 EXPECTED = (ScenarioFailure, libvirt.libvirtError, subprocess.CalledProcessError)
