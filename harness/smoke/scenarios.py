@@ -134,9 +134,14 @@ class Session:
             raise ScenarioFailure("no libvirt daemon is known to restart")
         old = self.conn
         started = time.monotonic()
-        self.conn = daemons.restart(self.daemon, timeout=60.0)
-        with contextlib.suppress(libvirt.libvirtError):
-            old.close()
+        try:
+            self.conn = daemons.restart(self.daemon, timeout=60.0)
+        except daemons.StopTimeout as exc:
+            self.conn = exc.conn or self.conn  # restarted, as systemd does: the run goes on
+            raise
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                old.close()
         return time.monotonic() - started
 
     def replace_guest(self):
