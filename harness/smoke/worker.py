@@ -18,7 +18,7 @@ import traceback
 
 import libvirt
 
-from . import daemons, evidence, migration
+from . import confinement, daemons, evidence, migration
 from .guest import ScenarioFailure
 from .scenarios import SCENARIOS, Session
 
@@ -115,6 +115,7 @@ class Worker:
         return {
             "libvirt_version": dotted(conn.getLibVersion()),
             "qemu_version": dotted(conn.getVersion()),
+            "not_exercised": confinement.not_exercised(conn),
         }
 
     def accel(self, requested, probe_timeout, reason=None):
