@@ -77,6 +77,7 @@ def smoke(monkeypatch):
         supervisor=importlib.import_module("harness.smoke.supervisor"),
         evidence=importlib.import_module("harness.smoke.evidence"),
         daemons=importlib.import_module("harness.smoke.daemons"),
+        confinement=importlib.import_module("harness.smoke.confinement"),
     )
     yield modules
     signal.setitimer(signal.ITIMER_REAL, 0)
