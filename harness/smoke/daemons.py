@@ -103,23 +103,25 @@ class StopTimeout(ScenarioFailure):
     """The daemon outlived the service manager's stop timeout: a defect of the daemon, which
     was then killed and started again, as systemd does; `conn` is the new connection."""
 
-    def __init__(self, message, conn=None):
+    def __init__(self, message, conn=None, threads=()):
         super().__init__(message)
         self.conn = conn
+        self.threads = list(threads)  # where each of the daemon's threads waited when killed
 
 
 def stop(name, timeout=STOP_TIMEOUT):
     """Stops the daemon as `systemctl stop` does: SIGTERM, and SIGKILL to the daemon alone once
-    `timeout` has passed. Returns None when it exited on SIGTERM, else one line on where its
-    threads waited when it was killed."""
+    `timeout` has passed. Returns None when it exited on SIGTERM, else where its threads waited
+    when it was killed: one line, and a line per thread."""
     for pid in pidof(name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pidof(name):
         if time.monotonic() > deadline:
-            waited = describe(name)
-            kill(pidof(name))
+            pids = pidof(name)
+            waited = describe(name), [line for pid in pids for line in threads(pid)]
+            kill(pids)
             # Gone once init has reaped it.
             deadline = time.monotonic() + 10
             while pidof(name):
@@ -139,11 +141,13 @@ def restart(name, timeout=60.0, stop_timeout=STOP_TIMEOUT):
     stopped_s = time.monotonic() - started
     conn = start(name, timeout)
     if waited is not None:
+        summary, lines = waited
         raise StopTimeout(
             f"{name} did not exit within {stop_timeout:.0f} s of SIGTERM (systemd's stop "
             f"timeout for it): killed with SIGKILL after {stopped_s:.1f} s and started again, "
-            f"as systemd does; when killed, {waited}",
+            f"as systemd does; when killed, {summary}",
             conn,
+            lines,
         )
     return conn
 

@@ -257,6 +257,15 @@ def test_run_scenario_scenario_failure(smoke, monkeypatch):
     assert (result["status"], result["error"]) == ("fail", "the guest did not come back")
 
 
+def test_a_daemon_killed_after_its_stop_timeout_leaves_its_threads_as_evidence(smoke, monkeypatch):
+    def scenario(session):
+        raise smoke.daemons.StopTimeout("libvirtd did not exit", threads=["7/7 libvirtd: x"])
+
+    result = run_fake_scenario(smoke, monkeypatch, scenario)
+    assert (result["status"], result["error_class"]) == ("fail", "StopTimeout")
+    assert result["logs"]["threads"] == ["7/7 libvirtd: x"]
+
+
 def test_run_scenario_timeout(smoke, monkeypatch):
     def scenario(session):
         time.sleep(5)

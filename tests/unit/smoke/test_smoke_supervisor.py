@@ -377,9 +377,13 @@ def test_a_daemon_that_outlives_the_stop_timeout_is_killed_as_systemd_kills_it(s
     process = _fake_daemon(tmp_path, "hvgate-hungd", ignore_term=True)
     try:
         started = time.monotonic()
-        waited = smoke.daemons.stop("hvgate-hungd", timeout=0.3)
+        summary, threads = smoke.daemons.stop("hvgate-hungd", timeout=0.3)
         assert time.monotonic() - started >= 0.3
-        assert waited.startswith(f"hvgate-hungd {process.pid} is "), waited
+        assert summary.startswith(f"hvgate-hungd {process.pid} is "), summary
+        assert threads == [
+            f"{process.pid}/{process.pid} hvgate-hungd: sleeping in "
+            + threads[0].rsplit(" in ", 1)[1]
+        ]
         assert process.wait(timeout=5) == -signal.SIGKILL
         assert not smoke.daemons.pidof("hvgate-hungd")
     finally:
@@ -388,12 +392,13 @@ def test_a_daemon_that_outlives_the_stop_timeout_is_killed_as_systemd_kills_it(s
 
 def test_the_restart_reports_the_stop_timeout_with_the_new_connection(smoke, monkeypatch):
     started = []
-    monkeypatch.setattr(smoke.daemons, "stop", lambda name, timeout: "libvirtd 7 is sleeping")
+    waited = ("libvirtd 7 is sleeping", ["7/7 libvirtd: sleeping in futex_wait_queue"])
+    monkeypatch.setattr(smoke.daemons, "stop", lambda name, timeout: waited)
     monkeypatch.setattr(smoke.daemons, "start", lambda name, timeout: started.append(name) or "c")
     with pytest.raises(smoke.daemons.StopTimeout) as caught:
         smoke.daemons.restart("libvirtd", stop_timeout=90.0)
     assert started == ["libvirtd"]  # started again before the failure is told
-    assert caught.value.conn == "c"
+    assert caught.value.conn == "c" and caught.value.threads == waited[1]
     message = str(caught.value)
     assert message.startswith("libvirtd did not exit within 90 s of SIGTERM")
     assert "killed with SIGKILL after" in message and "libvirtd 7 is sleeping" in message
