@@ -448,7 +448,10 @@ def managed_save_during_restart(session):
             break
         # Over before it was seen: a plain managed save, not what this scenario is about.
         saving.join(session.job_timeout)
-        _resume(session, dom, beat, boot_id, offset)
+        try:
+            _resume(session, dom, beat, boot_id, offset)
+        except ScenarioFailure as exc:
+            raise ScenarioFailure(f"{exc} (the save call: {call.get('result')})") from None
         if attempts == SAVE_ATTEMPTS:
             # The tool's failure to catch the save running, not libvirt's: a runner error.
             raise RuntimeError(
