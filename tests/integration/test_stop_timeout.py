@@ -2,8 +2,10 @@
 stops the event loop and then waits for the RPC worker, whose save waits for QEMU's migration
 event, which only that loop would read. The runner stops the daemon as systemd does: after the
 unit's stop timeout (90 s) it kills it, starts it again, and fails the scenario as libvirt's,
-with the time it took; the next run goes on with the restarted daemon. Two runs of the one
-scenario keep it cheap."""
+with the time it took; the next run goes on with the restarted daemon. When SIGTERM lands before
+the save's next monitor command, the daemon does exit, and the restarted one leaves the guest
+paused, neither saved nor resumed: libvirt's failure too. Three runs of the one scenario keep it
+cheap (seen: 3 of 3 stop timeouts in one run of the cell, 1 of 2 in another)."""
 
 import json
 import re
@@ -20,7 +22,8 @@ pytestmark = pytest.mark.integration
 MATRIX = ROOT / "matrix-backtest.yaml"
 CELL = "ubuntu-20.04-release"
 SCENARIO = "managed-save-during-restart"
-RUNS = 2
+RUNS = 3
+PAUSED = "the domain is paused after the managed save"
 STOPPED = re.compile(
     r"libvirtd did not exit within 90 s of SIGTERM \(systemd's stop timeout for it\): killed "
     r"with SIGKILL after (\d+\.\d) s and started again, as systemd does; when killed, libvirtd "
@@ -64,13 +67,13 @@ def test_a_daemon_that_outlives_sigterm_is_libvirts_failure_and_the_runs_go_on(f
     (scenario,) = cell["scenarios"]
     # Every run ran: the daemon killed as systemd kills it was started again each time.
     assert scenario["runs"] == RUNS and scenario["errors"] == 0, scenario["messages"]
-    assert scenario["failures"] >= 1, "libvirt 6.0 exited on SIGTERM during the save"
-    for message in scenario["messages"]:
-        found = STOPPED.match(message)
-        assert found, message
-        assert 90.0 <= float(found.group(1)) < 105.0
-    (cause,) = scenario["failures_by_cause"]
-    assert cause["cause"] == "libvirt-qemu" and cause["count"] == scenario["failures"]
+    assert scenario["failures"] == RUNS, scenario["messages"]
+    stopped = [STOPPED.match(message) for message in scenario["messages"]]
+    assert any(stopped), "libvirt 6.0 exited on SIGTERM during every save"
+    for message, found in zip(scenario["messages"], stopped, strict=True):
+        assert found or message == PAUSED, message
+        assert not found or 90.0 <= float(found.group(1)) < 105.0
+    assert {c["cause"] for c in scenario["failures_by_cause"]} == {"libvirt-qemu"}
 
 
 def test_the_cell_records_what_its_container_left_out(focal):
