@@ -336,6 +336,14 @@ def _origin(value: Any, where: str) -> None:
         raise _Bad(_where(where, missing[0]), "required key is missing")
 
 
+def _not_exercised(value: Any, where: str) -> None:
+    """A part of libvirt's confinement the cell left out: a name and one line of why."""
+    _mapping(value, where, {"feature": name, "reason": line})
+    missing = sorted({"feature", "reason"} - set(value))
+    if missing:
+        raise _Bad(_where(where, missing[0]), "required key is missing")
+
+
 def _build(value: Any, where: str) -> None:
     _mapping(
         value,
@@ -392,6 +400,7 @@ def _cell(value: Any, where: str) -> None:
             stages_for=_optional(name),
             origins=_optional(_list_of(_origin)),
             evidence=_optional(lambda v, w: _mapping(v, w, EVIDENCE_FIELDS)),
+            not_exercised=_optional(_list_of(_not_exercised)),
         ),
     )
 

@@ -100,6 +100,14 @@ class NotApplicable(TypedDict):
     reason: str
 
 
+class NotExercised(TypedDict):
+    """A part of libvirt's confinement of QEMU the cell leaves out (AppArmor, cgroups, ...), as
+    the runner found it there (harness/smoke/confinement.py)."""
+
+    feature: str
+    reason: str
+
+
 class SmokeReport(TypedDict, total=False):
     """The runner's one JSON document. `format` and `runs` are always there; the rest is
     optional, as older runners (or a setup that failed early) leave it out."""
@@ -115,6 +123,7 @@ class SmokeReport(TypedDict, total=False):
     qemu_version: str | None
     accel: str | None
     accel_reason: str | None
+    not_exercised: list[NotExercised] | None
     not_applicable: list[NotApplicable] | None
     setup_error: str | None
     setup_logs: dict[str, Any]
@@ -147,6 +156,13 @@ def parse_report(data: object) -> SmokeReport:
     for k, entry in enumerate(data.get("not_applicable") or []):
         if not (isinstance(entry, dict) and {"name", "reason"} <= entry.keys()):
             raise ReportError(f"not_applicable[{k}]: not a name and a reason")
+    for k, entry in enumerate(data.get("not_exercised") or []):
+        if not (
+            isinstance(entry, dict)
+            and set(entry) == {"feature", "reason"}
+            and all(isinstance(v, str) for v in entry.values())
+        ):
+            raise ReportError(f"not_exercised[{k}]: not a feature and a reason")
     for key in ("versions", "decisions", "setup_logs"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ReportError(f"{key}: not an object")
@@ -259,6 +275,10 @@ class CellResult:
     # {key, since}: the key names the experiment (every installed package at its version, the
     # runner, the guest, the accelerator); its earlier runs since `since` pool with this one.
     evidence: dict[str, Any] | None = None
+    # What of libvirt's confinement of QEMU the cell's container left out, each {feature, reason}
+    # as the runner found it there (AppArmor, SELinux, DAC, cgroups, namespaces, ...). None: not
+    # recorded (results from before hvgate recorded it, or no report).
+    not_exercised: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

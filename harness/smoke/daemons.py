@@ -92,22 +92,64 @@ def connect(name, timeout):
     )
 
 
-def stop(name, timeout=30.0):
-    """SIGTERM, as a service manager stops the daemon; waits until it is gone."""
+# What systemd gives libvirtd.service between SIGTERM and SIGKILL: the distros' unit (Ubuntu
+# 18.04's libvirt 4.0, 20.04's 6.0, and upstream's since) sets no TimeoutStopSec, so systemd's
+# DefaultTimeoutStopSec of 90 s applies; KillMode=process sends both to the daemon alone, so
+# QEMU lives on.
+STOP_TIMEOUT = 90.0
+
+
+class StopTimeout(ScenarioFailure):
+    """The daemon outlived the service manager's stop timeout: a defect of the daemon, which
+    was then killed and started again, as systemd does; `conn` is the new connection."""
+
+    def __init__(self, message, conn=None, threads=()):
+        super().__init__(message)
+        self.conn = conn
+        self.threads = list(threads)  # where each of the daemon's threads waited when killed
+
+
+def stop(name, timeout=STOP_TIMEOUT):
+    """Stops the daemon as `systemctl stop` does: SIGTERM, and SIGKILL to the daemon alone once
+    `timeout` has passed. Returns None when it exited on SIGTERM, else where its threads waited
+    when it was killed: one line, and a line per thread."""
     for pid in pidof(name):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pidof(name):
         if time.monotonic() > deadline:
-            raise ScenarioFailure(f"{name} did not stop within {timeout:.0f} s of SIGTERM")
+            pids = pidof(name)
+            waited = describe(name), [line for pid in pids for line in threads(pid)]
+            kill(pids)
+            # Gone once init has reaped it.
+            deadline = time.monotonic() + 10
+            while pidof(name):
+                if time.monotonic() > deadline:
+                    raise ScenarioFailure(f"{name} did not end within 10 s of SIGKILL")
+                time.sleep(0.05)
+            return waited
         time.sleep(0.05)
+    return None
 
 
-def restart(name, timeout=60.0):
-    """Stops and starts the daemon, as `systemctl restart` does; returns a new connection."""
-    stop(name, timeout)
-    return start(name, timeout)
+def restart(name, timeout=60.0, stop_timeout=STOP_TIMEOUT):
+    """Stops and starts the daemon, as `systemctl restart` does; returns a new connection.
+    StopTimeout (carrying the new connection) when SIGTERM did not end it."""
+    started = time.monotonic()
+    waited = stop(name, stop_timeout)
+    stopped_s = time.monotonic() - started
+    conn = start(name, timeout)
+    if waited is not None:
+        summary, lines = waited
+        raise StopTimeout(
+            f"{name} did not exit within {stop_timeout:.0f} s of SIGTERM (systemd's stop "
+            f"timeout for it): killed with SIGKILL after {stopped_s:.1f} s and started again, "
+            f"as systemd does; when killed, {summary}",
+            conn,
+            lines,
+        )
+    return conn
 
 
 def qemu_pids():

@@ -134,9 +134,14 @@ class Session:
             raise ScenarioFailure("no libvirt daemon is known to restart")
         old = self.conn
         started = time.monotonic()
-        self.conn = daemons.restart(self.daemon, timeout=60.0)
-        with contextlib.suppress(libvirt.libvirtError):
-            old.close()
+        try:
+            self.conn = daemons.restart(self.daemon, timeout=60.0)
+        except daemons.StopTimeout as exc:
+            self.conn = exc.conn or self.conn  # restarted, as systemd does: the run goes on
+            raise
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                old.close()
         return time.monotonic() - started
 
     def replace_guest(self):
@@ -443,7 +448,10 @@ def managed_save_during_restart(session):
             break
         # Over before it was seen: a plain managed save, not what this scenario is about.
         saving.join(session.job_timeout)
-        _resume(session, dom, beat, boot_id, offset)
+        try:
+            _resume(session, dom, beat, boot_id, offset)
+        except ScenarioFailure as exc:
+            raise ScenarioFailure(f"{exc} (the save call: {call.get('result')})") from None
         if attempts == SAVE_ATTEMPTS:
             # The tool's failure to catch the save running, not libvirt's: a runner error.
             raise RuntimeError(

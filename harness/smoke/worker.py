@@ -18,7 +18,7 @@ import traceback
 
 import libvirt
 
-from . import daemons, evidence, migration, volumes
+from . import confinement, daemons, evidence, migration, volumes
 from .guest import ScenarioFailure
 from .scenarios import SCENARIOS, Session
 
@@ -51,6 +51,7 @@ def run_scenario(name, session, daemon, timeout, stack_file=None):
     """One scenario, bounded by SIGALRM where Python code waits; if a call blocks in C past
     the timeout, the threads' stacks go to stack_file for the supervisor."""
     started = time.monotonic()
+    caught = None
     result = {"name": name, "status": "pass", "error": None, "error_class": None, "details": {}}
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -67,6 +68,7 @@ def run_scenario(name, session, daemon, timeout, stack_file=None):
             error_class="ScenarioTimeout",
         )
     except EXPECTED as exc:
+        caught = exc
         result.update(status="fail", error=str(exc).strip(), error_class=type(exc).__name__)
     except Exception as exc:  # a bug of the runner, not of libvirt or QEMU
         result.update(
@@ -80,6 +82,8 @@ def run_scenario(name, session, daemon, timeout, stack_file=None):
             faulthandler.cancel_dump_traceback_later()
     result["duration_s"] = round(time.monotonic() - started, 2)
     result["logs"] = evidence.log_tails(daemon)
+    if getattr(caught, "threads", None):
+        result["logs"]["threads"] = caught.threads  # a daemon's, as it was when killed
     return result
 
 
@@ -121,6 +125,7 @@ class Worker:
         return {
             "libvirt_version": dotted(conn.getLibVersion()),
             "qemu_version": dotted(conn.getVersion()),
+            "not_exercised": confinement.not_exercised(conn),
         }
 
     def accel(self, requested, probe_timeout, reason=None):

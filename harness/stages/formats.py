@@ -357,6 +357,38 @@ def notes(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def not_exercised(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cells that left out the same parts of libvirt's confinement, grouped: each group's
+    cell ids, its entries ({feature, reason}) and whether it is every cell that recorded them."""
+    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for cell in data["cells"]:
+        entries = cell.get("not_exercised")
+        if entries:
+            key = tuple((str(e.get("feature")), str(e.get("reason"))) for e in entries)
+            groups.setdefault(key, []).append(cell["id"])
+    return [
+        {
+            "cells": cells,
+            "every": len(groups) == 1,
+            "entries": [{"feature": f, "reason": r} for f, r in key],
+        }
+        for key, cells in groups.items()
+    ]
+
+
+def not_exercised_lines(data: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for group in not_exercised(data):
+        where = (
+            "every cell that recorded it"
+            if group["every"]
+            else ", ".join(code_md(c) for c in group["cells"])
+        )
+        features = ", ".join(code_md(e["feature"]) for e in group["entries"])
+        lines.append(f"not exercised in {where} (the container's limits): {features}")
+    return lines
+
+
 def coming(data: dict[str, Any]) -> list[dict[str, Any]]:
     """What a staging pocket (-proposed) holds that the pocket gates use does not yet: each such
     cell with the versions that differ, its verdict beside the current one, and whether that is
@@ -451,7 +483,7 @@ def markdown(data: dict[str, Any]) -> str:
             + ", ".join(f"`{t}`: {threshold_legend(data, t)}" for t in thresholds)
             + " (≥ meets it, < does not).\n"
         )
-    if lines := notes(data):
+    if lines := notes(data) + not_exercised_lines(data):
         text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     return text
 
@@ -799,6 +831,7 @@ def html(
             chart=interval_chart(data),
             trends=trends(data, history or []),
             coming=coming(data),
+            not_exercised=not_exercised(data),
             counts=counts(data),
             colours={**COLOURS, SAFE_FAILED: COLOUR_SAFE_FAILED},
             marks={

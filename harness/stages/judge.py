@@ -247,6 +247,7 @@ def judge_cell(
         kernel=report.get("kernel"),
         guest_kernel=report.get("guest_kernel"),
         daemon=report.get("daemon"),
+        not_exercised=report.get("not_exercised"),
         thresholds={name: meets(libvirt, qemu, t) for name, t in thresholds.items()}
         if libvirt and qemu
         else {},

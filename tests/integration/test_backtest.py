@@ -92,3 +92,9 @@ def test_the_release_cell_has_the_release_pockets_versions(bionic):
     assert cell["versions"]["libvirt-daemon"] == locked["libvirt-daemon"]
     assert cell["versions"]["qemu-system-x86"] == locked["qemu-system-x86"]
     assert cell["libvirt_version"] == "4.0.0"
+
+
+def test_the_runner_records_what_the_container_left_out_on_python_3_6(bionic):
+    _, cell = bionic
+    features = [entry["feature"] for entry in cell["not_exercised"]]
+    assert {"apparmor", "dac", "cgroups", "namespaces"} <= set(features), features

@@ -111,3 +111,10 @@ def test_a_cell_built_wholly_from_the_layer_cache_is_labelled_with_its_versions(
         for cell in ("twin-a", "twin-b"):
             for image in engine.images.list(filters={"label": f"io.hvgate.cell={cell}"}):
                 engine.images.remove(image.id, force=True)
+
+
+def test_what_the_container_left_out_is_recorded(run_result):
+    _, data = run_result
+    (cell,) = data["cells"]
+    features = [entry["feature"] for entry in cell["not_exercised"]]
+    assert {"apparmor", "selinux", "dac", "cgroups", "namespaces"} <= set(features), features

@@ -78,6 +78,7 @@ def smoke(monkeypatch):
         supervisor=importlib.import_module("harness.smoke.supervisor"),
         evidence=importlib.import_module("harness.smoke.evidence"),
         daemons=importlib.import_module("harness.smoke.daemons"),
+        confinement=importlib.import_module("harness.smoke.confinement"),
     )
     yield modules
     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -255,6 +256,15 @@ def test_run_scenario_scenario_failure(smoke, monkeypatch):
 
     result = run_fake_scenario(smoke, monkeypatch, scenario)
     assert (result["status"], result["error"]) == ("fail", "the guest did not come back")
+
+
+def test_a_daemon_killed_after_its_stop_timeout_leaves_its_threads_as_evidence(smoke, monkeypatch):
+    def scenario(session):
+        raise smoke.daemons.StopTimeout("libvirtd did not exit", threads=["7/7 libvirtd: x"])
+
+    result = run_fake_scenario(smoke, monkeypatch, scenario)
+    assert (result["status"], result["error_class"]) == ("fail", "StopTimeout")
+    assert result["logs"]["threads"] == ["7/7 libvirtd: x"]
 
 
 def test_run_scenario_timeout(smoke, monkeypatch):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -344,3 +345,81 @@ def test_not_run_is_no_run_and_a_stop_ends_the_repetitions(smoke):
     assert calls == ["boot", "reboot", "boot"]
     assert trackers["reboot"].runs == 0 and trackers["boot"].runs == 2
     assert [[r["status"] for r in rnd] for rnd in runs] == [["fail", "not-run"], ["pass"]]
+
+
+# --- stopping the daemon as systemd does ---------------------------------------------------------
+
+
+def _fake_daemon(tmp_path, name, ignore_term):
+    """A process named `name` (a copy of sleep) that ignores SIGTERM if asked to, reaped in the
+    background as the container's init would reap it."""
+    fake = tmp_path / name
+    shutil.copy(shutil.which("sleep"), fake)
+
+    def keep_term_ignored() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_term else signal.SIG_DFL)
+
+    process = subprocess.Popen([str(fake), "60"], preexec_fn=keep_term_ignored)
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process
+
+
+def test_a_daemon_that_ends_on_sigterm_is_stopped_without_sigkill(smoke, tmp_path):
+    process = _fake_daemon(tmp_path, "hvgate-termd", ignore_term=False)
+    try:
+        assert smoke.daemons.stop("hvgate-termd", timeout=5) is None
+        assert process.wait(timeout=5) == -signal.SIGTERM
+    finally:
+        process.kill()
+
+
+def test_a_daemon_that_outlives_the_stop_timeout_is_killed_as_systemd_kills_it(smoke, tmp_path):
+    process = _fake_daemon(tmp_path, "hvgate-hungd", ignore_term=True)
+    try:
+        started = time.monotonic()
+        summary, threads = smoke.daemons.stop("hvgate-hungd", timeout=0.3)
+        assert time.monotonic() - started >= 0.3
+        assert summary.startswith(f"hvgate-hungd {process.pid} is "), summary
+        assert threads == [
+            f"{process.pid}/{process.pid} hvgate-hungd: sleeping in "
+            + threads[0].rsplit(" in ", 1)[1]
+        ]
+        assert process.wait(timeout=5) == -signal.SIGKILL
+        assert not smoke.daemons.pidof("hvgate-hungd")
+    finally:
+        process.kill()
+
+
+def test_the_restart_reports_the_stop_timeout_with_the_new_connection(smoke, monkeypatch):
+    started = []
+    waited = ("libvirtd 7 is sleeping", ["7/7 libvirtd: sleeping in futex_wait_queue"])
+    monkeypatch.setattr(smoke.daemons, "stop", lambda name, timeout: waited)
+    monkeypatch.setattr(smoke.daemons, "start", lambda name, timeout: started.append(name) or "c")
+    with pytest.raises(smoke.daemons.StopTimeout) as caught:
+        smoke.daemons.restart("libvirtd", stop_timeout=90.0)
+    assert started == ["libvirtd"]  # started again before the failure is told
+    assert caught.value.conn == "c" and caught.value.threads == waited[1]
+    message = str(caught.value)
+    assert message.startswith("libvirtd did not exit within 90 s of SIGTERM")
+    assert "killed with SIGKILL after" in message and "libvirtd 7 is sleeping" in message
+    # A failure of libvirt's, not the runner's.
+    assert isinstance(caught.value, smoke.guest.ScenarioFailure)
+
+
+def test_a_session_goes_on_with_the_restarted_daemon_after_a_stop_timeout(smoke, monkeypatch):
+    closed = []
+
+    class Conn:
+        def close(self):
+            closed.append(self)
+
+    old, new = Conn(), Conn()
+
+    def restart(name, timeout):
+        raise smoke.daemons.StopTimeout("libvirtd did not exit", new)
+
+    monkeypatch.setattr(smoke.daemons, "restart", restart)
+    session = smoke.scenarios.Session(old, "tcg", 5.0, daemon="libvirtd")
+    with pytest.raises(smoke.daemons.StopTimeout):
+        session.restart_daemon()
+    assert session.conn is new and closed == [old]

@@ -104,6 +104,7 @@ REPORT = {
     "qemu_version": "7.2.0",
     "accel": "tcg",
     "accel_reason": "no /dev/kvm in the container",
+    "not_exercised": [{"feature": "cgroups", "reason": "qemu.conf cgroup_controllers = [ ]"}],
     "versions": {"libvirt-daemon": "9.0.0-4+deb12u2", "qemu-system-x86": "1:7.2+dfsg-7+deb12u6"},
     "setup_error": None,
     "duration_s": 42.0,
@@ -415,6 +416,7 @@ def test_judge_cell_from_a_report(cell, thresholds):
     }
     assert (verdict.libvirt_version, verdict.qemu_version) == ("9.0.0", "7.2.0")
     assert (verdict.accel, verdict.daemon, verdict.log_dir) == ("tcg", "virtqemud", "/logs/x")
+    assert verdict.not_exercised == REPORT["not_exercised"]
     assert verdict.build["seconds"] == 12.3
 
 

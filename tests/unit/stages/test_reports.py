@@ -269,3 +269,26 @@ def test_a_results_file_moved_elsewhere_renders_the_same_page_and_pins(tmp_path,
         assert again[name] == content, name
     # The page links the pins it was rendered next to.
     assert b'href="pins/' in first["latest.html"]
+
+
+def test_what_the_containers_left_out_is_shown_once_for_the_cells_alike():
+    data = committed()
+    left_out = [
+        {"feature": "apparmor", "reason": "QEMU is not <b>confined</b>"},
+        {"feature": "cgroups", "reason": "qemu.conf cgroup_controllers = [ ]"},
+    ]
+    for cell in data["cells"]:
+        cell["not_exercised"] = left_out
+    markdown = formats.markdown(data)
+    line = "not exercised in every cell that recorded it (the container's limits): `apparmor`, `cgroups`"
+    assert markdown.count(line) == 1
+    page = formats.html(data)
+    assert "QEMU is not &lt;b&gt;confined&lt;/b&gt;" in page and "<b>confined" not in page
+    # Cells that differ are named.
+    data["cells"][0]["not_exercised"] = left_out[1:]
+    assert f"not exercised in `{data['cells'][0]['id']}` (the container's limits): `cgroups`" in (
+        formats.markdown(data)
+    )
+    for cell in data["cells"]:
+        cell.pop("not_exercised")
+    assert "not exercised" not in formats.markdown(data)
