@@ -110,6 +110,8 @@ Scenario = Literal[
     "managed-save-during-restart",
     "disk-hotplug",
     "detach-under-load",
+    "encrypted-volume",
+    "encrypted-image",
     "teardown",
     "live-migration",
 ]

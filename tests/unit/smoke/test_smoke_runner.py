@@ -44,6 +44,8 @@ def stub_libvirt() -> types.ModuleType:
             "VIR_DOMAIN_XML_INACTIVE",
             "VIR_DOMAIN_XML_SECURE",
             "VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY",
+            "VIR_SECRET_USAGE_TYPE_VOLUME",
+            "VIR_ERR_NO_SECRET",
         ],
         start=1,
     ):
@@ -53,6 +55,7 @@ def stub_libvirt() -> types.ModuleType:
     stub.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT = 2  # type: ignore[attr-defined]
     stub.VIR_DOMAIN_BLOCK_REBASE_COPY = 8  # type: ignore[attr-defined]
     stub.VIR_DOMAIN_JOB_NONE = 0  # type: ignore[attr-defined]
+    stub.VIR_DOMAIN_AFFECT_CONFIG = 64  # type: ignore[attr-defined]
 
     def refuse(*args, **kwargs):
         raise AssertionError("a unit test reached libvirt")
@@ -77,6 +80,7 @@ def smoke(monkeypatch):
         supervisor=importlib.import_module("harness.smoke.supervisor"),
         evidence=importlib.import_module("harness.smoke.evidence"),
         daemons=importlib.import_module("harness.smoke.daemons"),
+        encryption=importlib.import_module("harness.smoke.encryption"),
     )
     yield modules
     signal.setitimer(signal.ITIMER_REAL, 0)
