@@ -16,6 +16,7 @@ import hashlib
 import mmap
 import os
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
+from . import daemons
 from .guest import ScenarioFailure, path, qemu_img_info, run
 
 # The guest checksums this many blocks of this size from the start of the disk.
@@ -175,6 +177,28 @@ def check_encrypted_info(image, fmt, cipher):
 
 
 # --- the libvirt secret, as nova's Host.create_secret / find_secret / delete_secret ---------------
+
+
+SECRET_SOCKET = "/run/libvirt/virtsecretd-sock"
+
+
+def secret_daemon(session, timeout=30.0):
+    """With the modular daemons, secrets are virtsecretd's, which systemd starts on demand; the
+    runner starts it as it starts virtlogd. libvirtd has its own secret driver."""
+    if session.daemon != "virtqemud" or daemons.pidof("virtsecretd"):
+        return
+    env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{daemons.log_file('virtsecretd')}")
+    try:
+        subprocess.run(["virtsecretd", "-d"], check=True, env=env, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ScenarioFailure(
+            f"virtsecretd, which keeps virtqemud's secrets, did not start: {exc}"
+        ) from None
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(SECRET_SOCKET):
+        if time.monotonic() > deadline:
+            raise ScenarioFailure(f"virtsecretd made no socket within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def define_secret(session, scenario, usage_id, passphrase, secret_uuid=None):
@@ -355,6 +379,7 @@ def encrypted_volume(session):
     volume's key), LibvirtBaseVolumeDriver.get_config (disk-level <encryption>), attach_volume,
     then detach_volume: _detach_with_retry and _detach_encryptor (the secret undefined)."""
     dom = session.ensure_running()
+    secret_daemon(session)
     forget_secrets(session)
     volume, key = fresh(path("volume.luks"), path("volume.key"))
     volume_id = str(uuid.uuid4())
@@ -398,6 +423,7 @@ def encrypted_image(session):
     <encryption> inside <source> (Image.libvirt_info), detached, and the secret deleted
     (_cleanup_ephemeral_encryption_secrets)."""
     dom = session.ensure_running()
+    secret_daemon(session)
     forget_secrets(session)
     image, luks, qcow2, key = fresh(
         path("image.qcow2"), path("image.luks"), path("image-luks.qcow2"), path("image.key")

@@ -398,3 +398,24 @@ def test_the_new_scenarios_are_registered_with_their_needs(smoke):
     )
     names = list(smoke.scenarios.SCENARIOS)
     assert names.index("encrypted-image") == names.index("teardown") - 1
+
+
+def test_with_the_modular_daemons_virtsecretd_is_started_once(
+    smoke, session, monkeypatch, tmp_path
+):
+    started = []
+    socket = tmp_path / "virtsecretd-sock"
+
+    def fake_run(argv, **kwargs):
+        started.append(argv)
+        socket.touch()
+
+    monkeypatch.setattr(smoke.encryption, "SECRET_SOCKET", str(socket))
+    monkeypatch.setattr(smoke.encryption.subprocess, "run", fake_run)
+    monkeypatch.setattr(smoke.encryption.daemons, "pidof", lambda name: [1] if started else [])
+    smoke.encryption.secret_daemon(session)  # libvirtd (here: no daemon named) has its own
+    assert started == []
+    session.daemon = "virtqemud"
+    smoke.encryption.secret_daemon(session)
+    smoke.encryption.secret_daemon(session)
+    assert started == [["virtsecretd", "-d"]]
