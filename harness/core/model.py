@@ -115,6 +115,8 @@ Scenario = Literal[
     "volume-extend",
     "root-resize",
     "detach",
+    "encrypted-volume",
+    "encrypted-image",
     "teardown",
     "live-migration",
 ]

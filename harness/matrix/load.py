@@ -352,9 +352,12 @@ def _pydantic_problems(error: ValidationError, doc: _Document) -> list[tuple[Loc
         elif kind == "literal_error":
             expected = item.get("ctx", {}).get("expected", "")
             choices = [c.strip(" '") for c in expected.replace(" or ", ",").split(",")]
-            # A long list is cut, not the hint after it.
-            listed = expected if len(expected) <= 200 else expected[:196] + " ..."
-            message = f"{clip(value)} is not one of {listed}{did_you_mean(value, choices)}"
+            head, hint = f"{clip(value)} is not one of ", did_you_mean(value, choices)
+            # A long list of choices is cut, not the hint after it.
+            room = 300 - len(head) - len(hint)
+            if len(expected) > room:
+                expected = expected[: room - 4] + " ..."
+            message = f"{head}{expected}{hint}"
         elif kind == "missing":
             message = "required key is missing"
         elif kind == "value_error":

@@ -14,7 +14,7 @@ import typing
 
 import libvirt
 
-from . import daemons
+from . import daemons, encryption
 from .guest import (
     BEATS_PER_SECOND,
     DOMAIN,
@@ -668,6 +668,7 @@ SCENARIOS = {
     "managed-save-during-restart": managed_save_during_restart,
     "disk-hotplug": disk_hotplug,
     "detach-under-load": detach_under_load,
+    **encryption.SCENARIOS,  # encrypted-volume, encrypted-image (harness/smoke/encryption.py)
     "teardown": teardown,
 }
 
@@ -708,6 +709,18 @@ REQUIREMENTS = {
     "detach-under-load": Needs(
         libvirt="3.9.0",
         why="the disk is named in the device-removed event by a user alias, taken from libvirt 3.9",
+    ),
+    "encrypted-volume": Needs(
+        libvirt="2.2.0",
+        qemu="2.6.0",
+        why="QEMU opens LUKS images from 2.6, and libvirt hands it a disk's LUKS secret from 2.2 "
+        "(nova's MIN_LIBVIRT_LUKS_VERSION and MIN_QEMU_LUKS_VERSION)",
+    ),
+    "encrypted-image": Needs(
+        libvirt="4.5.0",
+        qemu="2.10.0",
+        why="qcow2 takes encrypt.format=luks from QEMU 2.10; libvirt reads <encryption> inside "
+        "<source> from 3.9 and uses LUKS for encrypted qcow2 disks from 4.5",
     ),
     "teardown": Needs(),
     "live-migration": Needs(hosts=2),

@@ -45,6 +45,8 @@ def stub_libvirt() -> types.ModuleType:
             "VIR_DOMAIN_XML_INACTIVE",
             "VIR_DOMAIN_XML_SECURE",
             "VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY",
+            "VIR_SECRET_USAGE_TYPE_VOLUME",
+            "VIR_ERR_NO_SECRET",
         ],
         start=1,
     ):
@@ -54,6 +56,7 @@ def stub_libvirt() -> types.ModuleType:
     stub.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT = 2  # type: ignore[attr-defined]
     stub.VIR_DOMAIN_BLOCK_REBASE_COPY = 8  # type: ignore[attr-defined]
     stub.VIR_DOMAIN_JOB_NONE = 0  # type: ignore[attr-defined]
+    stub.VIR_DOMAIN_AFFECT_CONFIG = 64  # type: ignore[attr-defined]
 
     def refuse(*args, **kwargs):
         raise AssertionError("a unit test reached libvirt")
@@ -79,6 +82,7 @@ def smoke(monkeypatch):
         evidence=importlib.import_module("harness.smoke.evidence"),
         daemons=importlib.import_module("harness.smoke.daemons"),
         confinement=importlib.import_module("harness.smoke.confinement"),
+        encryption=importlib.import_module("harness.smoke.encryption"),
     )
     yield modules
     signal.setitimer(signal.ITIMER_REAL, 0)
