@@ -110,6 +110,9 @@ Scenario = Literal[
     "managed-save-during-restart",
     "disk-hotplug",
     "detach-under-load",
+    "hard-reboot",
+    "power-off-on",
+    "rescue-unrescue",
     "teardown",
     "live-migration",
 ]

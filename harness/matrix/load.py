@@ -352,7 +352,11 @@ def _pydantic_problems(error: ValidationError, doc: _Document) -> list[tuple[Loc
         elif kind == "literal_error":
             expected = item.get("ctx", {}).get("expected", "")
             choices = [c.strip(" '") for c in expected.replace(" or ", ",").split(",")]
-            message = f"{clip(value)} is not one of {expected}{did_you_mean(value, choices)}"
+            hint, head = did_you_mean(value, choices), f"{clip(value)} is not one of "
+            # A long list of choices is cut, not the hint after it.
+            room = 300 - len(head) - len(hint)
+            expected = expected if len(expected) <= room else expected[: room - 4] + " ..."
+            message = f"{head}{expected}{hint}"
         elif kind == "missing":
             message = "required key is missing"
         elif kind == "value_error":

@@ -44,6 +44,10 @@ def stub_libvirt() -> types.ModuleType:
             "VIR_DOMAIN_XML_INACTIVE",
             "VIR_DOMAIN_XML_SECURE",
             "VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY",
+            "VIR_DOMAIN_SHUTDOWN",
+            "VIR_DOMAIN_CRASHED",
+            "VIR_DOMAIN_SHUTOFF_SHUTDOWN",
+            "VIR_DOMAIN_UNDEFINE_NVRAM",
         ],
         start=1,
     ):
@@ -76,6 +80,7 @@ def smoke(monkeypatch):
         worker=importlib.import_module("harness.smoke.worker"),
         supervisor=importlib.import_module("harness.smoke.supervisor"),
         evidence=importlib.import_module("harness.smoke.evidence"),
+        power=importlib.import_module("harness.smoke.power"),
         daemons=importlib.import_module("harness.smoke.daemons"),
     )
     yield modules
