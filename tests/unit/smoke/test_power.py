@@ -273,7 +273,7 @@ class Guest:
         self.print(
             f"HVGATE-CMDLINE {line}",
             *(f"HVGATE-DISK-HEAD {n} {h}" for n, h in zip(names, heads, strict=True)),
-            "HVGATE-ACPI " + ("ignored" if "hvgate.acpi=ignore" in line else "acpid"),
+            "HVGATE-ACPI " + ("ignored" if "hvgate.acpi=ignore" in line else "event0"),
             f"HVGATE-READY boot={self.boot} disks={','.join(names)}",
             f"HVGATE-HEARTBEAT 1 boot={self.boot}",
         )
@@ -399,7 +399,7 @@ def test_a_guest_that_ignores_the_button_is_destroyed_and_fails(smoke, running, 
 def test_a_guest_without_a_button_listener_is_a_runner_error(smoke, running, tmp_path):
     session, dom = running()
     console = tmp_path / "console.log"
-    console.write_text(console.read_text().replace("HVGATE-ACPI acpid", "HVGATE-ACPI none"))
+    console.write_text(console.read_text().replace("HVGATE-ACPI event0", "HVGATE-ACPI none"))
     with pytest.raises(RuntimeError, match="HVGATE-ACPI none"):
         smoke.power.power_off_on(session)
     assert dom.calls == []
