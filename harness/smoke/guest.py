@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import time
+import uuid as uuid_module
 
 GUEST_DIR = "/opt/hvgate/guest"
 WORK_DIR = "/var/lib/hvgate"
@@ -133,30 +134,109 @@ def disk_xml(filename, target, fmt="qcow2", serial=None, alias=None):
     )
 
 
-def domain_xml(accel, disk, console, memory_mib=256):
-    # ACPI is needed for PCI hot-plug on the pc machine; append='on' keeps the console
-    # file intact across managed-save restores.
-    return f"""<domain type='{"kvm" if accel == "kvm" else "qemu"}'>
+# What the guest's domain mirrors of nova's libvirt driver (nova/virt/libvirt/driver.py,
+# _get_guest_config) as devstack configures it for its gate with virt_type=qemu:
+# [libvirt] cpu_mode=custom, cpu_models=Nehalem (devstack's stackrc, LIBVIRT_CPU_MODE/MODEL);
+# the machine type of libvirt_utils.get_default_machine_type for x86_64 ("pc": nova's default,
+# q35 only when [libvirt] hw_machine_type says so); mem_stats_period_seconds=10 and
+# rng_dev_path=/dev/urandom (nova's defaults).
+NOVA_CPU_MODEL = "Nehalem"
+NOVA_MACHINE_TYPE = "pc"
+NOVA_MEM_STATS_PERIOD = 10
+NOVA_RNG_PATH = "/dev/urandom"
+# nova's kernel command line for an image with a kernel (_set_guest_for_inst_kernel): root
+# device and consoles, plus no_timer_check under virt_type=qemu. Only ttyS0 of nova's consoles:
+# the last console= is the guest's /dev/console, where /init prints its markers. The rest is
+# the guest's own: quiet, and a panic stops the guest instead of rebooting it.
+CMDLINE = "root=/dev/vda console=ttyS0 no_timer_check quiet loglevel=3 panic=-1"
+# Added to the rescue boot's command line, so that the guest shows which kernel line it got.
+RESCUE_CMDLINE = "hvgate.rescue=1"
+# Test only (an override template sets it): the guest ignores the ACPI power button, so that a
+# clean shutdown cannot complete (images/overrides/fault-acpi.Dockerfile.j2).
+IGNORE_ACPI_ENV = "HVGATE_FAULT_GUEST_IGNORES_ACPI"
+IGNORE_ACPI_CMDLINE = "hvgate.acpi=ignore"
+# Elements of nova's XML that old libvirt or QEMU does not know, with the versions that do
+# (libvirt's formatdomain documentation; QEMU's device).
+VMCOREINFO_SINCE = {"libvirt": (4, 4, 0), "qemu": (2, 11, 0)}
+FREE_PAGE_REPORTING_SINCE = {"libvirt": (6, 9, 0), "qemu": (5, 1, 0)}
+
+
+def has(versions, since):
+    """Whether a cell of these versions ({"libvirt": (9, 0, 0), "qemu": (7, 2, 0)}) has what
+    `since` names; unknown versions have nothing optional."""
+    versions = versions or {}
+    return all(versions.get(part, (0, 0, 0)) >= lowest for part, lowest in since.items())
+
+
+def domain_xml(
+    accel,
+    disk,
+    console,
+    memory_mib=256,
+    versions=None,
+    uuid=None,
+    kernel=None,
+    initrd=None,
+    cmdline=CMDLINE,
+    extra_disks=(),
+):
+    """nova's domain for a guest that boots its image's kernel, with the serial console in a
+    file instead of nova's pty with a virtlogd log (append='on' keeps the file across restores).
+    versions: the cell's libvirt and QEMU, for the elements older ones do not know. extra_disks:
+    (file, target) after the root disk, as a legacy rescue attaches the original disk."""
+    kvm = accel == "kvm"
+    if os.environ.get(IGNORE_ACPI_ENV):
+        cmdline += " " + IGNORE_ACPI_CMDLINE
+    uuid = uuid or str(uuid_module.uuid4())
+    # _set_features: ACPI (which PCI hot-plug on pc needs) and APIC; vmcoreinfo on x86.
+    features = "<acpi/><apic/>" + ("<vmcoreinfo/>" if has(versions, VMCOREINFO_SINCE) else "")
+    # _set_clock: UTC; the timers only under KVM (_set_kvm_timers).
+    timers = (
+        "<timer name='pit' tickpolicy='delay'/><timer name='rtc' tickpolicy='catchup'/>"
+        "<timer name='hpet' present='no'/>"
+        if kvm
+        else ""
+    )
+    # _guest_add_memory_balloon and LibvirtConfigMemoryBalloon.
+    balloon = "autodeflate='on'" + (
+        " freePageReporting='on'" if has(versions, FREE_PAGE_REPORTING_SINCE) else ""
+    )
+    disks = "\n    ".join(
+        [disk_xml(disk, "vda")] + [disk_xml(name, target) for name, target in extra_disks]
+    )
+    return f"""<domain type='{"kvm" if kvm else "qemu"}'>
   <name>{DOMAIN}</name>
+  <uuid>{uuid}</uuid>
   <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
+  <sysinfo type='smbios'>
+    <system>
+      <entry name='manufacturer'>OpenStack Foundation</entry>
+      <entry name='product'>OpenStack Nova</entry>
+      <entry name='serial'>{uuid}</entry>
+      <entry name='uuid'>{uuid}</entry>
+      <entry name='family'>Virtual Machine</entry>
+    </system>
+  </sysinfo>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{GUEST_DIR}/vmlinuz</kernel>
-    <initrd>{GUEST_DIR}/initramfs.img</initrd>
-    <cmdline>console=ttyS0 quiet loglevel=3 panic=-1</cmdline>
+    <type arch='x86_64' machine='{NOVA_MACHINE_TYPE}'>hvm</type>
+    <kernel>{kernel or GUEST_DIR + "/vmlinuz"}</kernel>
+    <initrd>{initrd or GUEST_DIR + "/initramfs.img"}</initrd>
+    <cmdline>{cmdline}</cmdline>
+    <smbios mode='sysinfo'/>
   </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
+  <features>{features}</features>
+  <cpu mode='custom' match='exact'><model>{NOVA_CPU_MODEL}</model></cpu>
+  <clock offset='utc'>{timers}</clock>
   <devices>
-    {disk_xml(disk, "vda")}
+    {disks}
     <serial type='file'>
       <source path='{console}' append='on'/>
       <target port='0'/>
     </serial>
-    <memballoon model='none'/>
+    <rng model='virtio'><backend model='random'>{NOVA_RNG_PATH}</backend></rng>
+    <controller type='usb' index='0' model='none'/>
+    <memballoon model='virtio' {balloon}><stats period='{NOVA_MEM_STATS_PERIOD}'/></memballoon>
   </devices>
 </domain>"""
 

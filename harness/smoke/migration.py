@@ -250,7 +250,9 @@ def migrate_once(session, dest, peer, shared):
         # NON_SHARED_INC copies only the top image, onto a fresh overlay it makes each time.)
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
         params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = ["vda"]
-    dom = session.conn.defineXML(domain_xml(session.accel, disk, console.filename))
+    dom = session.conn.defineXML(
+        domain_xml(session.accel, disk, console.filename, versions=session.versions())
+    )
     dom.create()
     ready = console.wait_for(READY_RE, 0, session.boot_timeout, "the guest's ready marker")
     boot_id = ready.group(1)

@@ -14,7 +14,7 @@ import typing
 
 import libvirt
 
-from . import daemons, encryption
+from . import daemons, encryption, power
 from .guest import (
     BEATS_PER_SECOND,
     DOMAIN,
@@ -64,6 +64,7 @@ class Session:
         self.base = None
         self.disk = None
         self.filled = None  # the disk the last boot wrote COPY_FILL_MIB into
+        self._versions = None
 
     def domain(self):
         try:
@@ -83,6 +84,21 @@ class Session:
                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             )
 
+    def versions(self):
+        """The cell's libvirt and QEMU versions, (major, minor, micro), for the domain XML."""
+        if self._versions is None:
+            self._versions = {
+                "libvirt": number_tuple(self.conn.getLibVersion()),
+                "qemu": number_tuple(self.conn.getVersion()),
+            }
+        return self._versions
+
+    def domain_xml(self, disk, accel=None, **kwargs):
+        """The guest's domain (guest.domain_xml) for this cell."""
+        return domain_xml(
+            accel or self.accel, disk, self.console.filename, versions=self.versions(), **kwargs
+        )
+
     def boot(self, accel=None, timeout=None):
         """Defines and starts a fresh guest, its disk layer filled with COPY_FILL_MIB of data
         (for the block copies: filling costs a tenth of a second, a boot of its own three);
@@ -93,7 +109,7 @@ class Session:
         fill(self.disk, COPY_FILL_MIB)
         self.filled = self.disk
         offset = self.console.size()
-        xml = domain_xml(accel or self.accel, self.disk, self.console.filename)
+        xml = self.domain_xml(self.disk, accel)
         dom = self.conn.defineXML(xml)
         started = time.monotonic()
         dom.create()
@@ -669,6 +685,7 @@ SCENARIOS = {
     "disk-hotplug": disk_hotplug,
     "detach-under-load": detach_under_load,
     **encryption.SCENARIOS,  # encrypted-volume, encrypted-image (harness/smoke/encryption.py)
+    **power.SCENARIOS,
     "teardown": teardown,
 }
 
@@ -722,6 +739,10 @@ REQUIREMENTS = {
         why="qcow2 takes encrypt.format=luks from QEMU 2.10; libvirt reads <encryption> inside "
         "<source> from 3.9 and uses LUKS for encrypted qcow2 disks from 4.5",
     ),
+    # harness/smoke/power.py: what they use is in every libvirt and QEMU of the matrix.
+    "hard-reboot": Needs(),
+    "power-off-on": Needs(),
+    "rescue-unrescue": Needs(),
     "teardown": Needs(),
     "live-migration": Needs(hosts=2),
     # smoke/volumes.py
@@ -731,6 +752,11 @@ REQUIREMENTS = {
     "root-resize": Needs(qemu="2.10.0", why=FORCE_SHARE),
     "detach": Needs(libvirt="3.9.0", why=USER_ALIAS),
 }
+
+
+def number_tuple(number):
+    """libvirt's version numbers (major * 1000000 + minor * 1000 + micro) as a tuple."""
+    return (number // 1000000, number // 1000 % 1000, number % 1000)
 
 
 def version_tuple(version):

@@ -47,6 +47,10 @@ def stub_libvirt() -> types.ModuleType:
             "VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY",
             "VIR_SECRET_USAGE_TYPE_VOLUME",
             "VIR_ERR_NO_SECRET",
+            "VIR_DOMAIN_SHUTDOWN",
+            "VIR_DOMAIN_CRASHED",
+            "VIR_DOMAIN_SHUTOFF_SHUTDOWN",
+            "VIR_DOMAIN_UNDEFINE_NVRAM",
         ],
         start=1,
     ):
@@ -80,6 +84,7 @@ def smoke(monkeypatch):
         worker=importlib.import_module("harness.smoke.worker"),
         supervisor=importlib.import_module("harness.smoke.supervisor"),
         evidence=importlib.import_module("harness.smoke.evidence"),
+        power=importlib.import_module("harness.smoke.power"),
         daemons=importlib.import_module("harness.smoke.daemons"),
         confinement=importlib.import_module("harness.smoke.confinement"),
         encryption=importlib.import_module("harness.smoke.encryption"),

@@ -46,7 +46,7 @@ def volumes(smoke, monkeypatch):
 def test_the_scenarios_run_before_teardown_and_declare_their_needs(smoke, volumes):
     names = list(smoke.main.SCENARIOS)
     assert names[-2:] == ["teardown", "live-migration"]
-    assert names[names.index("encrypted-image") + 1 : names.index("teardown")] == list(
+    assert names[names.index("rescue-unrescue") + 1 : names.index("teardown")] == list(
         volumes.SCENARIOS
     )
     assert tuple(names) == model.SCENARIOS
