@@ -11,9 +11,7 @@ guest prints the md5 of the first 64 KiB it reads from a disk whose serial is SU
 import base64
 import collections
 import contextlib
-import errno
 import hashlib
-import mmap
 import os
 import re
 import subprocess
@@ -25,7 +23,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 from . import daemons
-from .guest import ScenarioFailure, path, qemu_img_info, run
+from .guest import ScenarioFailure, cache_mode, path, qemu_img_info, run
 
 # The guest checksums this many blocks of this size from the start of the disk.
 BLOCK = 4096
@@ -54,34 +52,6 @@ _defined = collections.Counter()  # secrets defined, by scenario, for FAULT_ENV
 
 
 # --- the host side: images, as cinder and nova make them ----------------------------------------
-
-
-def supports_direct_io(directory):
-    """nova's supports_direct_io: an O_DIRECT write of one aligned block works there."""
-    if not hasattr(os, "O_DIRECT"):
-        return False
-    probe = os.path.join(directory, f".directio.{uuid.uuid4().hex}")
-    fd = None
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT)
-        block = mmap.mmap(-1, BLOCK)
-        block.write(b"x" * BLOCK)
-        os.write(fd, block)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.ENOENT):
-            return False
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if os.path.exists(probe):
-            os.unlink(probe)
-
-
-def cache_mode(directory):
-    """nova's disk_cachemode: 'none' where O_DIRECT works, else 'writeback'."""
-    return "none" if supports_direct_io(directory) else "writeback"
 
 
 def new_data():

@@ -1,6 +1,9 @@
 """The guest as libvirt sees it: disks, domain XML, and the serial console the guest writes markers to."""
 
+import contextlib
+import errno
 import json
+import mmap
 import os
 import re
 import subprocess
@@ -271,3 +274,32 @@ def fresh_disks():
         os.unlink(disk)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk])
     return base, disk
+
+
+def supports_direct_io(directory):
+    """nova.privsep.utils.supports_direct_io: can a file there be written with O_DIRECT?"""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    test = os.path.join(directory, f".directio.test.{uuid_module.uuid4().hex[:8]}")
+    fd = None
+    try:
+        fd = os.open(test, os.O_CREAT | os.O_WRONLY | os.O_DIRECT)
+        block = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+        block.write(b"x" * 4096)
+        os.write(fd, block)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT):
+            return False
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(test)
+
+
+def cache_mode(directory):
+    """The cache nova uses for a disk it writes or attaches there (disk_cachemode, and the target
+    of convert_image): none, or writeback where O_DIRECT fails."""
+    return "none" if supports_direct_io(directory) else "writeback"

@@ -6,9 +6,7 @@ The flags, limits and bounds are nova's; where nova reads them from nova.conf, t
 """
 
 import contextlib
-import errno
 import json
-import mmap
 import os
 import re
 import shutil
@@ -19,7 +17,7 @@ import uuid
 
 import libvirt
 
-from .guest import READY_RE, ScenarioFailure, disk_xml, path, run
+from .guest import READY_RE, ScenarioFailure, cache_mode, disk_xml, path, run
 from .scenarios import LOAD_PASSES, WRITE_SERIAL, expect_state, fresh
 
 # nova.privsep.qemu.QEMU_IMG_LIMITS: nova.conf [libvirt] images_cpu_time_limit (30 s) and
@@ -69,34 +67,6 @@ def qemu_img_info(image, fmt=None):
     if not out.strip():
         raise ScenarioFailure(f"qemu-img info {image} printed nothing")
     return json.loads(out)
-
-
-def supports_direct_io(directory):
-    """nova.privsep.utils.supports_direct_io: can a file there be written with O_DIRECT?"""
-    if not hasattr(os, "O_DIRECT"):
-        return False
-    test = os.path.join(directory, f".directio.test.{uuid.uuid4().hex[:8]}")
-    fd = None
-    try:
-        fd = os.open(test, os.O_CREAT | os.O_WRONLY | os.O_DIRECT)
-        block = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
-        block.write(b"x" * 4096)
-        os.write(fd, block)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.ENOENT):
-            return False
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(test)
-
-
-def cache_mode(directory):
-    """The target cache nova's convert_image uses: none, or writeback where O_DIRECT fails."""
-    return "none" if supports_direct_io(directory) else "writeback"
 
 
 def convert_image(source, dest, in_format, out_format):

@@ -100,24 +100,31 @@ def test_prlimit_sets_soft_and_hard_limits_then_execs(volumes):
     assert done.stdout.split() == ["30", "30", "2097152", "2097152"]  # ulimit -v is in KiB
 
 
+def guest_of(volumes):
+    """harness/smoke/guest.py as the runner's modules import it: where nova's O_DIRECT probe is,
+    for the volume and encrypted-disk scenarios alike."""
+    return sys.modules[volumes.cache_mode.__module__]
+
+
 def test_convert_image_is_novas_command(volumes, monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(volumes, "run", lambda argv, **kw: calls.append(argv) or "")
-    monkeypatch.setattr(volumes, "supports_direct_io", lambda directory: False)
+    monkeypatch.setattr(guest_of(volumes), "supports_direct_io", lambda directory: False)
     assert volumes.convert_image("/a.qcow2", f"{tmp_path}/b.raw", "qcow2", "raw") == "writeback"
     assert calls == [
         ["qemu-img", "convert", "-t", "writeback", "-O", "raw", "-f", "qcow2", "/a.qcow2",
          f"{tmp_path}/b.raw"]
     ]  # fmt: skip
-    monkeypatch.setattr(volumes, "supports_direct_io", lambda directory: True)
+    monkeypatch.setattr(guest_of(volumes), "supports_direct_io", lambda directory: True)
     volumes.convert_image("/a.qcow2", f"{tmp_path}/b.raw", "qcow2", "raw")
     assert calls[1][2:4] == ["-t", "none"]
 
 
 def test_supports_direct_io(volumes, tmp_path, monkeypatch):
-    assert volumes.supports_direct_io(str(tmp_path)) in (True, False)
+    guest = guest_of(volumes)
+    assert guest.supports_direct_io(str(tmp_path)) in (True, False)
     assert list(tmp_path.iterdir()) == []  # the test file is gone
-    assert volumes.supports_direct_io(str(tmp_path / "missing")) is False  # ENOENT
+    assert guest.supports_direct_io(str(tmp_path / "missing")) is False  # ENOENT
 
     def einval(*args):
         raise OSError(22, "Invalid argument")  # tmpfs and the like
@@ -480,7 +487,7 @@ def test_cold_snapshot_saves_extracts_and_resumes(volumes, session, monkeypatch)
     monkeypatch.setattr(
         volumes, "qemu_img_info", lambda image, fmt=None: {"format": "qcow2", "virtual-size": 1}
     )
-    monkeypatch.setattr(volumes, "supports_direct_io", lambda directory: True)
+    monkeypatch.setattr(guest_of(volumes), "supports_direct_io", lambda directory: True)
     details = volumes.cold_snapshot(session)
     assert [c[0] for c in session.dom.calls] == ["managedSave", "createWithFlags"]
     convert, compare, check = session.commands
