@@ -230,6 +230,7 @@ def main(argv=None):
             "accel": supervisor.accel,
             # A second host is there when the host side started a migration peer.
             "hosts": 2 if os.environ.get(migration.PEER_ENV) else 1,
+            "drivers": daemons.drivers(),
         }
         report["not_applicable"] = not_applicable(names, facts)
         for entry in report["not_applicable"]:

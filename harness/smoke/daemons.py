@@ -1,6 +1,7 @@
 """Starts virtlogd and the libvirt daemon in a container without systemd, and opens a connection."""
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -22,6 +23,17 @@ def daemon_name():
         if shutil.which(name) or os.path.exists(f"/usr/sbin/{name}"):
             return name
     raise ScenarioFailure("neither libvirtd nor virtqemud is installed")
+
+
+def drivers():
+    """The names of libvirt's loadable connection drivers installed in the cell ("qemu",
+    "secret", ...); None where no such folder is found (drivers built in, or another layout)."""
+    found = glob.glob("/usr/lib/*/libvirt/connection-driver/libvirt_driver_*.so") + glob.glob(
+        "/usr/lib*/libvirt/connection-driver/libvirt_driver_*.so"
+    )
+    if not found:
+        return None
+    return sorted({os.path.basename(f)[len("libvirt_driver_") : -len(".so")] for f in found})
 
 
 def log_file(name):

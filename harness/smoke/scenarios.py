@@ -699,6 +699,7 @@ class Needs(typing.NamedTuple):
     kvm: bool = False  # a guest under KVM, not TCG
     hosts: int = 1  # libvirt hosts the scenario drives (2 for a migration)
     why: str = ""  # what the versions are for
+    drivers: tuple = ()  # libvirt's loadable drivers it uses besides qemu ("secret")
 
 
 FORCE_SHARE = (
@@ -732,12 +733,14 @@ REQUIREMENTS = {
         qemu="2.6.0",
         why="QEMU opens LUKS images from 2.6, and libvirt hands it a disk's LUKS secret from 2.2 "
         "(nova's MIN_LIBVIRT_LUKS_VERSION and MIN_QEMU_LUKS_VERSION)",
+        drivers=("secret",),
     ),
     "encrypted-image": Needs(
         libvirt="4.5.0",
         qemu="2.10.0",
         why="qcow2 takes encrypt.format=luks from QEMU 2.10; libvirt reads <encryption> inside "
         "<source> from 3.9 and uses LUKS for encrypted qcow2 disks from 4.5",
+        drivers=("secret",),
     ),
     # harness/smoke/power.py: what they use is in every libvirt and QEMU of the matrix.
     "hard-reboot": Needs(),
@@ -765,7 +768,8 @@ def version_tuple(version):
 
 def unmet(needs, facts):
     """Why a cell cannot run a scenario, in one line, or None when it can. facts: the cell's
-    libvirt and qemu versions (dotted), accel ("kvm" or "tcg") and hosts."""
+    libvirt and qemu versions (dotted), accel ("kvm" or "tcg"), hosts, and drivers (the names of
+    libvirt's loadable drivers in the image; None: not known, taken as all)."""
     missing = []
     for component, label in (("libvirt", "libvirt"), ("qemu", "QEMU")):
         lowest, have = getattr(needs, component), facts.get(component)
@@ -777,6 +781,14 @@ def unmet(needs, facts):
         )
     if needs.hosts > facts.get("hosts", 1):
         missing.append(f"{needs.hosts} hosts (the run has {facts.get('hosts', 1)})")
+    why = needs.why if missing else ""  # the reason is the versions'
+    drivers = facts.get("drivers")
+    for driver in needs.drivers:
+        if drivers is not None and driver not in drivers:
+            missing.append(
+                f"libvirt's {driver} driver (the image has no libvirt_driver_{driver}.so: "
+                f"a distro that splits it out ships it as libvirt-daemon-driver-{driver})"
+            )
     if not missing:
         return None
-    return "needs " + ", ".join(missing) + (f": {needs.why}" if needs.why else "")
+    return "needs " + ", ".join(missing) + (f": {why}" if why else "")

@@ -60,4 +60,10 @@ def test_the_private_cell_builds_and_runs_every_scenario(locked, matrix, results
     assert cell["libvirt_version"].startswith("11.")
     assert cell["scenarios"], cell.get("reason")
     for scenario in cell["scenarios"]:
+        if scenario["status"] == "not-applicable":
+            # libvirt 11's Debian packages ship the secret driver apart; the image has only
+            # what the cell installs.
+            assert scenario["name"].startswith("encrypted-"), scenario
+            assert "libvirt's secret driver" in scenario["decision"], scenario
+            continue
         assert scenario["runs"] >= 1 and scenario["failures"] == 0, scenario

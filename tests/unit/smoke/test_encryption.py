@@ -419,3 +419,36 @@ def test_with_the_modular_daemons_virtsecretd_is_started_once(
     smoke.encryption.secret_daemon(session)
     smoke.encryption.secret_daemon(session)
     assert started == [["virtsecretd", "-d"]]
+
+
+def test_an_image_without_libvirts_secret_driver_cannot_run_them(smoke):
+    """Distros that split libvirt's drivers (Debian's 10.x and later packages) ship the secret
+    driver as libvirt-daemon-driver-secret: an image without it is no cell for these scenarios,
+    not a failure of libvirt."""
+    needs = smoke.scenarios.REQUIREMENTS
+    facts = {"libvirt": "11.3.0", "qemu": "10.0.2", "accel": "tcg", "hosts": 1}
+    for name in ("encrypted-volume", "encrypted-image"):
+        assert smoke.scenarios.unmet(needs[name], {**facts, "drivers": ["qemu", "secret"]}) is None
+        assert smoke.scenarios.unmet(needs[name], {**facts, "drivers": None}) is None
+        why = smoke.scenarios.unmet(needs[name], {**facts, "drivers": ["qemu"]})
+        assert why == (
+            "needs libvirt's secret driver (the image has no libvirt_driver_secret.so: a distro"
+            " that splits it out ships it as libvirt-daemon-driver-secret)"
+        )
+    assert smoke.scenarios.unmet(needs["boot"], {**facts, "drivers": ["qemu"]}) is None
+
+
+def test_the_drivers_are_read_from_libvirts_connection_driver_folder(smoke, monkeypatch):
+    folder = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver"
+    monkeypatch.setattr(
+        smoke.daemons.glob,
+        "glob",
+        lambda pattern: (
+            [f"{folder}/libvirt_driver_qemu.so", f"{folder}/libvirt_driver_secret.so"]
+            if pattern.startswith("/usr/lib/*/")
+            else []
+        ),
+    )
+    assert smoke.daemons.drivers() == ["qemu", "secret"]
+    monkeypatch.setattr(smoke.daemons.glob, "glob", lambda pattern: [])
+    assert smoke.daemons.drivers() is None
