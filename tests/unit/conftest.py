@@ -28,6 +28,16 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """Each test starts with Python's own Ctrl-C handler, whatever ran before it in the process
+    (a run shielded from Ctrl-C, a child's setup): the interrupt tests send one to themselves,
+    which does nothing where SIGINT is ignored. The handler is put back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def tasks(monkeypatch, root):
     """The tasks module; `reported` installs a SIGTERM handler, which is put back afterwards."""
