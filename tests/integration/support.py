@@ -7,13 +7,20 @@ import contextlib
 import functools
 import http.server
 import io
+import json
+import shutil
+import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from harness.core.model import Base
+from harness.core.paths import ROOT
 from harness.engine.bases import Bases, base_image_tag
+from tests.cli import invoke
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -49,3 +56,26 @@ def base_on_engine(engine, name: str, base: Base, logs: Path) -> str:
     """The base image's tag, bootstrapped if this engine has none yet."""
     Bases(engine, {name: base}, logs).ensure(name)
     return base_image_tag(name)
+
+
+BACKTEST = ROOT / "matrix-backtest.yaml"
+
+
+def backtest_cell(
+    work: Path, cell: str, scenarios: list[str], runs: int, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """One cell of the committed backtest matrix, cut down to `scenarios`, run `runs` times
+    under TCG with the committed lock (the scenarios are no part of a cell's fingerprint, so its
+    image is the matrix's own): the CLI's outcome and the cell's result."""
+    data = yaml.safe_load(BACKTEST.read_text())
+    data["scenarios"] = scenarios
+    matrix = work / "backtest.yaml"
+    matrix.write_text(yaml.safe_dump(data))
+    shutil.copy(BACKTEST.with_suffix(".lock.json"), work / "backtest.lock.json")
+    results = work / "results"
+    done = invoke(
+        "matrix.run", "--matrix", str(matrix), "--cells", cell, "--runs", str(runs),
+        "--accel", "tcg", "--jobs", "1", results_dir=results, timeout=timeout,
+    )  # fmt: skip
+    (result,) = json.loads((results / "latest.json").read_text())["cells"]
+    return done, result

@@ -3,17 +3,13 @@ versions, and the smoke runner runs on the distro's Python 3.6, reporting a scen
 libvirt is too old for as not-applicable. One run of three scenarios keeps it cheap."""
 
 import json
-import shutil
 
 import pytest
-import yaml
 
-from harness.core.paths import ROOT
-from tests.cli import invoke
+from tests.integration.support import BACKTEST, backtest_cell
 
 pytestmark = pytest.mark.integration
 
-MATRIX = ROOT / "matrix-backtest.yaml"
 CELL = "ubuntu-18.04-release"
 # One that runs everywhere, one that needs libvirt 5.10 (18.04 has 4.0), and one whose user
 # alias needs libvirt 3.9.
@@ -22,32 +18,7 @@ SCENARIOS = ["boot", "snapshot-during-restart", "detach-under-load"]
 
 @pytest.fixture(scope="module")
 def bionic(engine, tmp_path_factory):
-    work = tmp_path_factory.mktemp("backtest")
-    data = yaml.safe_load(MATRIX.read_text())
-    data["scenarios"] = SCENARIOS
-    matrix = work / "backtest.yaml"
-    matrix.write_text(yaml.safe_dump(data))
-    # The committed lock: its versions, and the scenarios are no part of a cell's fingerprint.
-    shutil.copy(MATRIX.with_suffix(".lock.json"), work / "backtest.lock.json")
-    results = work / "results"
-    done = invoke(
-        "matrix.run",
-        "--matrix",
-        str(matrix),
-        "--cells",
-        CELL,
-        "--runs",
-        "1",
-        "--accel",
-        "tcg",
-        "--jobs",
-        "1",
-        results_dir=results,
-        timeout=1800,
-    )
-    document = json.loads((results / "latest.json").read_text())
-    (cell,) = document["cells"]
-    return done, cell
+    return backtest_cell(tmp_path_factory.mktemp("backtest"), CELL, SCENARIOS, 1, 1800)
 
 
 def test_the_run_reports_without_a_traceback(bionic):
@@ -85,7 +56,7 @@ def test_the_release_cell_has_the_release_pockets_versions(bionic):
     # apt 1.6 ignores a src: pin: the pin scripts name the source's binaries too, or libvirt0
     # and the other binaries would come from -updates.
     _, cell = bionic
-    lock = json.loads(MATRIX.with_suffix(".lock.json").read_text())
+    lock = json.loads(BACKTEST.with_suffix(".lock.json").read_text())
     locked = lock["cells"][CELL]["cells"][0]["packages"]
     listed = lock["cells"][CELL]["listed"]["libvirt-daemon"]
     assert locked["libvirt-daemon"] in listed["bionic"]

@@ -7,19 +7,14 @@ the save's next monitor command, the daemon does exit, and the restarted one lea
 paused, neither saved nor resumed: libvirt's failure too. Three runs of the one scenario keep it
 cheap."""
 
-import json
 import re
-import shutil
 
 import pytest
-import yaml
 
-from harness.core.paths import ROOT
-from tests.cli import invoke
+from tests.integration.support import backtest_cell
 
 pytestmark = pytest.mark.integration
 
-MATRIX = ROOT / "matrix-backtest.yaml"
 CELL = "ubuntu-20.04-release"
 SCENARIO = "managed-save-during-restart"
 RUNS = 3
@@ -34,31 +29,7 @@ STOPPED = re.compile(
 @pytest.fixture(scope="module")
 def focal(engine, tmp_path_factory):
     work = tmp_path_factory.mktemp("stop-timeout")
-    data = yaml.safe_load(MATRIX.read_text())
-    data["scenarios"] = [SCENARIO]
-    matrix = work / "backtest.yaml"
-    matrix.write_text(yaml.safe_dump(data))
-    # The committed lock: its versions, and the scenarios are no part of a cell's fingerprint.
-    shutil.copy(MATRIX.with_suffix(".lock.json"), work / "backtest.lock.json")
-    results = work / "results"
-    done = invoke(
-        "matrix.run",
-        "--matrix",
-        str(matrix),
-        "--cells",
-        CELL,
-        "--runs",
-        str(RUNS),
-        "--accel",
-        "tcg",
-        "--jobs",
-        "1",
-        results_dir=results,
-        timeout=3000,
-    )
-    document = json.loads((results / "latest.json").read_text())
-    (cell,) = document["cells"]
-    return done, cell
+    return backtest_cell(work, CELL, [SCENARIO], RUNS, 3000)
 
 
 def test_a_daemon_that_outlives_sigterm_is_libvirts_failure_and_the_runs_go_on(focal):
