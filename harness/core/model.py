@@ -120,6 +120,7 @@ Scenario = Literal[
     "volume-extend",
     "root-resize",
     "detach",
+    "busy-node",
     "teardown",
     "live-migration",
 ]

@@ -182,6 +182,7 @@ def domain_xml(
     initrd=None,
     cmdline=CMDLINE,
     extra_disks=(),
+    name=DOMAIN,
 ):
     """nova's domain for a guest that boots its image's kernel, with the serial console in a
     file instead of nova's pty with a virtlogd log (append='on' keeps the file across restores).
@@ -208,7 +209,7 @@ def domain_xml(
         [disk_xml(disk, "vda")] + [disk_xml(name, target) for name, target in extra_disks]
     )
     return f"""<domain type='{"kvm" if kvm else "qemu"}'>
-  <name>{DOMAIN}</name>
+  <name>{name}</name>
   <uuid>{uuid}</uuid>
   <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
@@ -263,13 +264,13 @@ def check_chain(image):
     return files
 
 
-def fresh_disks():
+def fresh_disks(disk_name="disk.qcow2"):
     """A nova-like disk: an empty base image in a cache and the instance's overlay on it."""
     os.makedirs(path("cache"), exist_ok=True)
     base = path("cache", "base.qcow2")
     if not os.path.exists(base):
         run(["qemu-img", "create", "-q", "-f", "qcow2", base, "64M"])
-    disk = path("disk.qcow2")
+    disk = path(disk_name)
     if os.path.exists(disk):
         os.unlink(disk)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk])

@@ -53,13 +53,16 @@ SAVE_ATTEMPTS = 3
 class Session:
     """One libvirt connection and one guest, shared by the scenarios of a run."""
 
-    def __init__(self, conn, accel, boot_timeout, job_timeout=60.0, daemon=None):
+    def __init__(self, conn, accel, boot_timeout, job_timeout=60.0, daemon=None, name=DOMAIN):
         self.conn = conn
+        self.name = name  # the domain's; another guest beside the first has its own files
         self.accel = accel
         self.boot_timeout = boot_timeout
         self.job_timeout = job_timeout
         self.daemon = daemon
-        self.console = Console(path("console.log"))
+        prefix = "" if name == DOMAIN else name + "."
+        self.console = Console(path(prefix + "console.log"))
+        self.disk_name = prefix + "disk.qcow2"
         self.boot_id = None
         self.base = None
         self.disk = None
@@ -68,7 +71,7 @@ class Session:
 
     def domain(self):
         try:
-            return self.conn.lookupByName(DOMAIN)
+            return self.conn.lookupByName(self.name)
         except libvirt.libvirtError:
             return None
 
@@ -96,7 +99,12 @@ class Session:
     def domain_xml(self, disk, accel=None, **kwargs):
         """The guest's domain (guest.domain_xml) for this cell."""
         return domain_xml(
-            accel or self.accel, disk, self.console.filename, versions=self.versions(), **kwargs
+            accel or self.accel,
+            disk,
+            self.console.filename,
+            versions=self.versions(),
+            name=self.name,
+            **kwargs,
         )
 
     def boot(self, accel=None, timeout=None):
@@ -105,7 +113,7 @@ class Session:
         returns seconds from start to the ready marker."""
         self.destroy()
         os.makedirs(path(), exist_ok=True)
-        self.base, self.disk = fresh_disks()
+        self.base, self.disk = fresh_disks(self.disk_name)
         fill(self.disk, COPY_FILL_MIB)
         self.filled = self.disk
         offset = self.console.size()
@@ -754,6 +762,8 @@ REQUIREMENTS = {
     "volume-extend": Needs(libvirt="3.9.0", why=USER_ALIAS),
     "root-resize": Needs(qemu="2.10.0", why=FORCE_SHARE),
     "detach": Needs(libvirt="3.9.0", why=USER_ALIAS),
+    # smoke/busy.py: what it uses is in every libvirt and QEMU of the matrix.
+    "busy-node": Needs(),
 }
 
 

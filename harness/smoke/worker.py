@@ -18,15 +18,17 @@ import traceback
 
 import libvirt
 
-from . import confinement, daemons, evidence, migration, volumes
+from . import busy, confinement, daemons, evidence, migration, volumes
 from .guest import ScenarioFailure
 from .scenarios import SCENARIOS, Session
 
-# The volume scenarios (smoke/volumes.py) run before teardown, which leaves no guest; the
-# migrations run against a second host, which the runner's environment names.
+# The volume scenarios (smoke/volumes.py) and the several guests (smoke/busy.py) run before
+# teardown, which leaves no guest; the migrations run against a second host, which the
+# runner's environment names.
 SCENARIOS = {
     **{name: function for name, function in SCENARIOS.items() if name != "teardown"},
     **volumes.SCENARIOS,
+    **busy.SCENARIOS,
     "teardown": SCENARIOS["teardown"],
     **migration.SCENARIOS,
 }
@@ -140,6 +142,7 @@ class Worker:
         """After a failure: a live connection and no guest, so that the next scenario boots a
         fresh one instead of inheriting whatever state the failure left."""
         self.session.reconnect()
+        busy.remove_extra(self.session.conn)
         self.session.destroy()
         self.session.replace_guest()
         self.session.conn.getLibVersion()  # the daemon answers

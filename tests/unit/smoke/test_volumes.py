@@ -47,9 +47,10 @@ def volumes(smoke, monkeypatch):
 def test_the_scenarios_run_before_teardown_and_declare_their_needs(smoke, volumes):
     names = list(smoke.main.SCENARIOS)
     assert names[-2:] == ["teardown", "live-migration"]
-    assert names[names.index("rescue-unrescue") + 1 : names.index("teardown")] == list(
-        volumes.SCENARIOS
-    )
+    assert names[names.index("rescue-unrescue") + 1 : names.index("teardown")] == [
+        *volumes.SCENARIOS,
+        "busy-node",
+    ]
     assert tuple(names) == model.SCENARIOS
     needs = smoke.scenarios.REQUIREMENTS
     assert needs["image-ops"].qemu == needs["cold-snapshot"].qemu == "2.10.0"
