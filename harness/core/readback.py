@@ -365,7 +365,11 @@ def _count(value: Any, where: str) -> None:
 
 
 POOLED_FIELDS = {"runs": _count, "failures": _count, "matrix_runs": _count, "since": time}
-EVIDENCE_FIELDS = {"key": _match(EVIDENCE_KEY_RE, "evidence key"), "since": _optional(time)}
+EVIDENCE_FIELDS = {
+    "key": _match(EVIDENCE_KEY_RE, "evidence key"),
+    "since": _optional(time),
+    "tested_as": _optional(cell_id),
+}
 
 HISTORY_FIELDS = {
     "since": _optional(run_id),

@@ -2,11 +2,15 @@
 across runs of the matrix (README, "Verdicts").
 
 An experiment is named by its evidence key: the digest of every package installed in the cell's
-image at its version (record-versions), of the runner copied into the container (the scenarios
-and the domain definition are part of it), of the guest, and the accelerator. Two cells whose
-images hold the same packages share a key, and so their runs. Anything else changing starts a
-new key, with no earlier runs. The history keeps each run's outcomes under its key; runs older
-than the policy's evidence_days are left out.
+image at its version (record-versions), of what the image is built from beyond its packages (the
+cell's template, which an override may give extra files or settings, and the scripts that
+configure libvirt in it), of the runner copied into the container (the scenarios and the domain
+definition are part of it), of the guest, and the accelerator. Two cells whose images hold the
+same packages, built the same way, share a key, and so their runs: within one run, the second
+is not tested again but judged on the first's smoke test (its result names that cell in
+evidence.tested_as). Anything else changing starts a new key, with no earlier runs. The history
+keeps each run's outcomes under its key, once; runs older than the policy's evidence_days are
+left out.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..core.model import Cell
+from ..core.paths import CONTEXT, OVERRIDES, TEMPLATES
 from ..core.results import Prior
 
 KEY_LENGTH = 16  # hex digits: 64 bits, far from any collision among a gate's experiments
@@ -25,20 +31,29 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def key(packages: str | None, runner: str, guest: str, accel: str) -> str | None:
+def definition(cell: Cell) -> str:
+    """The digest of what the cell's image is built from beyond its packages and sources: its
+    template (an override's, else the base one) and the build context's scripts."""
+    template = OVERRIDES / cell.template if cell.template else TEMPLATES / "base.Dockerfile.j2"
+    files = [TEMPLATES / "base.Dockerfile.j2", template, *sorted(CONTEXT.iterdir())]
+    parts = b"".join(f"{f.name}\0".encode() + f.read_bytes() + b"\0" for f in files)
+    return digest(parts)
+
+
+def key(packages: str | None, runner: str, guest: str, accel: str, image: str = "") -> str | None:
     """The experiment's key; None for an image that did not record its packages (built before
-    images did), whose runs pool with nothing."""
+    images did), whose runs pool with nothing. image: definition()'s digest."""
     if packages is None:
         return None
-    parts = f"packages {packages}\nrunner {runner}\nguest {guest}\naccel {accel}\n"
+    parts = f"packages {packages}\nimage {image}\nrunner {runner}\nguest {guest}\naccel {accel}\n"
     return digest(parts.encode())[:KEY_LENGTH]
 
 
 def recorded(cell: dict[str, Any]) -> dict[str, Any] | None:
     """What the history keeps of a cell's result (as the results JSON has it) for later pooling:
     its key and this run's outcomes of each scenario that ran."""
-    if not cell.get("evidence"):
-        return None
+    if not cell.get("evidence") or cell["evidence"].get("tested_as"):
+        return None  # a cell judged on another's smoke test: that one's entry has the outcomes
     outcomes = {s["name"]: s["outcomes"] for s in cell.get("scenarios") or [] if s.get("outcomes")}
     return {"key": cell["evidence"]["key"], "outcomes": outcomes}
 

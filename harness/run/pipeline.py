@@ -27,7 +27,7 @@ from ..core.model import Cell, Matrix
 from ..core.options import RunOptions, SmokeJob
 from ..core.paths import HOST_STATE
 from ..core.progress import Bar, bar, say
-from ..core.results import BuildResult, CellResult, Prior, RunResult, Status
+from ..core.results import BuildResult, CellResult, Prior, RunResult, SmokeRun, Status
 from ..core.text import one_line
 from ..engine import client as eng
 from ..engine import lease
@@ -215,6 +215,28 @@ def build(options: RunOptions, fleet: Fleet | None = None) -> dict[str, BuildRes
     return Build(options, matrix, chosen, fleet or Fleet.of(options.engines)).execute()
 
 
+class Tested:
+    """The cell of a run that smoke-tests an experiment; cells of the run with the same one
+    wait for its smoke test and are judged on it."""
+
+    def __init__(self, cell_id: str):
+        self.cell_id = cell_id
+        self.smoke: SmokeRun | None = None
+        self.done = threading.Event()
+
+    def finish(self, smoke: SmokeRun | None) -> None:
+        self.smoke = smoke if smoke is not None and smoke.report is not None else None
+        self.done.set()
+
+    def wait(self, stop: Stop) -> SmokeRun | None:
+        """Its smoke test once it has ended (bounded as every smoke test is); None if it got no
+        report, or the run was interrupted."""
+        while not self.done.wait(1.0):
+            if stop.is_set():
+                return None
+        return self.smoke
+
+
 class Run(Images):
     """One run of the selected cells: builds (or, for `matrix.test`, finds) each image, smoke-tests
     and judges it, keeps each verdict on disk as it comes (for --resume), and publishes."""
@@ -239,6 +261,8 @@ class Run(Images):
         self.past = history.read(history.history_path(options.results))
         self.runner_digest = evidence.digest(smoke_tar())
         self.guest_digests: dict[str, str] = {}  # engine name -> the digest of its guest's tar
+        # (evidence key, scenarios) -> the cell of this run that smoke-tests that experiment
+        self.tested: dict[tuple[str, tuple[str, ...]], Tested] = {}
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
@@ -291,20 +315,47 @@ class Run(Images):
         # The first smoke test runs the probe; the others wait for it (bounded), then all go.
         accel, reason = self.choice.decide(lambda: self.probe(engine, cell, tag))
         say(cell.id, f"smoke test ({accel}){self.fleet.where(engine)}")
-        prior = self.prior(engine, built, accel)
-        job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id, prior)
-        smoke = engine.smoke(job)
+        prior = self.prior(engine, cell, built, accel)
+        first, mine = self.claim(cell, prior)
+        smoke = first.wait(self.stop) if first else None
+        if smoke is not None:
+            assert first is not None and prior is not None
+            say(cell.id, f"the same experiment as {first.cell_id} (evidence key {prior.key}): "
+                "judged on its smoke test")  # fmt: skip
+        elif self.stop.is_set():
+            return
+        else:  # the first to test the experiment (or the first got no report: tested again)
+            job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id, prior)
+            try:
+                smoke = engine.smoke(job)
+            finally:
+                if mine is not None:
+                    mine.finish(smoke)
         ran = (smoke.report.get("accel") if smoke.report else None) or accel
         if ran != accel:  # the runner fell back to another accelerator: another experiment
-            prior = self.prior(engine, built, ran)
-        judged = judge_cell(cell, built, smoke, self.matrix.thresholds, prior)
+            prior = self.prior(engine, cell, built, ran)
+        tested_as = first.cell_id if first is not None and first.smoke is smoke else None
+        judged = judge_cell(cell, built, smoke, self.matrix.thresholds, prior, tested_as)
         verdict = self.fleet.mark(judged, engine)
         if self.stop.is_set():  # cut short by the interrupt: not a verdict
             return
         self.keep(verdict)
         say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
 
-    def prior(self, engine: Engine, built: BuildResult, accel: str) -> Prior | None:
+    def claim(self, cell: Cell, prior: Prior | None) -> tuple[Tested | None, Tested | None]:
+        """(the cell of this run already testing the same experiment, or None; this cell's
+        claim to test it, or None). Same key and same scenarios: the same smoke test."""
+        if prior is None:
+            return None, None
+        experiment = (prior.key, cell.scenarios)
+        with self.lock:
+            first = self.tested.get(experiment)
+            if first is not None:
+                return first, None
+            mine = self.tested[experiment] = Tested(cell.id)
+        return None, mine
+
+    def prior(self, engine: Engine, cell: Cell, built: BuildResult, accel: str) -> Prior | None:
         """The earlier runs of the experiment the cell's image is under `accel`; with a fixed
         count of runs (--runs), only its key: such a run adds to later ones, it is not judged
         on earlier ones."""
@@ -316,7 +367,9 @@ class Run(Images):
                     self.guests[engine.name].read_bytes()
                 )
             guest = self.guest_digests[engine.name]
-        key = evidence.key(built.packages, self.runner_digest, guest, accel)
+        key = evidence.key(
+            built.packages, self.runner_digest, guest, accel, evidence.definition(cell)
+        )
         if key is None:
             return None
         if self.options.runs or self.matrix.policy.runs:

@@ -483,9 +483,23 @@ def markdown(data: dict[str, Any]) -> str:
             + ", ".join(f"`{t}`: {threshold_legend(data, t)}" for t in thresholds)
             + " (≥ meets it, < does not).\n"
         )
-    if lines := notes(data) + not_exercised_lines(data):
+    if lines := notes(data) + tested_as_lines(data) + not_exercised_lines(data):
         text += "\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     return text
+
+
+def tested_as_lines(data: dict[str, Any]) -> list[str]:
+    """A line for each cell judged on another's smoke test (the same experiment)."""
+    lines = []
+    for cell in data["cells"]:
+        evidence = cell.get("evidence") or {}
+        if evidence.get("tested_as"):
+            lines.append(
+                f"{code_md(cell['id'])}: the same experiment as {code_md(evidence['tested_as'])} "
+                f"(evidence key {code_md(evidence.get('key'))}: the same packages, built the "
+                "same way), not tested again: judged on its smoke test"
+            )
+    return lines
 
 
 def cell_md(value: object) -> str:

@@ -212,9 +212,11 @@ def judge_cell(
     smoke: SmokeRun | None,
     thresholds: dict[str, Threshold],
     prior: Prior | None = None,
+    tested_as: str | None = None,
 ) -> CellResult:
     """The cell's verdict; `prior`, the earlier runs of its experiment (harness/run/evidence.py),
-    pool with this run's, and names the experiment in the result."""
+    pool with this run's, and names the experiment in the result. tested_as: the cell of this
+    run whose smoke test (the same experiment) this verdict is judged on."""
     common: dict[str, Any] = dict(
         **identity(cell),
         image=build.image,
@@ -253,7 +255,12 @@ def judge_cell(
         else {},
         log_dir=smoke.log_dir,
         duration_s=report.get("duration_s"),
-        evidence={"key": prior.key, "since": prior.since} if prior else None,
+        evidence=(
+            {"key": prior.key, "since": prior.since}
+            | ({"tested_as": tested_as} if tested_as else {})
+            if prior
+            else None
+        ),
     )
     common.update(facts)
     if report.get("setup_error"):

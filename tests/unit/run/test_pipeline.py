@@ -438,16 +438,42 @@ def test_a_second_run_starts_from_the_first_runs_outcomes_of_the_same_experiment
     keys = {c.id: (c.evidence or {}).get("key") for c in first.cells}
     assert keys["debian-12-release"] == keys["debian-12-backports"] != keys["debian-13-release"]
     assert all(p == {} for p in recorded.priors.values())
+    # The same experiment twice in one run is smoke-tested once: the second cell is judged on
+    # the first's smoke test, and says so.
+    assert "debian-12-backports" not in recorded.priors
+    cells = {c.id: c for c in first.cells}
+    assert (cells["debian-12-backports"].evidence or {})["tested_as"] == "debian-12-release"
+    assert "tested_as" not in (cells["debian-12-release"].evidence or {})
+    assert cells["debian-12-backports"].status == cells["debian-12-release"].status
+    assert cells["debian-12-backports"].scenarios == cells["debian-12-release"].scenarios
     second, _ = run(recorded, recorded, matrix=matrix)
     boot = "PPP"  # each cell's three passing runs (tests/unit/run/fakes.py)
     assert recorded.priors["debian-13-release"]["boot"] == boot
-    # The two cells of the same experiment pool both of the first run's cells.
-    assert recorded.priors["debian-12-release"]["boot"] == boot * 2
-    cell = next(c for c in second.cells if c.id == "debian-12-release")
-    scenario = next(s for s in cell.scenarios if s.name == "boot")
-    assert scenario.pooled is not None and scenario.pooled["runs"] == 9
-    assert scenario.pooled["matrix_runs"] == 2
-    assert (cell.evidence or {})["since"] == first.started
+    # The history kept the experiment's outcomes once, not once for each of its cells.
+    assert recorded.priors["debian-12-release"]["boot"] == boot
+    for cell in second.cells:
+        scenario = next(s for s in cell.scenarios if s.name == "boot")
+        assert scenario.pooled is not None and scenario.pooled["runs"] == 6, cell.id
+        assert scenario.pooled["matrix_runs"] == 2
+        assert (cell.evidence or {})["since"] == first.started
+
+
+def test_cells_of_one_experiment_but_another_template_are_tested_apart(tmp_path, fake):
+    recorded = Recorded(tmp_path)
+    text = Path(sequential(tmp_path)).read_text()
+    assert "{base: debian-12, source: backports}" in text
+    path = tmp_path / "templated.yaml"
+    path.write_text(
+        text.replace(
+            "{base: debian-12, source: backports}",
+            "{base: debian-12, source: backports, template: fault-restart.Dockerfile.j2}",
+        )
+    )
+    first, _ = run(recorded, recorded, matrix=str(path))
+    keys = {c.id: (c.evidence or {}).get("key") for c in first.cells}
+    # The same packages, but an override adds to the image: another experiment.
+    assert keys["debian-12-release"] != keys["debian-12-backports"]
+    assert {"debian-12-release", "debian-12-backports"} <= set(recorded.priors)
 
 
 def test_a_fixed_count_of_runs_is_not_judged_on_earlier_ones(tmp_path, fake):
