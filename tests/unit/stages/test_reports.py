@@ -292,3 +292,25 @@ def test_what_the_containers_left_out_is_shown_once_for_the_cells_alike():
     for cell in data["cells"]:
         cell.pop("not_exercised")
     assert "not exercised" not in formats.markdown(data)
+
+
+def test_a_cell_judged_on_another_cells_smoke_test_says_which(tmp_path):
+    data = committed()
+    first, second = data["cells"][0], data["cells"][1]
+    key = "0123456789abcdef"
+    first["evidence"] = {"key": key, "since": None}
+    second["evidence"] = {"key": key, "since": None, "tested_as": first["id"]}
+    line = (
+        f"`{second['id']}`: the same experiment as `{first['id']}` (evidence key `{key}`: the "
+        "same packages, built the same way), not tested again: judged on its smoke test"
+    )
+    assert formats.markdown(data).count(line) == 1
+    assert f"`{first['id']}`: the same experiment" not in formats.markdown(data)
+    # Read back like any results file; a cell id that is none is refused, naming where.
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps(data))
+    assert report(input_path=path, output_dir=tmp_path / "out")
+    second["evidence"]["tested_as"] = "not a cell id!"
+    path.write_text(json.dumps(data))
+    with pytest.raises(Exception, match=r"tested_as"):
+        report(input_path=path, output_dir=tmp_path / "out")
