@@ -290,7 +290,7 @@ class Matrix(Strict):
     guest: Guest = Guest()
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     migrations: tuple[Migration, ...] = ()
-    """Opt-in upgrade migrations between cells (both images must be built)."""
+    """Upgrade migrations between cells (matrix.run builds a `from` image it does not test)."""
 
     @field_validator("migrations")
     @classmethod

@@ -64,6 +64,18 @@ def selected(
     return matrix, take_shard(chosen, shard)
 
 
+def upgrade_sources(matrix_path: str, chosen: tuple[Cell, ...]) -> dict[str, Cell]:
+    """The cells (locked) that upgrade migrations into the chosen ones start from, where they
+    are not chosen themselves: a run builds their images, but tests them not."""
+    matrix, all_cells = load(matrix_path)
+    path = lock_path(matrix_path)
+    ids = {cell.id for cell in chosen}
+    wanted = {pair.from_ for pair in matrix.migrations if pair.to in ids} - ids
+    return {
+        cell.id: cell for cell in apply_lock(all_cells, read_lock(path), path) if cell.id in wanted
+    }
+
+
 def resolve(
     matrix_path: str,
     cells: str | None,
@@ -263,6 +275,9 @@ class Run(Images):
         self.guest_digests: dict[str, str] = {}  # engine name -> the digest of its guest's tar
         # (evidence key, scenarios) -> the cell of this run that smoke-tests that experiment
         self.tested: dict[tuple[str, tuple[str, ...]], Tested] = {}
+        # Cells not in the run whose images its upgrade migrations start from (upgrade_sources)
+        self.sources = upgrade_sources(options.matrix, cells) if options.build else {}
+        self.sources_lock = threading.Lock()  # one build of each at a time
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
@@ -312,6 +327,7 @@ class Run(Images):
         if not built.ok or tag is None:
             self.keep(judge_cell(cell, built, None, self.matrix.thresholds))
             return
+        self.build_sources(engine, cell)
         # The first smoke test runs the probe; the others wait for it (bounded), then all go.
         accel, reason = self.choice.decide(lambda: self.probe(engine, cell, tag))
         say(cell.id, f"smoke test ({accel}){self.fleet.where(engine)}")
@@ -341,6 +357,23 @@ class Run(Images):
             return
         self.keep(verdict)
         say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
+
+    def build_sources(self, engine: Engine, cell: Cell) -> None:
+        """The images the upgrade migrations into the cell start from, built on the engine if
+        the run does not test those cells itself (a nightly job runs one cell)."""
+        for pair in self.matrix.migrations:
+            source = self.sources.get(pair.from_) if pair.to == cell.id else None
+            if source is None or self.stop.is_set():
+                continue
+            with self.sources_lock:
+                with self.lock:
+                    done = source.id in self.builds
+                if done:
+                    continue
+                say(cell.id, f"building {source.id}, where its upgrade migration starts")
+                built = self.image(engine, source)
+                with self.lock:
+                    self.builds[source.id] = built
 
     def claim(self, cell: Cell, prior: Prior | None) -> tuple[Tested | None, Tested | None]:
         """(the cell of this run already testing the same experiment, or None; this cell's

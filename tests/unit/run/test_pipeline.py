@@ -484,3 +484,20 @@ def test_a_fixed_count_of_runs_is_not_judged_on_earlier_ones(tmp_path, fake):
     assert all(p == {} for p in recorded.priors.values())
     assert all(s.pooled is None for c in second.cells for s in c.scenarios)
     assert all(c.evidence for c in second.cells)  # later runs may pool them
+
+
+def test_a_run_of_one_cell_builds_the_images_its_upgrade_migrations_start_from(tmp_path, fake):
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(
+        UNIT_MATRIX.read_text()
+        + "migrations:\n  - {from: debian-12-release, to: debian-13-release}\n"
+    )
+    result, _ = run(fake, matrix=str(matrix), cells="debian-13-release")
+    # Built (a nightly job has only its own cell's image), neither tested nor reported.
+    assert "build debian-12-release" in fake.events
+    assert [cell_id for cell_id, _, _ in fake.smoked] == ["debian-13-release"]
+    assert [c.id for c in result.cells] == ["debian-13-release"]
+    # matrix.test builds nothing.
+    fake.events.clear()
+    run(fake, matrix=str(matrix), cells="debian-13-release", build=False)
+    assert not [e for e in fake.events if e.startswith("build")]
