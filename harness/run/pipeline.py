@@ -8,6 +8,8 @@ caches), written under its lock. `build` is the same for `matrix.build` (Build).
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -40,6 +42,7 @@ from ..matrix.select import select, split_patterns
 from ..matrix.select import shard as take_shard
 from ..stages.formats import coming
 from ..stages.judge import judge_cell, not_run
+from ..stages.peer import UPGRADE
 from ..stages.publish import publish
 from ..stages.render import render_all
 from ..stages.resolve import resolve as resolve_entries
@@ -227,12 +230,17 @@ def build(options: RunOptions, fleet: Fleet | None = None) -> dict[str, BuildRes
     return Build(options, matrix, chosen, fleet or Fleet.of(options.engines)).execute()
 
 
+def upgrade_sources_into(matrix: Matrix, cell_id: str) -> tuple[str, ...]:
+    return tuple(sorted(pair.from_ for pair in matrix.migrations if pair.to == cell_id))
+
+
 class Tested:
     """The cell of a run that smoke-tests an experiment; cells of the run with the same one
     wait for its smoke test and are judged on it."""
 
-    def __init__(self, cell_id: str):
+    def __init__(self, cell_id: str, sources: tuple[str, ...] = ()):
         self.cell_id = cell_id
+        self.sources = sources  # the cells whose upgrade migrations into it it runs
         self.smoke: SmokeRun | None = None
         self.done = threading.Event()
 
@@ -338,6 +346,7 @@ class Run(Images):
             assert first is not None and prior is not None
             say(cell.id, f"the same experiment as {first.cell_id} (evidence key {prior.key}): "
                 "judged on its smoke test")  # fmt: skip
+            smoke = self.own_part(cell, smoke)
         elif self.stop.is_set():
             return
         else:  # the first to test the experiment (or the first got no report: tested again)
@@ -350,7 +359,7 @@ class Run(Images):
         ran = (smoke.report.get("accel") if smoke.report else None) or accel
         if ran != accel:  # the runner fell back to another accelerator: another experiment
             prior = self.prior(engine, cell, built, ran)
-        tested_as = first.cell_id if first is not None and first.smoke is smoke else None
+        tested_as = first.cell_id if first is not None and first.smoke is not None else None
         judged = judge_cell(cell, built, smoke, self.matrix.thresholds, prior, tested_as)
         verdict = self.fleet.mark(judged, engine)
         if self.stop.is_set():  # cut short by the interrupt: not a verdict
@@ -377,16 +386,34 @@ class Run(Images):
 
     def claim(self, cell: Cell, prior: Prior | None) -> tuple[Tested | None, Tested | None]:
         """(the cell of this run already testing the same experiment, or None; this cell's
-        claim to test it, or None). Same key and same scenarios: the same smoke test."""
+        claim to test it, or None). Same key and same scenarios: the same smoke test, unless the
+        cell has upgrade migrations into it that the other has not (one without any takes the
+        other's smoke test without its upgrade migrations: own_part)."""
         if prior is None:
             return None, None
         experiment = (prior.key, cell.scenarios)
+        sources = upgrade_sources_into(self.matrix, cell.id)
         with self.lock:
             first = self.tested.get(experiment)
-            if first is not None:
+            if first is not None and (not sources or first.sources == sources):
                 return first, None
-            mine = self.tested[experiment] = Tested(cell.id)
+            if first is not None:
+                return None, None  # tested apart, and not shared further
+            mine = self.tested[experiment] = Tested(cell.id, sources)
         return None, mine
+
+    def own_part(self, cell: Cell, smoke: SmokeRun) -> SmokeRun:
+        """Of another cell's smoke test, what this cell asked for: without the upgrade
+        migrations into the other cell when there are none into this one."""
+        if upgrade_sources_into(self.matrix, cell.id) or smoke.report is None:
+            return smoke
+        report = copy.copy(smoke.report)
+        repetitions = ([r for r in rep if r["name"] != UPGRADE] for rep in report["runs"])
+        report["runs"] = [rep for rep in repetitions if rep]
+        if report.get("not_applicable"):
+            kept = [e for e in report.get("not_applicable") or [] if e.get("name") != UPGRADE]
+            report["not_applicable"] = kept
+        return dataclasses.replace(smoke, report=report)
 
     def prior(self, engine: Engine, cell: Cell, built: BuildResult, accel: str) -> Prior | None:
         """The earlier runs of the experiment the cell's image is under `accel`; with a fixed

@@ -1,5 +1,6 @@
 """Pieces several integration tests share: a directory served on loopback (an archive of the
-test's own), files put into a container as a tar, and a base image on the engine."""
+test's own), files put into a container as a tar, a base image on the engine, and a run of a
+test matrix."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +81,30 @@ def backtest_cell(
     )  # fmt: skip
     (result,) = json.loads((results / "latest.json").read_text())["cells"]
     return done, result
+
+
+def run_matrix(
+    matrix: Path, results_dir: Path, *flags: str, label: str, timeout: float = 3600
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`hvgate matrix.run --matrix MATRIX FLAGS...` into results_dir: the CLI's outcome and the
+    results document, each cell's log_dir made absolute (the file holds it relative to the
+    results directory). The time and every scenario's outcome go to the test session's log."""
+    started = time.monotonic()
+    done = invoke(
+        "matrix.run", "--matrix", str(matrix), *flags, results_dir=results_dir, timeout=timeout
+    )
+    seconds = time.monotonic() - started
+    assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
+    data = json.loads((results_dir / "latest.json").read_text())
+    print(f"\n{label} run: {seconds:.0f} s")
+    for cell in data["cells"]:
+        cell["log_dir"] = str(results_dir / cell["log_dir"])
+        for s in cell["scenarios"]:
+            print(
+                f"  {cell['id']:<18} {s['name']:<16} {s['status']:<8} "
+                f"{s['failures']}/{s['runs']} failed, {s['errors']} errors, "
+                f"durations {s['durations_s']}, details {s['details']}"
+            )
+            for message in s["messages"]:
+                print(f"    {message}")
+    return done, data

@@ -12,12 +12,10 @@ two Debian 12 cells (tests/integration/data/busy.yaml).
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 
-from tests.cli import ROOT, invoke
+from tests.cli import ROOT
+from tests.integration.support import run_matrix
 
 pytestmark = pytest.mark.integration
 
@@ -27,23 +25,8 @@ RUNS = 2
 
 @pytest.fixture(scope="module")
 def cells(engine, results_dir):
-    started = time.monotonic()
-    done = invoke(
-        "matrix.run", "--matrix", str(MATRIX), "--accel", "tcg", "--runs", str(RUNS),
-        "--jobs", "1", results_dir=results_dir, timeout=3600,
-    )  # fmt: skip
-    seconds = time.monotonic() - started
-    assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
-    data = json.loads((results_dir / "latest.json").read_text())
-    print(f"\nbusy-node run: {seconds:.0f} s")
-    for cell in data["cells"]:
-        for s in cell["scenarios"]:
-            print(
-                f"  {cell['id']:<18} {s['name']:<10} {s['status']:<8} "
-                f"{s['failures']}/{s['runs']} failed, {s['errors']} errors, {s['details']}"
-            )
-            for message in s["messages"]:
-                print(f"    {message}")
+    flags = ("--accel", "tcg", "--runs", str(RUNS), "--jobs", "1")
+    _, data = run_matrix(MATRIX, results_dir, *flags, label="busy-node")
     return {c["id"]: {s["name"]: s for s in c["scenarios"]} for c in data["cells"]}
 
 

@@ -14,13 +14,12 @@ three Debian 12 cells (tests/integration/data/power.yaml).
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli import ROOT, invoke
+from tests.cli import ROOT
+from tests.integration.support import run_matrix
 
 pytestmark = pytest.mark.integration
 
@@ -31,27 +30,8 @@ SCENARIOS = ["hard-reboot", "power-off-on", "rescue-unrescue"]
 
 @pytest.fixture(scope="module")
 def run_result(engine, results_dir):
-    started = time.monotonic()
-    done = invoke(
-        "matrix.run", "--matrix", str(MATRIX), "--accel", "tcg", "--runs", str(RUNS),
-        "--jobs", "1", results_dir=results_dir, timeout=3600,
-    )  # fmt: skip
-    seconds = time.monotonic() - started
-    assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
-    data = json.loads((results_dir / "latest.json").read_text())
-    for cell in data["cells"]:  # log paths are relative to the results directory
-        cell["log_dir"] = str(results_dir / cell["log_dir"])
-    print(f"\npower run: {seconds:.0f} s")
-    for cell in data["cells"]:
-        for s in cell["scenarios"]:
-            print(
-                f"  {cell['id']:<18} {s['name']:<16} {s['status']:<8} "
-                f"{s['failures']}/{s['runs']} failed, {s['errors']} errors, "
-                f"durations {s['durations_s']}"
-            )
-            for message in s["messages"]:
-                print(f"    {message}")
-    return done, data
+    flags = ("--accel", "tcg", "--runs", str(RUNS), "--jobs", "1")
+    return run_matrix(MATRIX, results_dir, *flags, label="power")
 
 
 def scenarios_of(data, cell_id):

@@ -501,3 +501,44 @@ def test_a_run_of_one_cell_builds_the_images_its_upgrade_migrations_start_from(t
     fake.events.clear()
     run(fake, matrix=str(matrix), cells="debian-13-release", build=False)
     assert not [e for e in fake.events if e.startswith("build")]
+
+
+class Upgrading(Recorded):
+    """Recorded, whose smoke tests add the upgrade migrations into the cell, as the smoke stage
+    does (harness/stages/peer.py), once each of three repetitions."""
+
+    def smoke(self, job):
+        done = super().smoke(job)
+        if not any(pair.to == job.cell.id for pair in job.matrix.migrations):
+            return done
+        report = dict(done.report)
+        upgrade = {"name": "upgrade-migration", "status": "pass", "duration_s": 1.0}
+        report["runs"] = [*report["runs"], *[[upgrade]] * 3]
+        return dataclasses.replace(done, report=report)
+
+
+def test_a_cell_shares_another_ones_smoke_test_without_its_upgrade_migrations(tmp_path, fake):
+    matrix = tmp_path / "matrix.yaml"
+    pair = "migrations:\n  - {from: debian-13-release, to: %s}\n"
+    recorded = Upgrading(tmp_path)
+    # The cell with the upgrade migration is tested; the other, the same image, takes its smoke
+    # test without the upgrade runs.
+    matrix.write_text(Path(sequential(tmp_path)).read_text() + pair % "debian-12-release")
+    result, _ = run(
+        recorded, recorded, matrix=str(matrix), cells="debian-12-release,debian-12-backports"
+    )
+    cells = {c.id: c for c in result.cells}
+    assert set(recorded.priors) == {"debian-12-release"}
+    names = {c: [s.name for s in cells[c].scenarios] for c in cells}
+    assert names["debian-12-release"][-1] == "upgrade-migration"
+    assert names["debian-12-backports"] == names["debian-12-release"][:-1]
+    assert (cells["debian-12-backports"].evidence or {})["tested_as"] == "debian-12-release"
+    # The other way round: a cell with upgrade migrations the tested one has not is tested
+    # itself.
+    recorded.priors.clear()
+    matrix.write_text(Path(sequential(tmp_path)).read_text() + pair % "debian-12-backports")
+    result, _ = run(
+        recorded, recorded, matrix=str(matrix), cells="debian-12-release,debian-12-backports"
+    )
+    assert set(recorded.priors) == {"debian-12-release", "debian-12-backports"}
+    assert not any((c.evidence or {}).get("tested_as") for c in result.cells)
