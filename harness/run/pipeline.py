@@ -383,6 +383,8 @@ class Run(Images):
                 built = self.image(engine, source)
                 with self.lock:
                     self.builds[source.id] = built
+                if not built.ok:
+                    say(cell.id, f"{source.id} is {built.status}: {built.reason}")
 
     def claim(self, cell: Cell, prior: Prior | None) -> tuple[Tested | None, Tested | None]:
         """(the cell of this run already testing the same experiment, or None; this cell's

@@ -113,6 +113,8 @@ def test_a_pair_from_an_unbuilt_cell_is_not_applicable(run_result):
     done, data, _ = run_result
     upgrade = scenario(by_id(data)["debian-12-release"], "upgrade-migration")
     assert upgrade["status"] == "not-applicable" and upgrade["runs"] == 0
+    # The run tried to build it, since the pair needs it: its suite is served nowhere.
+    assert "migration-never-built is unavailable: suite not served" in done.stderr
     reason = "from migration-never-built: its image is not built"
     assert reason in upgrade["decision"]
     assert f"upgrade-migration not applicable: {reason}" in done.stderr
