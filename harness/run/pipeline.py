@@ -42,7 +42,7 @@ from ..matrix.select import select, split_patterns
 from ..matrix.select import shard as take_shard
 from ..stages.formats import coming
 from ..stages.judge import judge_cell, not_run
-from ..stages.peer import UPGRADE
+from ..stages.peer import UPGRADE, pairs_into
 from ..stages.publish import publish
 from ..stages.render import render_all
 from ..stages.resolve import resolve as resolve_entries
@@ -58,25 +58,27 @@ GRACE = 15.0
 ENGINE_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
+def locked(matrix_path: str) -> tuple[Matrix, tuple[Cell, ...]]:
+    """The matrix and all its cells, with the versions its lock file holds."""
+    matrix, all_cells = load(matrix_path)
+    path = lock_path(matrix_path)
+    return matrix, apply_lock(all_cells, read_lock(path), path)
+
+
 def selected(
     matrix_path: str, cells: str | None, exclude: str | None, shard: str | None = None
 ) -> tuple[Matrix, tuple[Cell, ...]]:
-    matrix, all_cells = load(matrix_path)
-    path = lock_path(matrix_path)
-    chosen = select(apply_lock(all_cells, read_lock(path), path), cells, exclude)
-    return matrix, take_shard(chosen, shard)
+    matrix, all_cells = locked(matrix_path)
+    return matrix, take_shard(select(all_cells, cells, exclude), shard)
 
 
 def upgrade_sources(matrix_path: str, chosen: tuple[Cell, ...]) -> dict[str, Cell]:
     """The cells (locked) that upgrade migrations into the chosen ones start from, where they
     are not chosen themselves: a run builds their images, but tests them not."""
-    matrix, all_cells = load(matrix_path)
-    path = lock_path(matrix_path)
+    matrix, all_cells = locked(matrix_path)
     ids = {cell.id for cell in chosen}
     wanted = {pair.from_ for pair in matrix.migrations if pair.to in ids} - ids
-    return {
-        cell.id: cell for cell in apply_lock(all_cells, read_lock(path), path) if cell.id in wanted
-    }
+    return {cell.id: cell for cell in all_cells if cell.id in wanted}
 
 
 def resolve(
@@ -231,7 +233,7 @@ def build(options: RunOptions, fleet: Fleet | None = None) -> dict[str, BuildRes
 
 
 def upgrade_sources_into(matrix: Matrix, cell_id: str) -> tuple[str, ...]:
-    return tuple(sorted(pair.from_ for pair in matrix.migrations if pair.to == cell_id))
+    return tuple(sorted(pair.from_ for pair in pairs_into(matrix, cell_id)))
 
 
 class Tested:
@@ -370,8 +372,8 @@ class Run(Images):
     def build_sources(self, engine: Engine, cell: Cell) -> None:
         """The images the upgrade migrations into the cell start from, built on the engine if
         the run does not test those cells itself (a nightly job runs one cell)."""
-        for pair in self.matrix.migrations:
-            source = self.sources.get(pair.from_) if pair.to == cell.id else None
+        for pair in pairs_into(self.matrix, cell.id):
+            source = self.sources.get(pair.from_)
             if source is None or self.stop.is_set():
                 continue
             with self.sources_lock:
@@ -412,9 +414,8 @@ class Run(Images):
         report = copy.copy(smoke.report)
         repetitions = ([r for r in rep if r["name"] != UPGRADE] for rep in report["runs"])
         report["runs"] = [rep for rep in repetitions if rep]
-        if report.get("not_applicable"):
-            kept = [e for e in report.get("not_applicable") or [] if e.get("name") != UPGRADE]
-            report["not_applicable"] = kept
+        if entries := report.get("not_applicable"):
+            report["not_applicable"] = [e for e in entries if e.get("name") != UPGRADE]
         return dataclasses.replace(smoke, report=report)
 
     def prior(self, engine: Engine, cell: Cell, built: BuildResult, accel: str) -> Prior | None:
