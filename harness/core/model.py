@@ -222,13 +222,14 @@ class Policy(Strict):
 
     safe_failure_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
     """A failure rate up to this counts as safe (the sequential test's p0)."""
-    unsafe_failure_rate: Annotated[float, Field(gt=0, le=0.5)] = 0.25
+    unsafe_failure_rate: Annotated[float, Field(gt=0, le=0.5)] = 0.1
     """A failure rate from this on must not pass as safe (p1); 1 minus it must not pass as broken."""
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
     """1 minus the chance of each wrong call at those rates (the test's alpha = beta)."""
     min_runs: Annotated[int, Field(ge=1, le=1000)] = 1
-    max_runs: Annotated[int, Field(ge=1, le=1000)] = 30
-    """With no decision by then the scenario is inconclusive."""
+    max_runs: Annotated[int, Field(ge=1, le=1000)] = 16
+    """Runs one run of the matrix adds to a scenario; with no decision by then (over the pooled
+    runs) the scenario is inconclusive."""
     runs: Annotated[int, Field(ge=1, le=1000)] | None = None
     """A fixed count instead of min_runs and max_runs: each scenario runs exactly this often."""
     boot_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0

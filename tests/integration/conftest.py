@@ -41,6 +41,9 @@ def results_dir(tmp_path_factory):
 # One real run of the default matrix's Debian 12 cells serves every test that needs a run to
 # look at (the cell itself, the output formats, the pin files): each such run costs minutes.
 SHARED_CELLS = ("debian-12-release", "debian-12-backports")
+# The default policy needs two nights for `safe` (31 clean runs); these tests look at a decided
+# run, not at the statistics (test_verdicts and test_evidence do): four clean runs decide here.
+SHARED_POLICY = {"unsafe_failure_rate": 0.5, "confidence": 0.9, "max_runs": 8}
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,16 @@ class SharedRun:
 @pytest.fixture(scope="session")
 def debian12_run(engine, tmp_path_factory):
     from tests.cli import invoke
+    from tests.integration.live import small_matrix
 
     results_dir = tmp_path_factory.mktemp("debian-12-run")
+    matrix = small_matrix(
+        tmp_path_factory.mktemp("debian-12-matrix"), SHARED_CELLS, SHARED_POLICY, scenarios=None
+    )
     summary = results_dir / "step-summary.md"
     with pytest.MonkeyPatch.context() as patch:  # the CLI inherits the environment
         patch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-        done = invoke(
-            "matrix.run", "--cells", ",".join(SHARED_CELLS), results_dir=results_dir, timeout=5400
-        )
+        done = invoke("matrix.run", "--matrix", str(matrix), results_dir=results_dir, timeout=5400)
     assert (results_dir / "latest.json").exists(), done.stderr[-3000:]
     data = json.loads((results_dir / "latest.json").read_text())
     return SharedRun(results_dir, done, data, summary)

@@ -34,14 +34,18 @@ ONE_RUN_DECIDES = {
 
 
 def small_matrix(
-    directory: Path, cells: list[str] = CELLS, policy: dict[str, Any] | None = None
+    directory: Path,
+    cells: list[str] | tuple[str, ...] = CELLS,
+    policy: dict[str, Any] | None = None,
+    scenarios: list[str] | None = SCENARIOS,
 ) -> Path:
-    """matrix.yaml cut down to some cells and the scenarios above, with its lock file beside it:
-    the cells render as in the repository's matrix, so their built images are reused. `policy`
-    overrides ONE_RUN_DECIDES."""
+    """matrix.yaml cut down to some cells and `scenarios` (None: the matrix's own), with its lock
+    file beside it: the cells render as in the repository's matrix, so their built images are
+    reused. `policy` overrides ONE_RUN_DECIDES."""
     data = yaml.safe_load((ROOT / "matrix.yaml").read_text())
     data["cells"] = [c for c in data["cells"] if (c.get("id") or _default_id(c)) in cells]
-    data["scenarios"] = SCENARIOS
+    if scenarios is not None:
+        data["scenarios"] = scenarios
     data.pop("migrations", None)  # between cells of the whole matrix; not under test here
     timeouts = {k: v for k, v in data.get("policy", {}).items() if k.endswith("_timeout")}
     data["policy"] = {**timeouts, **ONE_RUN_DECIDES, **(policy or {})}

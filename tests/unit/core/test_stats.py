@@ -163,14 +163,14 @@ def test_no_decision_before_min_runs():
 def test_from_policy_and_a_fixed_count():
     policy = Policy()
     rule = StopRule.from_policy(policy)
-    assert (rule.safe_rate, rule.unsafe_rate, rule.confidence) == (0.01, 0.25, 0.95)
-    assert (rule.min_runs, rule.max_runs) == (1, 30)
+    assert (rule.safe_rate, rule.unsafe_rate, rule.confidence) == (0.01, 0.1, 0.95)
+    assert (rule.min_runs, rule.max_runs) == (1, 16)
     fixed = StopRule.from_policy(policy, runs=3)
     assert (fixed.min_runs, fixed.max_runs) == (3, 3)
     assert StopRule.from_policy(Policy(runs=12)).max_runs == 12
     # A fixed count is judged at its last run only.
     assert fixed.walk([True, False, False]).status is None
-    assert StopRule.from_policy(policy, runs=12).walk([False] * 12).status == "safe"
+    assert StopRule.from_policy(policy, runs=31).walk([False] * 31).status == "safe"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,15 @@ import pytest
 
 from harness.core.fingerprint import fingerprint
 from harness.core.model import Threshold
-from harness.core.results import BuildResult, FailureCause, RunResult, SmokeRun, Status, worst
+from harness.core.results import (
+    BuildResult,
+    FailureCause,
+    Prior,
+    RunResult,
+    SmokeRun,
+    Status,
+    worst,
+)
 from harness.core.stats import Decision, StopRule
 from harness.stages.judge import (
     judge_cell,
@@ -301,11 +309,23 @@ def test_results_from_before_causes_are_read():
 
 
 def test_judge_scenarios_with_the_default_policy():
-    clean = {"runs": [[result("boot", "pass")]] * 11}
+    """p0 0.01 against p1 0.1 at 0.95, at most 16 runs a night: a clean scenario needs 31 runs,
+    so one night leaves it inconclusive and the second, pooled with the first, decides it."""
+    night = {"runs": [[result("boot", "pass")]] * 16}
     flaky = {"runs": [[result("boot", "fail", "no marker")], [result("boot", "pass")]] * 2}
     short = {"runs": [[result("boot", "pass")]] * 10}
-    (boot,) = judge_scenarios(clean)
-    assert (boot.status, boot.runs, boot.interval) == (Status.SAFE, 11, [0.0, 0.2589])
+    (boot,) = judge_scenarios(night)
+    assert (boot.status, boot.runs, boot.interval) == (Status.INCONCLUSIVE, 16, [0.0, 0.1937])
+    assert boot.decision == (
+        "no decision within max_runs=16: 0 of 16 runs failed;"
+        " needs at least 15 more runs, all passing, to be safe"
+    )
+    first = Prior("k", "2026-11-27T00:00:00+00:00", {"boot": "P" * 16}, {"boot": 1})
+    (boot,) = judge_scenarios({"runs": [[result("boot", "pass")]] * 15}, prior=first)
+    assert (boot.status, boot.runs, boot.interval) == (Status.SAFE, 15, [0.0, 0.1103])
+    assert boot.decision.startswith(
+        "SPRT accepted p<=0.01 against p>=0.1 at 0.95 confidence: 0 of 31 runs failed"
+    )
     (boot,) = judge_scenarios(flaky)
     assert (boot.status, boot.failure_rate) == (Status.FLAKY, 0.5)
     assert boot.decision == (
@@ -314,8 +334,8 @@ def test_judge_scenarios_with_the_default_policy():
     (boot,) = judge_scenarios(short)
     assert boot.status is Status.INCONCLUSIVE
     assert boot.decision == (
-        "no decision, stopped before max_runs=30: 0 of 10 runs failed;"
-        " needs at least 1 more run, all passing, to be safe"
+        "no decision, stopped before max_runs=16: 0 of 10 runs failed;"
+        " needs at least 21 more runs, all passing, to be safe"
     )
 
 
