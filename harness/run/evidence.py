@@ -16,6 +16,8 @@ left out.
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +31,19 @@ KEY_LENGTH = 16  # hex digits: 64 bits, far from any collision among a gate's ex
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def content_digest(tar: bytes) -> str:
+    """The digest of a tar's files, names and contents only: the guest's tar as the engine
+    exported it carries the time each file was built, which must not make a rebuilt guest (a
+    fresh CI runner's) a new experiment."""
+    parts = hashlib.sha256()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for member in sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name):
+            handle = archive.extractfile(member)
+            content = handle.read() if handle else b""
+            parts.update(f"{member.name}\0{len(content)}\0".encode() + content)
+    return parts.hexdigest()
 
 
 def definition(cell: Cell) -> str:

@@ -426,7 +426,7 @@ class Run(Images):
             return None
         with self.lock:
             if engine.name not in self.guest_digests:
-                self.guest_digests[engine.name] = evidence.digest(
+                self.guest_digests[engine.name] = evidence.content_digest(
                     self.guests[engine.name].read_bytes()
                 )
             guest = self.guest_digests[engine.name]

@@ -4,7 +4,9 @@ pool across runs of the matrix; anything else changing starts afresh; old runs e
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import tarfile
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -48,6 +50,25 @@ def test_the_key_changes_with_each_part_and_needs_the_packages():
     ]
     assert base not in changed and len(set(changed)) == 4
     assert evidence.key(None, "r" * 64, "g" * 64, "tcg") is None
+
+
+def test_the_guest_is_named_by_its_files_not_by_when_they_were_built():
+    def tar(files: dict[str, bytes], mtime: int) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for name, content in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(content), mtime
+                archive.addfile(info, io.BytesIO(content))
+        return buffer.getvalue()
+
+    files = {"guest/vmlinuz": b"kernel", "guest/initramfs.img": b"initramfs"}
+    built = evidence.content_digest(tar(files, 1_700_000_000))
+    assert evidence.content_digest(tar(dict(reversed(files.items())), 1_800_000_000)) == built
+    changed = {**files, "guest/vmlinuz": b"another kernel"}
+    assert evidence.content_digest(tar(changed, 1_700_000_000)) != built
+    renamed = {"guest/bzImage": b"kernel", "guest/initramfs.img": b"initramfs"}
+    assert evidence.content_digest(tar(renamed, 1_700_000_000)) != built
 
 
 def test_prior_pools_the_same_key_oldest_first_and_leaves_out_the_rest():

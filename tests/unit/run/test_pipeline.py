@@ -18,6 +18,7 @@ import pytest
 from harness.core.errors import EngineError, InputError, Interrupted
 from harness.core.options import RunOptions, SmokeJob
 from harness.core.results import Found, Status
+from harness.engine.client import tar_of
 from harness.engine.protocol import Engine
 from harness.run import checkpoint, history, pipeline
 from harness.run.engines import DockerEngine
@@ -409,7 +410,7 @@ class Recorded(Fake):
 
     def __init__(self, tmp_path: Path):
         super().__init__(tmp_path)
-        self.guest.write_bytes(b"the guest")
+        self.guest.write_bytes(tar_of([("guest/vmlinuz", b"the guest", 0o644)]))
         self.priors: dict[str, dict[str, str]] = {}
 
     def build_cell(self, cell, base_id, log_dir, timeout, cache):
