@@ -288,6 +288,9 @@ class Run(Images):
         # Cells not in the run whose images its upgrade migrations start from (upgrade_sources)
         self.sources = upgrade_sources(options.matrix, cells) if options.build else {}
         self.sources_lock = threading.Lock()  # one build of each at a time
+        # Cells waiting for another's smoke test of their experiment: off the --jobs slots.
+        self.followers: list[threading.Thread] = []
+        self.follower_failures: list[BaseException] = []
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
@@ -305,6 +308,7 @@ class Run(Images):
                 for cell in left:  # on no engine: judged as not built
                     engine = self.fleet.engines[0]
                     self.smoke(engine, cell, self.build(engine, cell))
+                self.join_followers()
         except KeyboardInterrupt:
             self.interrupted()
         except ENGINE_FAILURES as exc:
@@ -343,6 +347,61 @@ class Run(Images):
         say(cell.id, f"smoke test ({accel}){self.fleet.where(engine)}")
         prior = self.prior(engine, cell, built, accel)
         first, mine = self.claim(cell, prior)
+        if first is not None:  # waits for that smoke test without holding a --jobs slot
+            follower = threading.Thread(
+                target=self.follow,
+                args=(engine, cell, built, tag, accel, reason, prior, first),
+                name=f"follow-{cell.id}",
+                daemon=True,
+            )
+            with self.lock:
+                self.followers.append(follower)
+            follower.start()
+            return
+        self.tested_and_judged(engine, cell, built, tag, accel, reason, prior, None, mine)
+
+    def follow(
+        self,
+        engine: Engine,
+        cell: Cell,
+        built: BuildResult,
+        tag: str,
+        accel: str,
+        reason: str | None,
+        prior: Prior | None,
+        first: Tested,
+    ) -> None:
+        try:
+            self.tested_and_judged(engine, cell, built, tag, accel, reason, prior, first, None)
+        except BaseException as exc:  # handed to the run's thread by join_followers
+            with self.lock:
+                self.follower_failures.append(exc)
+
+    def join_followers(self) -> None:
+        """Waits for the cells judged on another's smoke test (each wait is bounded by that
+        smoke test's own bounds, and ends on an interrupt); raises what failed in one."""
+        with self.lock:
+            followers = list(self.followers)
+        for follower in followers:
+            while follower.is_alive():
+                follower.join(1.0)
+        if self.follower_failures:
+            raise self.follower_failures[0]
+
+    def tested_and_judged(
+        self,
+        engine: Engine,
+        cell: Cell,
+        built: BuildResult,
+        tag: str,
+        accel: str,
+        reason: str | None,
+        prior: Prior | None,
+        first: Tested | None,
+        mine: Tested | None,
+    ) -> None:
+        """The cell judged on the smoke test of `first` (the cell of the run testing the same
+        experiment), or on its own when there is none or that one got no report."""
         smoke = first.wait(self.stop) if first else None
         if smoke is not None:
             assert first is not None and prior is not None

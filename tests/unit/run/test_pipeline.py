@@ -459,6 +459,33 @@ def test_a_second_run_starts_from_the_first_runs_outcomes_of_the_same_experiment
         assert (cell.evidence or {})["since"] == first.started
 
 
+def test_a_cell_waiting_for_another_ones_smoke_test_leaves_its_slot_to_the_next_cell(
+    tmp_path, fake
+):
+    """debian-12-backports is the experiment debian-12-release is testing: with two slots,
+    debian-13-release is smoke-tested while debian-12-release still is."""
+    recorded = Recorded(tmp_path)
+    started = threading.Event()
+
+    def during(cell_id: str, stop: threading.Event) -> None:
+        if cell_id == "debian-13-release":
+            started.set()
+        elif cell_id == "debian-12-release":
+            started.wait(WAIT)
+
+    recorded.during = during
+    result, _ = run(recorded, recorded, matrix=sequential(tmp_path), jobs=2)
+    assert started.is_set()
+    cells = {c.id: c for c in result.cells}
+    assert [c.id for c in result.cells] == [
+        "debian-12-release",
+        "debian-12-backports",
+        "debian-13-release",
+    ]
+    assert (cells["debian-12-backports"].evidence or {})["tested_as"] == "debian-12-release"
+    assert cells["debian-12-backports"].scenarios == cells["debian-12-release"].scenarios
+
+
 def test_cells_of_one_experiment_but_another_template_are_tested_apart(tmp_path, fake):
     recorded = Recorded(tmp_path)
     text = Path(sequential(tmp_path)).read_text()
