@@ -237,6 +237,11 @@ class Policy(Strict):
     """A scenario that has not finished by then fails, whatever it was waiting on."""
     cell_timeout: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     """A cell's smoke test starts no scenario after this; the runs it has are judged."""
+    run_timeout: Annotated[float, Field(gt=0, le=604800)] | None = None
+    """No smoke test of a run starts a scenario after this many seconds from the run's start:
+    each cell's smoke test gets its share of the time left (the time left x the run's slots /
+    the cells still to test, at most cell_timeout). What ran is judged; what did not pools with
+    the next run. None: no limit."""
     build_timeout: Annotated[float, Field(gt=0, le=36000)] = 1800.0
     evidence_days: Annotated[int, Field(ge=0, le=3650)] = 30
     """Runs of the same experiment (the cell's evidence key) this recent pool with a new one's;

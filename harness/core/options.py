@@ -123,3 +123,5 @@ class SmokeJob:
     # Earlier runs of the same experiment, by scenario ("PF...", oldest first): the runner's
     # sequential test starts from them, so a scenario they decided does not run again.
     prior: Mapping[str, str] = field(default_factory=dict)
+    # The smoke test's own time, when the run's run_timeout leaves it less than cell_timeout.
+    cell_timeout: float | None = None

@@ -16,6 +16,7 @@ import os
 import platform
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -291,12 +292,17 @@ class Run(Images):
         # Cells waiting for another's smoke test of their experiment: off the --jobs slots.
         self.followers: list[threading.Thread] = []
         self.follower_failures: list[BaseException] = []
+        # The policy's run_timeout: counted from here; shared among the cells still to test.
+        self.started_at = time.monotonic()
+        self.to_test = 0  # set by execute: the cells this run judges
+        self.handled = 0  # cells whose smoke step has begun (tested, waiting, or not built)
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
         An interrupt or an engine's failure ends the run with what finished, published under its
         own id only."""
         todo = tuple(cell for cell in self.cells if cell.id not in self.results)
+        self.to_test = len(todo)
         log = self.options.run_dir(self.run_id) / "progress.log"
         try:
             with bar(len(todo), log) as self.bar:
@@ -337,6 +343,7 @@ class Run(Images):
             return
         with self.lock:
             self.builds[cell.id] = built
+            self.handled += 1
         tag = built.image
         if not built.ok or tag is None:
             self.keep(judge_cell(cell, built, None, self.matrix.thresholds))
@@ -412,6 +419,7 @@ class Run(Images):
             return
         else:  # the first to test the experiment (or the first got no report: tested again)
             job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id, prior)
+            job = dataclasses.replace(job, cell_timeout=self.time_share())
             try:
                 smoke = engine.smoke(job)
             finally:
@@ -427,6 +435,21 @@ class Run(Images):
             return
         self.keep(verdict)
         say(cell.id, f"{verdict.status}" + (f": {verdict.reason}" if verdict.reason else ""))
+
+    def time_share(self) -> float | None:
+        """Under the policy's run_timeout, the seconds a smoke test starting now may use: the
+        time left, shared among the slots and the cells still to test (this one included), at
+        most cell_timeout (at least 1 s: a smoke test past the limit reports its scenarios
+        undecided, with the runs they need)."""
+        policy = self.matrix.policy
+        if policy.run_timeout is None:
+            return None
+        left = policy.run_timeout - (time.monotonic() - self.started_at)
+        slots = (self.options.jobs or schedule.default_jobs()) * len(self.fleet.engines)
+        with self.lock:
+            cells = max(self.to_test - self.handled + 1, 1)
+        share = left if cells <= slots else left * slots / cells
+        return round(max(1.0, min(share, policy.cell_timeout)), 1)
 
     def build_sources(self, engine: Engine, cell: Cell) -> None:
         """The images the upgrade migrations into the cell start from, built on the engine if

@@ -146,6 +146,11 @@ def parser():
     parser.add_argument(
         "--cell-timeout", type=float, default=3600.0, help="no scenario starts after this"
     )
+    parser.add_argument(
+        "--time-reason",
+        default="its cell_timeout",
+        help="what --cell-timeout is, for the report",
+    )
     parser.add_argument("--kvm-probe-timeout", type=float, default=20.0)
     parser.add_argument("--accel-reason", help="why the host chose --accel, for the report")
     parser.add_argument("--list", action="store_true", help="print the scenario names and exit")
@@ -217,7 +222,7 @@ def main(argv=None):
         if supervisor.aborted:
             return supervisor.aborted
         if time.monotonic() > deadline:
-            return f"the cell reached its cell_timeout of {args.cell_timeout:.0f} s"
+            return f"the cell reached {args.time_reason} of {args.cell_timeout:.0f} s"
         return None
 
     try:

@@ -69,9 +69,11 @@ def judge_scenarios(
     """Each scenario's verdict: by the sequential test over its runs in order, after the earlier
     runs of the same experiment when there are any (`prior`)."""
     by_name: dict[str, list[ScenarioRun]] = {}
-    # A scenario its earlier runs had decided does not run again: judged on those alone.
+    # Every scenario asked for, in order: one its earlier runs had decided does not run again
+    # and is judged on those alone; one the cell's time ran out before is judged on what it has.
+    inapplicable = {entry["name"] for entry in report.get("not_applicable") or []}
     for name, decided in (report.get("decisions") or {}).items():
-        if prior and prior.outcomes.get(name) and decided not in (None, "not-applicable"):
+        if decided != "not-applicable" and name not in inapplicable:
             by_name[name] = []
     for run in report.get("runs", []):
         for result in run:

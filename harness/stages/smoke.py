@@ -185,8 +185,10 @@ def _command(job: SmokeJob, scenarios: list[str], rule: StopRule) -> list[str]:
         "--scenario-timeout",
         str(policy.scenario_timeout),
         "--cell-timeout",
-        str(policy.cell_timeout),
+        str(policy.cell_timeout if job.cell_timeout is None else job.cell_timeout),
     ]
+    if job.cell_timeout is not None and job.cell_timeout < policy.cell_timeout:
+        command += ["--time-reason", "its share of the run's run_timeout"]
     if job.accel_reason:
         command += ["--accel-reason", job.accel_reason]
     if rule.prior_runs:

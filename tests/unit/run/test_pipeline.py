@@ -462,28 +462,60 @@ def test_a_second_run_starts_from_the_first_runs_outcomes_of_the_same_experiment
 def test_a_cell_waiting_for_another_ones_smoke_test_leaves_its_slot_to_the_next_cell(
     tmp_path, fake
 ):
-    """debian-12-backports is the experiment debian-12-release is testing: with two slots,
-    debian-13-release is smoke-tested while debian-12-release still is."""
+    """debian-12-release and debian-12-backports are one experiment: with two slots, the one
+    that waits for the other's smoke test leaves its slot to debian-13-release, which is
+    smoke-tested while that smoke test still runs."""
     recorded = Recorded(tmp_path)
     started = threading.Event()
 
     def during(cell_id: str, stop: threading.Event) -> None:
         if cell_id == "debian-13-release":
             started.set()
-        elif cell_id == "debian-12-release":
+        else:  # the Debian 12 cell that tests the experiment
             started.wait(WAIT)
 
     recorded.during = during
     result, _ = run(recorded, recorded, matrix=sequential(tmp_path), jobs=2)
     assert started.is_set()
     cells = {c.id: c for c in result.cells}
-    assert [c.id for c in result.cells] == [
-        "debian-12-release",
-        "debian-12-backports",
-        "debian-13-release",
-    ]
-    assert (cells["debian-12-backports"].evidence or {})["tested_as"] == "debian-12-release"
+    assert list(cells) == ["debian-12-release", "debian-12-backports", "debian-13-release"]
+    tested_as = {c: (cells[c].evidence or {}).get("tested_as") for c in cells}
+    # Whichever claimed the experiment first tested it; the other was judged on its smoke test.
+    assert tested_as in (
+        {
+            "debian-12-release": None,
+            "debian-12-backports": "debian-12-release",
+            "debian-13-release": None,
+        },
+        {
+            "debian-12-release": "debian-12-backports",
+            "debian-12-backports": None,
+            "debian-13-release": None,
+        },
+    )
     assert cells["debian-12-backports"].scenarios == cells["debian-12-release"].scenarios
+
+
+def test_a_run_timeout_is_shared_among_the_cells_still_to_test(tmp_path, fake):
+    timeouts: dict[str, float | None] = {}
+    smoke = fake.smoke
+
+    def timed(job: SmokeJob):
+        timeouts[job.cell.id] = job.cell_timeout
+        return smoke(job)
+
+    fake.smoke = timed  # type: ignore[method-assign]
+    run(fake)
+    assert set(timeouts.values()) == {None}  # no run_timeout: the runner keeps cell_timeout
+    matrix = tmp_path / "matrix.yaml"
+    text = UNIT_MATRIX.read_text()
+    assert "\n  runs: 1\n" in text
+    matrix.write_text(text.replace("\n  runs: 1\n", "\n  runs: 1\n  run_timeout: 600\n"))
+    run(fake, matrix=str(matrix))
+    # One slot: the first of three cells gets a third of the time, the next half of what is
+    # left, the last all of it.
+    shares = [timeouts[c] for c in CELLS]
+    assert shares == [pytest.approx(s, abs=5) for s in (200, 300, 600)], shares
 
 
 def test_cells_of_one_experiment_but_another_template_are_tested_apart(tmp_path, fake):

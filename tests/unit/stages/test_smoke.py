@@ -3,6 +3,8 @@ or shape is the cell's error, with a one-line reason, and never reaches the judg
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from harness.core.results import BuildResult, Status
@@ -58,3 +60,24 @@ def test_a_report_of_another_format_or_shape_is_the_cells_error(smoke_of, report
     assert smoke.report is None and smoke.error == reason
     assert verdict.status == Status.ERROR and verdict.reason == reason
     assert "\n" not in reason
+
+
+def test_the_runner_gets_the_cells_share_of_the_run_timeout(unit_matrix, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "smoke_tar", lambda: b"smoke")
+    cell, matrix, guest = smoke_args(unit_matrix, tmp_path, "debian-12-release", ("boot",))
+
+    def command(cell_timeout):
+        engine = Recorder()
+        smoke_job = dataclasses.replace(
+            job(cell, "img", matrix, guest, tmp_path / "logs"), cell_timeout=cell_timeout
+        )
+        runner.run_cell(engine, smoke_job)  # type: ignore[arg-type]
+        (argv,) = [c[1][1] for c in engine.calls if c[0] == "exec_create" and "smoke" in c[1][1]]
+        return argv
+
+    plain = command(None)
+    assert plain[plain.index("--cell-timeout") + 1] == str(matrix.policy.cell_timeout)
+    assert "--time-reason" not in plain
+    shared = command(120.0)
+    assert shared[shared.index("--cell-timeout") + 1] == "120.0"
+    assert shared[shared.index("--time-reason") + 1] == "its share of the run's run_timeout"
