@@ -420,6 +420,27 @@ def test_a_cell_the_runner_stopped_early_says_why_and_judges_what_ran(cell, thre
     assert verdict.reason.startswith(f"stopped early: {why}; boot: ")
 
 
+def test_scenarios_the_cells_time_ran_out_before_are_undecided_with_the_runs_they_need(
+    cell, thresholds
+):
+    passing = {"name": "boot", "status": "pass", "error": None, "duration_s": 1.0}
+    why = "the cell reached its share of the run's run_timeout of 1 s"
+    decisions = {"boot": None, "reboot": None, "teardown": None}
+    report = {**REPORT, "runs": [[passing]], "aborted": why, "decisions": decisions}
+    verdict = judge_cell(cell, BUILT, SmokeRun(cell.id, report), thresholds)
+    assert [s.name for s in verdict.scenarios] == ["boot", "reboot", "teardown"]
+    boot, reboot, teardown = verdict.scenarios
+    assert (boot.status, boot.runs) == (Status.INCONCLUSIVE, 1)
+    for scenario in (reboot, teardown):
+        assert (scenario.status, scenario.runs, scenario.failure_rate) == (
+            Status.INCONCLUSIVE,
+            0,
+            None,
+        )
+        assert scenario.decision.endswith("needs at least 31 more runs, all passing, to be safe")
+    assert verdict.reason.startswith(f"stopped early: {why}; boot: ")
+
+
 def test_judge_cell_from_a_report(cell, thresholds):
     smoke = SmokeRun(cell.id, REPORT, log_dir="/logs/x", rule=SHORT)
     verdict = judge_cell(cell, BUILT, smoke, thresholds)
