@@ -295,7 +295,8 @@ class Run(Images):
         # The policy's run_timeout: counted from here; shared among the cells still to test.
         self.started_at = time.monotonic()
         self.to_test = 0  # set by execute: the cells this run judges
-        self.handled = 0  # cells whose smoke step has begun (tested, waiting, or not built)
+        self.handled: set[str] = set()  # cells whose smoke step has begun
+        self.untestable: set[str] = set()  # cells whose image could not be built or found
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
@@ -333,7 +334,11 @@ class Run(Images):
 
     def build(self, engine: Engine, cell: Cell) -> BuildResult:
         """Builds (or finds) the cell's image on the engine; kept once it is smoke-tested."""
-        return self.image(engine, cell) if self.options.build else engine.existing_image(cell)
+        built = self.image(engine, cell) if self.options.build else engine.existing_image(cell)
+        if not built.ok:
+            with self.lock:
+                self.untestable.add(cell.id)
+        return built
 
     def smoke(self, engine: Engine, cell: Cell, built: BuildResult) -> None:
         """Smoke-tests and judges the cell's image on the engine, and keeps the verdict."""
@@ -343,7 +348,7 @@ class Run(Images):
             return
         with self.lock:
             self.builds[cell.id] = built
-            self.handled += 1
+            self.handled.add(cell.id)
         tag = built.image
         if not built.ok or tag is None:
             self.keep(judge_cell(cell, built, None, self.matrix.thresholds))
@@ -446,8 +451,8 @@ class Run(Images):
             return None
         left = policy.run_timeout - (time.monotonic() - self.started_at)
         slots = (self.options.jobs or schedule.default_jobs()) * len(self.fleet.engines)
-        with self.lock:
-            cells = max(self.to_test - self.handled + 1, 1)
+        with self.lock:  # this cell is handled: it is one of those still to test
+            cells = max(self.to_test - len(self.handled | self.untestable) + 1, 1)
         share = left if cells <= slots else left * slots / cells
         return round(max(1.0, min(share, policy.cell_timeout)), 1)
 
