@@ -320,6 +320,12 @@ COMPONENT_PACKAGES: dict[str, tuple[str, ...]] = {
     "libvirt": ("libvirt-daemon", "libvirt-daemon-driver-qemu", "python3-libvirt"),
     "qemu": ("qemu-system-x86", "qemu-utils"),
 }
+# What every compute node has beside them, from the release: libvirt-daemon-system depends on
+# iptables (or firewalld). Without it, the nwfilter driver's start-up `iptables -w --version`
+# fails to exec, and the forked child's error path (gettext, not safe after fork) can deadlock on
+# glibc's locale lock if the nodedev thread holds it: the daemon never finishes starting and a
+# connection never opens, about once in 500 starts. No real node meets that path.
+NODE_PACKAGES = ("iptables",)
 VERSION_LABEL_PACKAGES = ("libvirt-daemon", "qemu-system-x86", "python3-libvirt")
 # Of COMPONENT_PACKAGES, those a release does not have because another still holds their files:
 # Ubuntu 18.04's libvirt-daemon has the QEMU driver, a package of its own from 20.04 on.

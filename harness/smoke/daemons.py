@@ -164,6 +164,24 @@ def restart(name, timeout=60.0, stop_timeout=STOP_TIMEOUT):
     return conn
 
 
+def children(pids):
+    """The processes whose parent is one of pids: a daemon's forked helper keeps the name of the
+    thread that forked it (libvirtd's "daemon-init") until it executes its program, so pidof
+    does not find one stuck before that."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in pids:
+            found.append(int(entry))
+    return found
+
+
 def qemu_pids():
     pids = []
     for entry in os.listdir("/proc"):

@@ -150,7 +150,8 @@ class Supervisor:
         if self.worker is not None:
             self.worker.kill()
             self.worker = None
-        daemons.kill(daemons.pidof(self.daemon) + daemons.qemu_pids())
+        pids = daemons.pidof(self.daemon)
+        daemons.kill(pids + daemons.children(pids) + daemons.qemu_pids())
 
     def renew(self):
         self.discard()

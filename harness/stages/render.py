@@ -13,6 +13,7 @@ from ..core.model import (
     COMPONENT_PACKAGES,
     DEB_PACKAGE_RE,
     DEB_VERSION_RE,
+    NODE_PACKAGES,
     NOT_YET_SPLIT,
     Base,
     Cell,
@@ -50,14 +51,16 @@ def source_suite(source: Source, base: Base, name: str = "") -> str:
 
 def packages(cell: Cell) -> list[str]:
     """What apt-get install is given: a locked package as NAME=VERSION, so a version the archive
-    no longer serves fails the build (and makes the cell unavailable) instead of drifting."""
+    no longer serves fails the build (and makes the cell unavailable) instead of drifting; then
+    what every node has beside them (NODE_PACKAGES), as the release has it."""
     absent = NOT_YET_SPLIT.get((cell.base.distro, cell.base.release), frozenset())
     names = [p for c in cell.components for p in COMPONENT_PACKAGES[c.component] if p not in absent]
     locked = cell.locked_versions
     for name in names:  # every value reaching the Dockerfile has passed a strict grammar
         assert DEB_PACKAGE_RE.fullmatch(name), name
         assert name not in locked or DEB_VERSION_RE.fullmatch(locked[name]), locked[name]
-    return [f"{name}={locked[name]}" if name in locked else name for name in names]
+    pinned = [f"{name}={locked[name]}" if name in locked else name for name in names]
+    return pinned + [name for name in NODE_PACKAGES if name not in names]
 
 
 def apt_options(source: Source) -> list[str]:

@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt '11.3.0-2~bpo12+1' \
     && /opt/hvgate/bin/pin-version src:libvirt-python 9.0.0-1 \
     && /opt/hvgate/bin/pin-version src:qemu '1:10.0.2+ds-2+deb13u1~bpo12+1' \
-    && /opt/hvgate/bin/pin-closure bookworm-backports -- 'libvirt-daemon=11.3.0-2~bpo12+1' libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 'qemu-system-x86=1:10.0.2+ds-2+deb13u1~bpo12+1' qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-2~bpo12+1 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:10.0.2+ds-2+deb13u1~bpo12+1 qemu-utils \
+    && /opt/hvgate/bin/pin-closure bookworm-backports -- 'libvirt-daemon=11.3.0-2~bpo12+1' libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 'qemu-system-x86=1:10.0.2+ds-2+deb13u1~bpo12+1' qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-2~bpo12+1 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:10.0.2+ds-2+deb13u1~bpo12+1 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt 9.0.0-4+deb12u2 \
     && /opt/hvgate/bin/pin-version src:libvirt-python 9.0.0-1 \
     && /opt/hvgate/bin/pin-version src:qemu 1:7.2+dfsg-7+deb12u18+b3 \
-    && /opt/hvgate/bin/pin-closure bookworm -- libvirt-daemon=9.0.0-4+deb12u2 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=9.0.0-4+deb12u2 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3 qemu-utils \
+    && /opt/hvgate/bin/pin-closure bookworm -- libvirt-daemon=9.0.0-4+deb12u2 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=9.0.0-4+deb12u2 libvirt-daemon-driver-qemu python3-libvirt=9.0.0-1 qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

@@ -16,8 +16,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-source src:libvirt-python trixie-backports 100 \
     && /opt/hvgate/bin/pin-version src:qemu '1:11.1.3+ds-1~bpo13+1' \
     && /opt/hvgate/bin/pin-source src:qemu trixie 100 \
-    && /opt/hvgate/bin/pin-closure trixie trixie-backports -- libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 'qemu-system-x86=1:11.1.3+ds-1~bpo13+1' qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:11.1.3+ds-1~bpo13+1 qemu-utils \
+    && /opt/hvgate/bin/pin-closure trixie trixie-backports -- libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 'qemu-system-x86=1:11.1.3+ds-1~bpo13+1' qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:11.1.3+ds-1~bpo13+1 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

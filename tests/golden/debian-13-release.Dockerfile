@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt 11.3.0-3+deb13u3 \
     && /opt/hvgate/bin/pin-version src:libvirt-python 11.3.0-1 \
     && /opt/hvgate/bin/pin-version src:qemu 1:10.0.13+ds-0+deb13u1 \
-    && /opt/hvgate/bin/pin-closure trixie -- libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:10.0.13+ds-0+deb13u1 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:10.0.13+ds-0+deb13u1 qemu-utils \
+    && /opt/hvgate/bin/pin-closure trixie -- libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:10.0.13+ds-0+deb13u1 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=11.3.0-3+deb13u3 libvirt-daemon-driver-qemu python3-libvirt=11.3.0-1 qemu-system-x86=1:10.0.13+ds-0+deb13u1 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

@@ -13,8 +13,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-source src:libvirt jammy-updates/caracal 990 \
     && /opt/hvgate/bin/pin-source src:libvirt-python jammy-updates/caracal 990 \
     && /opt/hvgate/bin/pin-source src:qemu jammy-updates/caracal 990 \
-    && /opt/hvgate/bin/pin-closure jammy-updates/caracal -- libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils \
+    && /opt/hvgate/bin/pin-closure jammy-updates/caracal -- libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon libvirt-daemon-driver-qemu python3-libvirt qemu-system-x86 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

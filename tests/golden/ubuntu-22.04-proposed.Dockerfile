@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt 8.0.0-1ubuntu7.21 \
     && /opt/hvgate/bin/pin-version src:libvirt-python 8.0.0-1build1 \
     && /opt/hvgate/bin/pin-version src:qemu 1:6.2+dfsg-2ubuntu6.32 \
-    && /opt/hvgate/bin/pin-closure jammy-proposed -- libvirt-daemon=8.0.0-1ubuntu7.21 libvirt-daemon-driver-qemu python3-libvirt=8.0.0-1build1 qemu-system-x86=1:6.2+dfsg-2ubuntu6.32 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=8.0.0-1ubuntu7.21 libvirt-daemon-driver-qemu python3-libvirt=8.0.0-1build1 qemu-system-x86=1:6.2+dfsg-2ubuntu6.32 qemu-utils \
+    && /opt/hvgate/bin/pin-closure jammy-proposed -- libvirt-daemon=8.0.0-1ubuntu7.21 libvirt-daemon-driver-qemu python3-libvirt=8.0.0-1build1 qemu-system-x86=1:6.2+dfsg-2ubuntu6.32 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=8.0.0-1ubuntu7.21 libvirt-daemon-driver-qemu python3-libvirt=8.0.0-1build1 qemu-system-x86=1:6.2+dfsg-2ubuntu6.32 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt 10.0.0-2ubuntu8.19 \
     && /opt/hvgate/bin/pin-version src:libvirt-python 10.0.0-1build1 \
     && /opt/hvgate/bin/pin-version src:qemu 1:8.2.2+ds-0ubuntu1.19 \
-    && /opt/hvgate/bin/pin-closure noble-proposed -- libvirt-daemon=10.0.0-2ubuntu8.19 libvirt-daemon-driver-qemu python3-libvirt=10.0.0-1build1 qemu-system-x86=1:8.2.2+ds-0ubuntu1.19 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=10.0.0-2ubuntu8.19 libvirt-daemon-driver-qemu python3-libvirt=10.0.0-1build1 qemu-system-x86=1:8.2.2+ds-0ubuntu1.19 qemu-utils \
+    && /opt/hvgate/bin/pin-closure noble-proposed -- libvirt-daemon=10.0.0-2ubuntu8.19 libvirt-daemon-driver-qemu python3-libvirt=10.0.0-1build1 qemu-system-x86=1:8.2.2+ds-0ubuntu1.19 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=10.0.0-2ubuntu8.19 libvirt-daemon-driver-qemu python3-libvirt=10.0.0-1build1 qemu-system-x86=1:8.2.2+ds-0ubuntu1.19 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

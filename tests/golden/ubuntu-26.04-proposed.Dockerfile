@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt 12.0.0-1ubuntu5.7 \
     && /opt/hvgate/bin/pin-version src:libvirt-python 12.0.0-1build1 \
     && /opt/hvgate/bin/pin-version src:qemu 1:10.2.1+ds-1ubuntu3.3 \
-    && /opt/hvgate/bin/pin-closure resolute-proposed -- libvirt-daemon=12.0.0-1ubuntu5.7 libvirt-daemon-driver-qemu python3-libvirt=12.0.0-1build1 qemu-system-x86=1:10.2.1+ds-1ubuntu3.3 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=12.0.0-1ubuntu5.7 libvirt-daemon-driver-qemu python3-libvirt=12.0.0-1build1 qemu-system-x86=1:10.2.1+ds-1ubuntu3.3 qemu-utils \
+    && /opt/hvgate/bin/pin-closure resolute-proposed -- libvirt-daemon=12.0.0-1ubuntu5.7 libvirt-daemon-driver-qemu python3-libvirt=12.0.0-1build1 qemu-system-x86=1:10.2.1+ds-1ubuntu3.3 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=12.0.0-1ubuntu5.7 libvirt-daemon-driver-qemu python3-libvirt=12.0.0-1build1 qemu-system-x86=1:10.2.1+ds-1ubuntu3.3 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

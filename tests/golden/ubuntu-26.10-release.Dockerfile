@@ -12,8 +12,8 @@ RUN apt-get update \
     && /opt/hvgate/bin/pin-version src:libvirt 12.6.0-1ubuntu4 \
     && /opt/hvgate/bin/pin-version src:libvirt-python 12.6.0-1 \
     && /opt/hvgate/bin/pin-version src:qemu 1:11.0.3+ds-2ubuntu2 \
-    && /opt/hvgate/bin/pin-closure stonking -- libvirt-daemon=12.6.0-1ubuntu4 libvirt-daemon-driver-qemu python3-libvirt=12.6.0-1 qemu-system-x86=1:11.0.3+ds-2ubuntu2 qemu-utils \
-    && apt-get install -y --no-install-recommends libvirt-daemon=12.6.0-1ubuntu4 libvirt-daemon-driver-qemu python3-libvirt=12.6.0-1 qemu-system-x86=1:11.0.3+ds-2ubuntu2 qemu-utils \
+    && /opt/hvgate/bin/pin-closure stonking -- libvirt-daemon=12.6.0-1ubuntu4 libvirt-daemon-driver-qemu python3-libvirt=12.6.0-1 qemu-system-x86=1:11.0.3+ds-2ubuntu2 qemu-utils iptables \
+    && apt-get install -y --no-install-recommends libvirt-daemon=12.6.0-1ubuntu4 libvirt-daemon-driver-qemu python3-libvirt=12.6.0-1 qemu-system-x86=1:11.0.3+ds-2ubuntu2 qemu-utils iptables \
     && /opt/hvgate/bin/record-origins \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && /opt/hvgate/bin/configure-libvirt

@@ -94,6 +94,12 @@ def test_blocked_call_from_a_real_faulthandler_dump(smoke, tmp_path):
         while "scenarios.py" not in (stack.read_text() if stack.exists() else ""):
             assert time.monotonic() < deadline, "faulthandler wrote no stack"
             time.sleep(0.05)
+        # The dump is written thread by thread: read it once it has stopped growing.
+        seen = ""
+        while (text := stack.read_text()) != seen:
+            assert time.monotonic() < deadline, "faulthandler did not finish its dump"
+            seen = text
+            time.sleep(0.3)
     finally:
         process.kill()
         process.wait()
@@ -102,6 +108,16 @@ def test_blocked_call_from_a_real_faulthandler_dump(smoke, tmp_path):
         "libvirt",
         "the libvirt call create at scenarios.py:3",
     )
+
+
+def test_a_daemons_children_are_found_by_their_parent(smoke):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in smoke.daemons.children([os.getpid()])
+        assert child.pid not in smoke.daemons.children([child.pid])
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_blocked_call_elsewhere_is_the_runners(smoke):
@@ -245,6 +261,7 @@ def supervised(smoke, monkeypatch):
     monkeypatch.setattr(smoke.daemons, "kill", killed.extend)
     monkeypatch.setattr(smoke.daemons, "pidof", lambda name: [36])
     monkeypatch.setattr(smoke.daemons, "qemu_pids", lambda: [99])
+    monkeypatch.setattr(smoke.daemons, "children", lambda pids: [37] if pids == [36] else [])
     monkeypatch.setattr(smoke.daemons, "describe", lambda name: f"{name} 36 is stopped")
     stack = [
         "Thread 0x1 (most recent call first):",
@@ -277,7 +294,9 @@ def test_a_hung_libvirt_call_is_that_scenarios_failure_and_the_next_runs_renewed
         "libvirtd 36 is stopped"
     )
     assert hung["logs"]["threads"] == ["36/36 libvirtd: stopped"]
-    assert killed == [36, 99]  # the daemon and QEMU, after the evidence was taken
+    # The daemon, a helper it forked (stuck before it executed its program) and QEMU, after the
+    # evidence was taken.
+    assert killed == [36, 37, 99]
     assert supervisor.scenario("pause-resume", 20)["status"] == "pass"
     assert FakeWorker.started == 2  # a new worker on a new daemon
     assert FakeWorker.asked[-3:] == ["connect", "accel", "scenario"]
@@ -304,7 +323,7 @@ def test_a_failed_recovery_renews_everything(smoke, supervised):
     supervisor, killed, _ = supervised
     FakeWorker.script = [result("fail", "x"), {"error": "the daemon is gone"}, result("pass")]
     supervisor.scenario("snapshot-during-restart", 20)
-    assert killed == [36, 99]
+    assert killed == [36, 37, 99]
     assert supervisor.scenario("external-snapshot", 20)["status"] == "pass"
     assert FakeWorker.started == 2
 

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from harness.core.errors import ConfigurationError
-from harness.core.model import COMPONENT_PACKAGES
+from harness.core.model import COMPONENT_PACKAGES, NODE_PACKAGES
 from harness.core.paths import ROOT
 from harness.matrix.load import load
 from harness.stages.render import (
@@ -43,6 +43,7 @@ PACKAGES = (
     "python3-libvirt",
     "qemu-system-x86",
     "qemu-utils",
+    "iptables",  # NODE_PACKAGES: what every node has beside libvirt and QEMU
 )
 
 
@@ -319,7 +320,11 @@ def test_two_cloud_archive_pockets_in_one_cell(matrix_text, cells_of):
 
 def test_packages_follow_the_components(by_id):
     cell = by_id["debian-12-release"]
-    assert packages(cell) == [*COMPONENT_PACKAGES["libvirt"], *COMPONENT_PACKAGES["qemu"]]
+    assert packages(cell) == [
+        *COMPONENT_PACKAGES["libvirt"],
+        *COMPONENT_PACKAGES["qemu"],
+        *NODE_PACKAGES,
+    ]
 
 
 def test_a_package_not_yet_split_out_is_not_asked_for():
