@@ -297,6 +297,7 @@ class Run(Images):
         self.to_test = 0  # set by execute: the cells this run judges
         self.handled: set[str] = set()  # cells whose smoke step has begun
         self.untestable: set[str] = set()  # cells whose image could not be built or found
+        self.overruns: list[float] = []  # seconds smoke tests took beyond their share
 
     def execute(self) -> tuple[RunResult, dict[str, Path]]:
         """Every cell not finished yet (all but a resumed run's); then the results, published.
@@ -425,11 +426,15 @@ class Run(Images):
         else:  # the first to test the experiment (or the first got no report: tested again)
             job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id, prior)
             job = dataclasses.replace(job, cell_timeout=self.time_share())
+            began = time.monotonic()
             try:
                 smoke = engine.smoke(job)
             finally:
                 if mine is not None:
                     mine.finish(smoke)
+            if job.cell_timeout is not None and smoke.report is not None:
+                with self.lock:  # what the smoke test took beyond its share: setup, last scenario
+                    self.overruns.append(max(time.monotonic() - began - job.cell_timeout, 0.0))
         ran = (smoke.report.get("accel") if smoke.report else None) or accel
         if ran != accel:  # the runner fell back to another accelerator: another experiment
             prior = self.prior(engine, cell, built, ran)
@@ -443,9 +448,9 @@ class Run(Images):
 
     def time_share(self) -> float | None:
         """Under the policy's run_timeout, the seconds a smoke test starting now may use: the
-        time left, shared among the slots and the cells still to test (this one included), at
-        most cell_timeout (at least 1 s: a smoke test past the limit reports its scenarios
-        undecided, with the runs they need)."""
+        time left, shared among the slots and the cells still to test (this one included), less
+        what smoke tests take beyond their share, at most cell_timeout (at least 1 s: a smoke
+        test past the limit reports its scenarios undecided, with the runs they need)."""
         policy = self.matrix.policy
         if policy.run_timeout is None:
             return None
@@ -453,8 +458,11 @@ class Run(Images):
         slots = (self.options.jobs or schedule.default_jobs()) * len(self.fleet.engines)
         with self.lock:  # this cell is handled: it is one of those still to test
             cells = max(self.to_test - len(self.handled | self.untestable) + 1, 1)
+            # A smoke test takes a little more than its share (the container, the daemon, the
+            # scenario under way): as much as the finished ones did, on average, else 30 s.
+            overrun = sum(self.overruns) / len(self.overruns) if self.overruns else 30.0
         share = left if cells <= slots else left * slots / cells
-        return round(max(1.0, min(share, policy.cell_timeout)), 1)
+        return round(max(1.0, min(share - overrun, policy.cell_timeout)), 1)
 
     def build_sources(self, engine: Engine, cell: Cell) -> None:
         """The images the upgrade migrations into the cell start from, built on the engine if
