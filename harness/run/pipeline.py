@@ -361,34 +361,20 @@ class Run(Images):
         prior = self.prior(engine, cell, built, accel)
         first, mine = self.claim(cell, prior)
         if first is not None:  # waits for that smoke test without holding a --jobs slot
-            follower = threading.Thread(
-                target=self.follow,
-                args=(engine, cell, built, tag, accel, reason, prior, first),
-                name=f"follow-{cell.id}",
-                daemon=True,
-            )
+
+            def follow() -> None:
+                try:
+                    self.tested_and_judged(engine, cell, built, tag, accel, reason, prior, first)
+                except BaseException as exc:  # handed to the run's thread by join_followers
+                    with self.lock:
+                        self.follower_failures.append(exc)
+
+            follower = threading.Thread(target=follow, name=f"follow-{cell.id}", daemon=True)
             with self.lock:
                 self.followers.append(follower)
             follower.start()
             return
         self.tested_and_judged(engine, cell, built, tag, accel, reason, prior, None, mine)
-
-    def follow(
-        self,
-        engine: Engine,
-        cell: Cell,
-        built: BuildResult,
-        tag: str,
-        accel: str,
-        reason: str | None,
-        prior: Prior | None,
-        first: Tested,
-    ) -> None:
-        try:
-            self.tested_and_judged(engine, cell, built, tag, accel, reason, prior, first, None)
-        except BaseException as exc:  # handed to the run's thread by join_followers
-            with self.lock:
-                self.follower_failures.append(exc)
 
     def join_followers(self) -> None:
         """Waits for the cells judged on another's smoke test (each wait is bounded by that
@@ -411,7 +397,7 @@ class Run(Images):
         reason: str | None,
         prior: Prior | None,
         first: Tested | None,
-        mine: Tested | None,
+        mine: Tested | None = None,
     ) -> None:
         """The cell judged on the smoke test of `first` (the cell of the run testing the same
         experiment), or on its own when there is none or that one got no report."""

@@ -53,19 +53,28 @@ def _run_events():
             time.sleep(0.1)
 
 
+def processes(field):
+    """(pid, what field(pid) read from /proc) of every process it could read: gone ones and
+    unreadable files are left out."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found.append((int(entry), field(int(entry))))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _read(path, mode="r"):
+    with open(path, mode) as handle:
+        return handle.read()
+
+
 def pidof(name):
     """The ids of the processes whose command name is name."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as handle:
-                if handle.read().strip() == name:
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
+    comms = processes(lambda pid: _read(f"/proc/{pid}/comm").strip())
+    return [pid for pid, comm in comms if comm == name]
 
 
 def launch(name, timeout=30.0):
@@ -168,33 +177,13 @@ def children(pids):
     """The processes whose parent is one of pids: a daemon's forked helper keeps the name of the
     thread that forked it (libvirtd's "daemon-init") until it executes its program, so pidof
     does not find one stuck before that."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid in pids:
-            found.append(int(entry))
-    return found
+    parents = processes(lambda pid: int(_read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[1]))
+    return [pid for pid, parent in parents if parent in pids]
 
 
 def qemu_pids():
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv0 = handle.read().split(b"\0", 1)[0]
-        except OSError:
-            continue
-        if b"qemu-system" in argv0:
-            pids.append(int(entry))
-    return pids
+    argv0s = processes(lambda pid: _read(f"/proc/{pid}/cmdline", "rb").split(b"\0", 1)[0])
+    return [pid for pid, argv0 in argv0s if b"qemu-system" in argv0]
 
 
 def kill(pids):
