@@ -295,7 +295,8 @@ class Run(Images):
         # The policy's run_timeout: counted from here; shared among the cells still to test.
         self.started_at = time.monotonic()
         self.to_test = 0  # set by execute: the cells this run judges
-        self.handled: set[str] = set()  # cells whose smoke step has begun
+        # Cells that take no more of the run's time: tested, judged on another's smoke test.
+        self.done_testing: set[str] = set()
         self.untestable: set[str] = set()  # cells whose image could not be built or found
         self.overruns: list[float] = []  # seconds smoke tests took beyond their share
 
@@ -349,7 +350,6 @@ class Run(Images):
             return
         with self.lock:
             self.builds[cell.id] = built
-            self.handled.add(cell.id)
         tag = built.image
         if not built.ok or tag is None:
             self.keep(judge_cell(cell, built, None, self.matrix.thresholds))
@@ -372,6 +372,7 @@ class Run(Images):
             follower = threading.Thread(target=follow, name=f"follow-{cell.id}", daemon=True)
             with self.lock:
                 self.followers.append(follower)
+                self.done_testing.add(cell.id)  # waits, using none of the run's time
             follower.start()
             return
         self.tested_and_judged(engine, cell, built, tag, accel, reason, prior, None, mine)
@@ -411,11 +412,14 @@ class Run(Images):
             return
         else:  # the first to test the experiment (or the first got no report: tested again)
             job = self.job(engine, cell, tag, accel, reason, self.log_root / cell.id, prior)
-            job = dataclasses.replace(job, cell_timeout=self.time_share())
+            with self.lock:
+                job = dataclasses.replace(job, cell_timeout=self.time_share())
             began = time.monotonic()
             try:
                 smoke = engine.smoke(job)
             finally:
+                with self.lock:
+                    self.done_testing.add(cell.id)
                 if mine is not None:
                     mine.finish(smoke)
             if job.cell_timeout is not None and smoke.report is not None:
@@ -442,12 +446,13 @@ class Run(Images):
             return None
         left = policy.run_timeout - (time.monotonic() - self.started_at)
         slots = (self.options.jobs or schedule.default_jobs()) * len(self.fleet.engines)
-        with self.lock:  # this cell is handled: it is one of those still to test
-            cells = max(self.to_test - len(self.handled | self.untestable) + 1, 1)
-            # A smoke test takes a little more than its share (the container, the daemon, the
-            # scenario under way): as much as the finished ones did, on average, else 30 s.
-            overrun = sum(self.overruns) / len(self.overruns) if self.overruns else 30.0
-        share = left if cells <= slots else left * slots / cells
+        # Called under self.lock. The cells still to test, this one and those under way (which
+        # hold their slots for part of the time left) included.
+        cells = max(self.to_test - len(self.done_testing | self.untestable), 1)
+        # A smoke test takes a little more than its share (the container, the daemon, the
+        # scenario under way): as much as the finished ones did, on average, else 30 s.
+        overrun = sum(self.overruns) / len(self.overruns) if self.overruns else 30.0
+        share = left * slots / max(cells, slots)
         return round(max(1.0, min(share - overrun, policy.cell_timeout)), 1)
 
     def build_sources(self, engine: Engine, cell: Cell) -> None:

@@ -30,7 +30,7 @@ from ..core.results import ReportError, SmokeReport, SmokeRun, parse_report
 from ..core.stats import StopRule
 from ..core.text import one_line
 from ..engine import client as eng
-from .peer import NO_PEER, Peer, PeerFailure, start_peer, upgrades
+from .peer import NO_PEER, Peer, PeerFailure, pairs_into, start_peer, upgrades
 
 SMOKE_DIR = Path(__file__).resolve().parents[1] / "smoke"
 REMOTE = "/opt/hvgate"
@@ -74,8 +74,11 @@ def killed_after(container: Any, seconds: float) -> Iterator[threading.Event]:
 def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
     """`job.runs` fixes the count of runs (see StopRule.from_policy); else the policy's test
     decides. Upgrade migrations into the cell (`migrations:` of the matrix) follow its own
-    scenarios. Once `job.stop` is set (an interrupt), no container is started."""
-    smoke = _run_container(engine, job)
+    scenarios, in containers of their own; a share of the run's time (`job.cell_timeout`) is
+    split between them by what their runs cost. Once `job.stop` is set (an interrupt), no
+    container is started."""
+    own, each_pair = split_share(job)
+    smoke = _run_container(engine, dataclasses.replace(job, cell_timeout=own))
 
     def older(source: Cell, source_image: str) -> tuple[SmokeReport | None, str | None]:
         # The older cell's container is the source; a container of this cell the destination.
@@ -87,6 +90,7 @@ def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
             accel=smoke.report.get("accel") or job.accel,
             accel_reason=smoke.report.get("accel_reason"),
             log_dir=job.log_dir / f"upgrade-from-{source.id}",
+            cell_timeout=each_pair,
         )
         done = _run_container(
             engine,
@@ -99,6 +103,27 @@ def run_cell(engine: docker.DockerClient, job: SmokeJob) -> SmokeRun:
 
     report = upgrades(smoke.report, engine, job.matrix, job.cell, older, job.images)
     return dataclasses.replace(smoke, report=report)
+
+
+# What one run of an upgrade migration costs against one of another scenario: 8.3 s against
+# 1.4 s on average here (benchmarks/throughput.py), in a container pair of its own.
+UPGRADE_WEIGHT = 6
+
+
+def split_share(job: SmokeJob) -> tuple[float | None, float | None]:
+    """(the cell's own smoke test's time, each upgrade migration's) out of the cell's share of
+    the run's run_timeout, by what their runs cost; (None, None) without a share."""
+    if job.cell_timeout is None:
+        return None, None
+    pairs = len(pairs_into(job.matrix, job.cell.id))
+    own = len([s for s in job.matrix.scenarios if s in job.cell.scenarios])
+    total = own + UPGRADE_WEIGHT * pairs
+    if not pairs or not total:
+        return job.cell_timeout, None
+    return (
+        round(max(job.cell_timeout * own / total, 1.0), 1),
+        round(max(job.cell_timeout * UPGRADE_WEIGHT / total, 1.0), 1),
+    )
 
 
 def _run_container(

@@ -519,6 +519,31 @@ def test_a_run_timeout_is_shared_among_the_cells_still_to_test(tmp_path, fake):
     assert shares == [pytest.approx(s, abs=5) for s in (170, 300, 600)], shares
 
 
+def test_a_smoke_test_under_way_counts_against_the_time_left(tmp_path, fake):
+    """Two slots, three cells: the second cell starts while the first still runs, so the time
+    left is shared three ways, not two."""
+    timeouts: dict[str, float | None] = {}
+    second = threading.Event()
+    smoke = fake.smoke
+
+    def timed(job: SmokeJob):
+        timeouts[job.cell.id] = job.cell_timeout
+        if job.cell.id == CELLS[1]:
+            second.set()
+        return smoke(job)
+
+    fake.smoke = timed  # type: ignore[method-assign]
+    fake.during = lambda cell_id, stop: second.wait(WAIT) if cell_id == CELLS[0] else None
+    matrix = tmp_path / "matrix.yaml"
+    text = UNIT_MATRIX.read_text()
+    matrix.write_text(text.replace("\n  runs: 1\n", "\n  runs: 1\n  run_timeout: 600\n"))
+    run(fake, matrix=str(matrix), jobs=2)
+    assert second.is_set()
+    # 600 s x 2 slots / 3 cells, less 30 s for what a smoke test takes beyond its share.
+    assert timeouts[CELLS[0]] == pytest.approx(370, abs=5)
+    assert timeouts[CELLS[1]] == pytest.approx(370, abs=5)
+
+
 def test_cells_of_one_experiment_but_another_template_are_tested_apart(tmp_path, fake):
     recorded = Recorded(tmp_path)
     text = Path(sequential(tmp_path)).read_text()

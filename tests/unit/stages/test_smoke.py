@@ -81,3 +81,20 @@ def test_the_runner_gets_the_cells_share_of_the_run_timeout(unit_matrix, tmp_pat
     shared = command(120.0)
     assert shared[shared.index("--cell-timeout") + 1] == "120.0"
     assert shared[shared.index("--time-reason") + 1] == "its share of the run's run_timeout"
+
+
+def test_a_share_is_split_between_the_cell_and_its_upgrade_migrations(
+    unit_matrix, tmp_path, monkeypatch
+):
+    cell, matrix, guest = smoke_args(unit_matrix, tmp_path, "debian-12-release", ("boot",))
+    own = len([s for s in matrix.scenarios if s in cell.scenarios])
+    shared = dataclasses.replace(job(cell, "img", matrix, guest, tmp_path), cell_timeout=700.0)
+    assert runner.split_share(shared) == (700.0, None)  # no upgrade migration into the cell
+    monkeypatch.setattr(runner, "pairs_into", lambda matrix, cell_id: ["one", "two"])
+    total = own + 2 * runner.UPGRADE_WEIGHT
+    assert runner.split_share(shared) == (
+        round(700 * own / total, 1),
+        round(700 * runner.UPGRADE_WEIGHT / total, 1),
+    )
+    unshared = job(cell, "img", matrix, guest, tmp_path)
+    assert runner.split_share(unshared) == (None, None)
