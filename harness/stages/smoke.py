@@ -292,9 +292,15 @@ def _no_report(container: Any, exit_code: int | None) -> str:
 
 
 def _copy_logs(container: Any, log_dir: Path) -> None:
-    """Keeps the daemon, QEMU and console logs of the cell next to its results."""
+    """Keeps the daemon, QEMU and console logs of the cell next to its results, with the
+    consoles of the migration scenarios' guest (in the volume the two containers share)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    for remote in ("/var/log/libvirt", "/var/lib/hvgate/console.log"):
+    for remote in (
+        "/var/log/libvirt",
+        "/var/lib/hvgate/console.log",
+        "/var/lib/hvgate/shared/migration-console-shared.log",
+        "/var/lib/hvgate/shared/migration-console-block.log",
+    ):
         try:
             stream, _ = container.get_archive(remote)
         except docker.errors.NotFound:
