@@ -601,12 +601,14 @@ def fixed_count(p0: float, p1: float, error: float) -> tuple[int, int]:
 
 def sequential(matrix: Matrix, trials: int) -> None:
     policy = matrix.policy
+    # The test to its decision, over as many nights as it takes (runs pool across nights; a
+    # night adds at most max_runs: benchmarks/pooled.py has it night by night).
     rule = StopRule(
         policy.safe_failure_rate,
         policy.unsafe_failure_rate,
         policy.confidence,
         policy.min_runs,
-        policy.max_runs,
+        7 * policy.max_runs,
     )
     n, k = fixed_count(rule.safe_rate, rule.unsafe_rate, 1 - rule.confidence)
     section(
