@@ -283,7 +283,7 @@ def show(paths: Mapping[str, Path], chosen: str) -> None:
 def _run(options: RunOptions, chosen: str) -> None:
     result, paths = pipeline.run(options)
     show(paths, chosen)
-    pipeline.check_outcome(result)
+    pipeline.check_outcome(result, paths.get("latest_markdown", paths.get("markdown")))
 
 
 @task(name="test", help={**RUN_HELP, **FORMAT_HELP})

@@ -647,8 +647,10 @@ def run(options: RunOptions, fleet: Fleet | None = None) -> tuple[RunResult, dic
     return Run(opts, matrix, chosen, fleet, progress).execute()
 
 
-def check_outcome(run_result: RunResult) -> None:
-    """Raises the exit code the run deserves: tool failures and unsafe cells are told apart."""
+def check_outcome(run_result: RunResult, table: Path | None = None) -> None:
+    """Raises the exit code the run deserves: tool failures and unsafe cells are told apart.
+    table: the run's Markdown table, which the message points to."""
+    see = f"(see {table or 'results/latest.md'})"
     errors = [c.id for c in run_result.cells if c.status == Status.ERROR]
     unsafe = [
         c.id
@@ -656,12 +658,12 @@ def check_outcome(run_result: RunResult) -> None:
         if c.status in (Status.FLAKY, Status.BROKEN, Status.INCONCLUSIVE)
     ]
     if errors:
-        raise EngineError(f"the tool failed on: {', '.join(errors)} (see results/latest.md)")
+        raise EngineError(f"the tool failed on: {', '.join(errors)} {see}")
     regressions = [e["cell"] for e in coming(run_result.to_json()) if e["regression"]]
     if regressions:
         unsafe.append(f"coming to your gate, regressions in {', '.join(regressions)}")
     if unsafe:
-        raise UnsafeCells(f"not safe: {', '.join(unsafe)} (see results/latest.md)")
+        raise UnsafeCells(f"not safe: {', '.join(unsafe)} {see}")
 
 
 def clean(runs: str | None = None, everything: bool = False) -> tuple[list[str], list[str]]:

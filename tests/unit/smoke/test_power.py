@@ -47,7 +47,6 @@ def test_the_domain_is_nova_s_for_its_gate(smoke):
         "quiet",
         "loglevel=3",
         "panic=-1",
-        "acpi=noirq",
         "cryptomgr.notests",
     ]
     assert [f.tag for f in root.find("features")] == ["acpi", "apic", "vmcoreinfo"]
