@@ -155,9 +155,7 @@ NOVA_RNG_PATH = "/dev/urandom"
 # the virtio devices (acpi=noirq would save about 0.1 s of AML per device under TCG, but it
 # leaves the kernel without MSI, and the virtio devices on legacy interrupts). The domain
 # definition stays nova's.
-CMDLINE = (
-    "root=/dev/vda console=ttyS0 no_timer_check quiet loglevel=3 panic=-1 cryptomgr.notests"
-)
+CMDLINE = "root=/dev/vda console=ttyS0 no_timer_check quiet loglevel=3 panic=-1 cryptomgr.notests"
 # Added to the rescue boot's command line, so that the guest shows which kernel line it got.
 RESCUE_CMDLINE = "hvgate.rescue=1"
 # Test only (an override template sets it): the guest ignores the ACPI power button, so that a
