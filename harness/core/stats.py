@@ -203,9 +203,22 @@ class StopRule:
             return f"SPRT accepted p>={q0} against p<={q1} {level}: {counts}"
         if decision.status == FLAKY:
             return f"SPRT rejected both p<={p0} and p>={q0} {level}: {counts}"
-        more = self.clean_runs_to_safe(decision)
-        plural = "s" if more != 1 else ""
-        needs = f"; needs at least {more} more run{plural}, all passing, to be safe" if more else ""
+        if decision.failures_test == "reject":
+            # Failing too often to be safe already: what is open is flaky or broken.
+            more = self.failing_runs_to_broken(decision)
+            plural = "s" if more != 1 else ""
+            counts += f", too many to be safe (SPRT rejected p<={p0})"
+            needs = (
+                f"; needs at least {more} more run{plural}, all failing, to be broken"
+                if more
+                else ""
+            )
+        else:
+            more = self.clean_runs_to_safe(decision)
+            plural = "s" if more != 1 else ""
+            needs = (
+                f"; needs at least {more} more run{plural}, all passing, to be safe" if more else ""
+            )
         if self.prior_runs:
             return f"no decision yet: {counts}{needs}"
         if decision.runs >= self.max_runs:
@@ -217,10 +230,21 @@ class StopRule:
         it needs); None when it has decided, or no count up to `most` would."""
         if decision.status is not None or decision.failures_test == "reject":
             return None
+        return self._runs_to_accept(decision, decision.failures, most)
+
+    def failing_runs_to_broken(self, decision: Decision, most: int = 100_000) -> int | None:
+        """How many more runs, all failing, would make an undecided scenario broken (the test
+        on passes is the test on failures mirrored); None when it has decided, or none would."""
+        if decision.status is not None:
+            return None
+        return self._runs_to_accept(decision, decision.runs - decision.failures, most)
+
+    def _runs_to_accept(self, decision: Decision, count: int, most: int) -> int | None:
+        """The fewest more runs, none adding to `count`, after which the test accepts on it."""
         test = self.sprt
         start = max(decision.runs + 1, self.min_runs)
         for runs in range(start, decision.runs + most + 1):
-            if decision.failures <= test.accept_at_most(runs):
+            if count <= test.accept_at_most(runs):
                 return runs - decision.runs
         return None
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from harness.core.model import Policy
-from harness.core.stats import Sprt, StopRule, wilson_interval
+from harness.core.stats import Decision, Sprt, StopRule, wilson_interval
 
 # --- Wilson score interval ------------------------------------------------------------------
 
@@ -148,6 +148,29 @@ def test_walk_stops_at_max_runs():
         " needs at least 6 more runs, all passing, to be safe"
     )
     assert rule.describe(rule.walk([False] * 2)).startswith("no decision, stopped before")
+
+
+def test_a_scenario_failing_every_run_is_told_not_safe_before_it_is_broken():
+    # The default policy (p0 0.01, p1 0.1) mirrors its 31 clean runs to safe on the passes:
+    # broken needs 31 failing runs. Until then the scenario is undecided, but its failures have
+    # already ruled out safe, and the line says so, and what would make it broken.
+    rule = StopRule(0.01, 0.1, 0.95, min_runs=1, max_runs=16, prior_runs=10)
+    decision = rule.walk([True] * 20)
+    assert (decision.status, decision.failures_test) == (None, "reject")
+    assert rule.clean_runs_to_safe(decision) is None
+    assert rule.failing_runs_to_broken(decision) == 11
+    assert rule.describe(decision) == (
+        "no decision yet: 20 of 20 runs failed, too many to be safe (SPRT rejected p<=0.01);"
+        " needs at least 11 more runs, all failing, to be broken"
+    )
+    # The next night adds up to 16 runs to the 20: 11 failing ones make it broken.
+    following = StopRule(0.01, 0.1, 0.95, min_runs=1, max_runs=16, prior_runs=20)
+    assert following.walk([True] * 36) == Decision("broken", 31, 31)
+    assert following.failing_runs_to_broken(following.walk([True] * 36)) is None
+    # A clean scenario's line is unchanged.
+    assert rule.describe(rule.walk([False] * 20)) == (
+        "no decision yet: 0 of 20 runs failed; needs at least 11 more runs, all passing, to be safe"
+    )
 
 
 def test_no_decision_before_min_runs():
