@@ -205,20 +205,12 @@ class StopRule:
             return f"SPRT rejected both p<={p0} and p>={q0} {level}: {counts}"
         if decision.failures_test == "reject":
             # Failing too often to be safe already: what is open is flaky or broken.
-            more = self.failing_runs_to_broken(decision)
-            plural = "s" if more != 1 else ""
             counts += f", too many to be safe (SPRT rejected p<={p0})"
-            needs = (
-                f"; needs at least {more} more run{plural}, all failing, to be broken"
-                if more
-                else ""
-            )
+            more, to_be = self.failing_runs_to_broken(decision), "all failing, to be broken"
         else:
-            more = self.clean_runs_to_safe(decision)
-            plural = "s" if more != 1 else ""
-            needs = (
-                f"; needs at least {more} more run{plural}, all passing, to be safe" if more else ""
-            )
+            more, to_be = self.clean_runs_to_safe(decision), "all passing, to be safe"
+        plural = "s" if more != 1 else ""
+        needs = f"; needs at least {more} more run{plural}, {to_be}" if more else ""
         if self.prior_runs:
             return f"no decision yet: {counts}{needs}"
         if decision.runs >= self.max_runs:
